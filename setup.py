@@ -1,0 +1,36 @@
+"""prefjax: preference learning of language models in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="prefjax",
+    version="0.1.0",
+    description="Preference learning of language models in JAX/Flax NNX.",
+    packages=find_packages(include=["prefjax", "prefjax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "ml-collections>=1.0",
+        "absl-py",
+        "tqdm",
+        "numpy",
+        "tensorboardX",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+        "real": [
+            "torch==2.13.0",
+            "transformers",
+            "tokenizers",
+            "safetensors",
+            "gguf",
+            "jinja2",
+        ],
+    },
+)
