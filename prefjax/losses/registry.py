@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from prefjax.errors import PrefjaxError
+
 KINDS = ("sft", "pairwise", "unpaired", "multi", "reward", "token", "ppo")
 
 
@@ -30,7 +32,7 @@ class LossSpec:
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-class UnknownLossError(KeyError):
+class UnknownLossError(PrefjaxError, KeyError):
   """An unknown loss name; the message lists the registered ones."""
 
   def __str__(self):

@@ -1,0 +1,120 @@
+"""The synthetic preference world: demonstrations, labelled pairs and groups, all exact.
+
+Deterministic given a seed. Labels follow a Bradley-Terry draw on the oracle reward:
+
+  alpha(x, y1, y2) = (1 - eps) * sigmoid((r*(x, y1) - r*(x, y2)) / T) + eps * (1 - sigmoid(...))
+
+where T is ``bt_temperature`` and eps the ``label_noise`` (a flip after the BT draw). The
+stored ``alpha`` is P(chosen is preferred to rejected) under exactly the process that drew
+the label, so label frequencies over repeated draws converge to it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+
+import numpy as np
+
+from prefjax.testbed.tasks import get_task, minimal_edit
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  tasks: tuple[str, ...] = ("sort",)
+  seed: int = 0
+  sft_error_rate: float = 0.4       # fraction of demonstrations that are flawed
+  proposal_correct_rate: float = 0.5  # responses in pairs: correct with this probability
+  bt_temperature: float = 0.1
+  label_noise: float = 0.0
+  group_size: int = 4                # samples per side for group (multi-sample) preferences
+
+
+def _rng(cfg: WorldConfig, split: str, kind: str):
+  return np.random.default_rng([cfg.seed, zlib.crc32(split.encode()), zlib.crc32(kind.encode())])
+
+
+def bt_alpha(r1, r2, temperature, noise):
+  """P(y1 preferred over y2) under Bradley-Terry on oracle rewards with label-flip noise."""
+  p = 1.0 / (1.0 + math.exp(-(r1 - r2) / temperature))
+  return (1 - noise) * p + noise * (1 - p)
+
+
+def _prompts(cfg, split, n, rng):
+  """n (task, prompt) pairs; eval prompts never appear in the training splits."""
+  tasks = [get_task(t) for t in cfg.tasks]
+  train_rng = _rng(cfg, "train", "prompts") if split != "train" else None
+  banned = set()
+  if train_rng is not None:   # the training prompt stream, to exclude from eval
+    for _ in range(4 * n + 4000):
+      t = tasks[int(train_rng.integers(len(tasks)))]
+      banned.add(t.sample_prompt(train_rng))
+  out = []
+  while len(out) < n:
+    t = tasks[int(rng.integers(len(tasks)))]
+    p = t.sample_prompt(rng)
+    if p not in banned:
+      out.append((t, p))
+  return out
+
+
+def _response(task, prompt, rng, correct_rate):
+  good = task.solve(prompt, rng)
+  return good if rng.random() < correct_rate else task.corrupt(prompt, good, rng)
+
+
+def sft_examples(cfg: WorldConfig, n: int, split: str = "train"):
+  """Demonstrations: correct with probability 1 - sft_error_rate, else a flawed response."""
+  rng = _rng(cfg, split, "sft")
+  out = []
+  for i, (task, prompt) in enumerate(_prompts(cfg, split, n, rng)):
+    response = _response(task, prompt, rng, 1.0 - cfg.sft_error_rate)
+    out.append({"id": f"{split}-sft-{i}", "task": task.name, "prompt": prompt,
+                "response": response, "reward": task.reward(prompt, response)})
+  return out
+
+
+def _edit_fields(task, prompt, response, rng, prefix):
+  """The minimal edit of a flawed response (empty ops for a correct one)."""
+  if task.reward(prompt, response) >= 1.0:
+    return {f"{prefix}_edit": response, f"{prefix}_flawed_mask": [0] * len(response)}
+  target = task.solve(prompt, None)
+  if task.population:  # any valid option is correct: edit towards the first one
+    target = task.options(prompt)[0]
+  _, mask = minimal_edit(response, target)
+  return {f"{prefix}_edit": target, f"{prefix}_flawed_mask": mask}
+
+
+def preference_pairs(cfg: WorldConfig, n: int, split: str = "train"):
+  """Pairs (chosen, rejected) labelled by a Bradley-Terry draw; alpha stored with the pair."""
+  rng = _rng(cfg, split, "pairs")
+  out = []
+  for i, (task, prompt) in enumerate(_prompts(cfg, split, n, rng)):
+    y1 = _response(task, prompt, rng, cfg.proposal_correct_rate)
+    y2 = _response(task, prompt, rng, cfg.proposal_correct_rate)
+    for _ in range(20):
+      if y1 != y2:
+        break
+      y2 = _response(task, prompt, rng, cfg.proposal_correct_rate)
+    if y1 == y2:
+      y2 = task.corrupt(prompt, task.solve(prompt, rng), rng)
+    r1, r2 = task.reward(prompt, y1), task.reward(prompt, y2)
+    p1 = bt_alpha(r1, r2, cfg.bt_temperature, cfg.label_noise)
+    first_wins = rng.random() < p1
+    (yw, rw), (yl, rl) = ((y1, r1), (y2, r2)) if first_wins else ((y2, r2), (y1, r1))
+    ex = {"id": f"{split}-pair-{i}", "task": task.name, "prompt": prompt,
+          "chosen": yw, "rejected": yl, "alpha": p1 if first_wins else 1.0 - p1,
+          "reward_chosen": rw, "reward_rejected": rl}
+    ex.update(_edit_fields(task, prompt, yw, rng, "chosen"))
+    ex.update(_edit_fields(task, prompt, yl, rng, "rejected"))
+    out.append(ex)
+  return out
+
+
+def eval_prompts(cfg: WorldConfig, n: int):
+  """Held-out (task name, prompt) pairs, disjoint from the training prompts."""
+  return [(t.name, p) for t, p in _prompts(cfg, "eval", n, _rng(cfg, "eval", "prompts"))]
+
+
+def oracle_reward(task_name: str, prompt: str, response: str) -> float:
+  return get_task(task_name).reward(prompt, response)

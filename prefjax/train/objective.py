@@ -1,0 +1,122 @@
+"""Objectives: a registered loss plus the forward pass that produces its inputs.
+
+The shared train step (step.py) is the same for every objective; only this differs:
+  * ``forward(model, batch)`` -> the loss's policy-side keyword inputs (one model call);
+  * ``reference(model, batch)`` -> the reference-side inputs (``ref_*``), run outside the
+    gradient, and only when the loss needs a reference;
+  * the loss function and its hyper-parameters, looked up by name in the registry.
+
+Forward passes are registered per batch kind (``register_forward``); a new kind of data
+(groups, unpaired examples, reward heads) is one function here, not a new trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping
+
+import jax.numpy as jnp
+
+from prefjax import losses
+from prefjax.errors import ConfigError
+from prefjax.models.logprobs import forward_logps
+
+_FORWARDS: dict[str, Callable] = {}
+
+
+def register_forward(kind: str):
+  def deco(fn):
+    if kind in _FORWARDS:
+      raise ValueError(f"a forward pass for batch kind {kind!r} is already registered")
+    _FORWARDS[kind] = fn
+    return fn
+  return deco
+
+
+@register_forward("sft")
+def forward_sft(model, batch):
+  logps, lengths, _ = forward_logps(model, batch)
+  return {"policy_logps": logps, "lengths": lengths}
+
+
+def _two_sided(model, batch, a: str, b: str):
+  """One forward pass over both sides: rows ``a_*`` and ``b_*`` concatenated on axis 0."""
+  keys = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids")
+  joint = {k: jnp.concatenate([batch[f"{a}_{k}"], batch[f"{b}_{k}"]], axis=0) for k in keys}
+  logps, lengths, _ = forward_logps(model, joint)
+  n = batch[f"{a}_input_ids"].shape[0]
+  return logps[:n], logps[n:], lengths[:n], lengths[n:]
+
+
+@register_forward("pairwise")
+def forward_pairwise(model, batch):
+  c, r, lc, lr = _two_sided(model, batch, "chosen", "rejected")
+  return {"policy_chosen_logps": c, "policy_rejected_logps": r,
+          "chosen_lengths": lc, "rejected_lengths": lr}
+
+
+@register_forward("multi")
+def forward_multi(model, batch):
+  """Groups: chosen_* / rejected_* rows of shape [B, K, T]; masks [B, K]."""
+  out = forward_pairwise(model, batch)
+  out.update(chosen_mask=batch["chosen_mask"], rejected_mask=batch["rejected_mask"])
+  return out
+
+
+@register_forward("unpaired")
+def forward_unpaired(model, batch):
+  """KTO: one response per example plus a mismatched (prompt, response) row for z0."""
+  p, kl, lp, _ = _two_sided(model, batch, "response", "kl")
+  return {"policy_logps": p, "policy_kl_logps": kl, "lengths": lp, "labels": batch["labels"]}
+
+
+def _as_reference(inputs: Mapping[str, Any]) -> dict:
+  """policy_* log-probs renamed ref_*; lengths, masks and labels are not repeated."""
+  return {"ref_" + k[len("policy_"):]: v for k, v in inputs.items() if k.startswith("policy_")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the shared step optimises. Build with ``make_objective``."""
+  spec: losses.LossSpec
+  hparams: tuple[tuple[str, Any], ...] = ()
+  per_token: bool = False   # divide by completion tokens instead of examples (SFT)
+
+  @property
+  def needs_reference(self) -> bool:
+    return self.spec.needs_reference
+
+  def forward(self, model, batch):
+    return _FORWARDS[self.spec.kind](model, batch)
+
+  def reference(self, model, batch):
+    return _as_reference(self.forward(model, batch))
+
+  def loss(self, inputs, ref_inputs):
+    return self.spec.fn(**inputs, **ref_inputs, **dict(self.hparams))
+
+  def denominator_weights(self, inputs, example_mask):
+    if self.per_token:
+      return example_mask * inputs["lengths"]
+    return example_mask
+
+
+def make_objective(loss_name: str, hparams: Mapping[str, Any] | None = None, *,
+                   per_token: bool | None = None) -> Objective:
+  """An objective from a registered loss name (unknown names list the registered ones)."""
+  spec = losses.get_spec(loss_name)
+  if spec.kind not in _FORWARDS:
+    raise ConfigError(f"loss {loss_name!r} consumes {spec.kind!r} batches, for which no forward "
+                     f"pass is registered ({', '.join(sorted(_FORWARDS))})")
+  hparams = dict(hparams or {})
+  params = inspect.signature(spec.fn).parameters
+  if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    valid = sorted(n for n, p in params.items() if p.default is not inspect.Parameter.empty)
+    for k in hparams:
+      if k not in valid:
+        raise ConfigError(f"loss {loss_name!r} has no hyper-parameter {k!r}; "
+                          f"its hyper-parameters: {', '.join(valid)}")
+  if per_token is None:
+    per_token = spec.kind == "sft"
+  return Objective(spec=spec, hparams=tuple(sorted(hparams.items())),
+                   per_token=per_token)

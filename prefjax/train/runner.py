@@ -1,0 +1,129 @@
+"""The testbed pipeline: SFT -> preference optimisation from the SFT model -> exact eval.
+
+``run(config, workdir)`` is what ``scripts/train.py`` calls. Each stage checkpoints under
+``workdir/checkpoints/<stage>/``; re-running on the same workdir resumes every stage from
+its last checkpoint (a finished stage is restored, not retrained), and ends with the same
+``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from prefjax import sharding
+from prefjax.data import pipeline
+from prefjax.eval import testbed_eval
+from prefjax.models import Transformer, make_config
+from prefjax.testbed import world
+from prefjax.testbed.tokenizer import TestbedTokenizer
+from prefjax.train import config as config_lib
+from prefjax.train.checkpoint import Checkpointer
+from prefjax.train.loop import run_stage
+from prefjax.train.metrics_writer import MetricsWriter
+from prefjax.train.objective import make_objective
+from prefjax.train.optimizer import make_optimizer
+from prefjax.train.step import init_state, make_train_step
+
+
+def world_config(c) -> world.WorldConfig:
+  t = c.testbed
+  return world.WorldConfig(tasks=tuple(t.tasks), seed=t.seed, sft_error_rate=t.sft_error_rate,
+                           proposal_correct_rate=t.proposal_correct_rate,
+                           bt_temperature=t.bt_temperature, label_noise=t.label_noise,
+                           group_size=t.group_size)
+
+
+def build_model(c, tokenizer):
+  mcfg = make_config(c.model.preset, vocab_size=tokenizer.vocab_size,
+                     overrides=c.model.overrides.to_dict())
+  model = Transformer(mcfg, nnx.Rngs(c.seed))
+  graphdef, state = nnx.split(model)
+  return model, graphdef, nnx.to_pure_dict(state)
+
+
+def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_params, examples,
+                encode, mesh, workdir, c, writer, on_log=None):
+  """Optimises ``objective`` from ``params`` through the shared step; returns final params."""
+  tx, schedule = make_optimizer(stage_cfg.lr, stage_cfg.steps,
+                                warmup_steps=stage_cfg.warmup_steps,
+                                weight_decay=stage_cfg.weight_decay, b1=stage_cfg.b1,
+                                b2=stage_cfg.b2, clip_norm=stage_cfg.clip_norm,
+                                final_lr_fraction=stage_cfg.final_lr_fraction)
+  pipeline.check_examples(examples, encode)
+  batches = pipeline.batched(examples, encode, stage_cfg.batch_size, seed=c.seed,
+                             num_steps=stage_cfg.steps)
+  state, state_sh = init_state(params, tx, param_sh)
+  batch_sh = sharding.batch_sharding(mesh)
+  step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
+                         batch_sharding=batch_sh, ref_shardings=param_sh)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), every=c.checkpoint.every,
+                      keep=c.checkpoint.keep)
+  state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
+                    ref_params=ref_params if objective.needs_reference else None,
+                    batches=batches, batch_sharding=batch_sh, num_steps=stage_cfg.steps,
+                    checkpointer=ckpt, writer=writer, log_every=c.log_every, on_log=on_log,
+                    progress=c.progress)
+  ckpt.close()
+  return state["params"]
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the configured stages and writes ``workdir/summary.json``; returns the summary."""
+  t0 = time.perf_counter()
+  config_lib.validate(c)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(c.to_json_best_effort(indent=2))
+
+  tok = TestbedTokenizer()
+  wcfg = world_config(c)
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+  model, graphdef, params = build_model(c, tok)
+  param_sh = sharding.param_shardings(model, mesh)
+  writer = MetricsWriter(workdir, tensorboard=c.tensorboard)
+  summary = {"num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+             "devices": len(jax.devices()), "mesh": dict(mesh.shape)}
+
+  sft_params = params
+  if "sft" in c.stages:
+    examples = world.sft_examples(wcfg, c.testbed.n_sft)
+    sft_params = train_stage(
+        "sft", c.sft, make_objective("sft"), graphdef=graphdef, params=params,
+        param_sh=param_sh, ref_params=None, examples=examples,
+        encode=pipeline.encode_sft(tok, c.data.max_len, c.data.truncate), mesh=mesh,
+        workdir=workdir, c=c, writer=writer)
+  # The reference is the starting model: its own buffers (the policy's are donated).
+  ref_params = jax.tree.map(jnp.copy, sft_params)
+
+  policy_params = ref_params
+  objective = make_objective(c.dpo.loss, c.dpo.loss_kwargs.to_dict())
+  if "dpo" in c.stages:
+    pairs = world.preference_pairs(wcfg, c.testbed.n_pairs)
+    policy_params = train_stage(
+        "dpo", c.dpo, objective, graphdef=graphdef, params=jax.tree.map(jnp.copy, ref_params),
+        param_sh=param_sh, ref_params=ref_params, examples=pairs,
+        encode=pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), mesh=mesh,
+        workdir=workdir, c=c, writer=writer)
+
+  if "eval" in c.stages:
+    ev = c.eval
+    res, _ = testbed_eval.evaluate_policy(
+        graphdef, policy_params, ref_params, tok, world.eval_prompts(wcfg, ev.n_prompts),
+        n_samples=ev.n_samples, max_new_tokens=ev.max_new_tokens, max_len=c.data.max_len,
+        seed=ev.seed, temperature=ev.temperature)
+    summary.update(res)
+    heldout = world.preference_pairs(wcfg, c.testbed.n_eval_pairs, split="eval")
+    beta = dict(c.dpo.loss_kwargs).get("beta", 1.0)
+    summary.update(testbed_eval.implicit_reward_metrics(
+        graphdef, policy_params, ref_params, tok, heldout, beta=beta, max_len=c.data.max_len))
+  writer.close()
+  summary["wall_seconds"] = time.perf_counter() - t0
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  return summary

@@ -1,0 +1,119 @@
+"""The one compiled train step shared by every objective (SFT, DPO and its variants,
+multi-sample, unpaired, reward models; PPO reuses it for its policy update).
+
+    state, measurements = train_step(state, batch, ref_params)
+
+``state`` is a dict ``{"step", "params", "opt_state"}`` of arrays; ``params`` is the pure
+parameter dict of an NNX model whose structure ``graphdef`` holds. The reference model's
+outputs are computed once per step, under ``stop_gradient`` and outside ``value_and_grad``,
+and only when the objective's loss needs a reference (reference-free losses never run it).
+The loss is sum(per_example * w) / sum(w) with w = example mask (times completion lengths
+for per-token objectives), so padding examples never count.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from prefjax.train.objective import Objective
+
+
+def reduce_metrics(metrics, weights_b):
+  """Per-example metrics [B, ...] -> weighted means; scalars pass through."""
+  out = {}
+  b = weights_b.shape[0]
+  for k, v in metrics.items():
+    v = jnp.asarray(v, jnp.float32)
+    if v.ndim >= 1 and v.shape[0] == b:
+      w = weights_b.reshape((b,) + (1,) * (v.ndim - 1)) * jnp.ones_like(v)
+      out[k] = (v * w).sum() / jnp.maximum(w.sum(), 1.0)
+    else:
+      out[k] = v.mean()
+  return out
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, objective: Objective):
+  """(params, batch, ref_inputs) -> (loss, (metrics, policy inputs)); pure, differentiable."""
+
+  def loss_fn(params, batch, ref_inputs):
+    model = nnx.merge(graphdef, params)
+    inputs = objective.forward(model, batch)
+    per_example, metrics = objective.loss(inputs, ref_inputs)
+    mask = batch["example_mask"].astype(jnp.float32)
+    denom = objective.denominator_weights(inputs, mask)
+    loss = (per_example * mask).sum() / jnp.maximum(denom.sum(), 1.0)
+    return loss, reduce_metrics(metrics, mask)
+
+  return loss_fn
+
+
+def reference_inputs(graphdef, objective: Objective, ref_params, batch):
+  """The ``ref_*`` loss inputs, detached; {} for reference-free objectives."""
+  if not objective.needs_reference:
+    return {}
+  return jax.lax.stop_gradient(objective.reference(nnx.merge(graphdef, ref_params), batch))
+
+
+def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, schedule,
+                    *, state_shardings, batch_sharding: NamedSharding, ref_shardings=None,
+                    donate: bool = True):
+  """Builds and jit-compiles ``train_step`` with explicit input/output shardings."""
+  loss_fn = make_loss_fn(graphdef, objective)
+
+  def train_step(state, batch, ref_params):
+    ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch, ref_inputs)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    measurements = dict(metrics)
+    measurements.update(
+        loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
+        **{"data/truncated_fraction": jnp.mean(batch["truncated"]),
+           "data/tokens": sum((batch[k] != 0).sum() for k in batch if k.endswith("segment_ids"))})
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, measurements
+
+  mesh = batch_sharding.mesh
+  replicated = NamedSharding(mesh, P())
+  ref_sh = ref_shardings if objective.needs_reference else None
+  return jax.jit(train_step,
+                 in_shardings=(state_shardings, batch_sharding, ref_sh),
+                 out_shardings=(state_shardings, replicated),
+                 donate_argnums=(0,) if donate else ())
+
+
+def make_eval_fn(graphdef, objective: Objective, *, batch_sharding: NamedSharding,
+                 param_shardings, ref_shardings=None):
+  """Jitted (params, batch, ref_params) -> (loss, metrics, policy inputs) without gradients."""
+  loss_fn = make_loss_fn(graphdef, objective)
+
+  def eval_step(params, batch, ref_params):
+    ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
+    loss, metrics = loss_fn(params, batch, ref_inputs)
+    return loss, metrics
+
+  ref_sh = ref_shardings if objective.needs_reference else None
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding, ref_sh))
+
+
+def init_state(params, tx, param_shardings):
+  """Fresh optimizer state, placed next to the (already sharded) params.
+
+  Returns (state, state_shardings); optimizer-state shardings are read off the arrays that
+  jit placed by propagation from the parameters, so they mirror the parameter layout.
+  """
+  params = jax.device_put(params, param_shardings)
+  mesh = jax.tree.leaves(param_shardings)[0].mesh
+  opt_state = jax.jit(tx.init)(params)
+  opt_sh = jax.tree.map(
+      lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else NamedSharding(mesh, P()),
+      opt_state)
+  opt_state = jax.device_put(opt_state, opt_sh)
+  state = {"step": jax.device_put(jnp.int32(0), NamedSharding(mesh, P())), "params": params,
+           "opt_state": opt_state}
+  shardings = {"step": NamedSharding(mesh, P()), "params": param_shardings, "opt_state": opt_sh}
+  return state, shardings
