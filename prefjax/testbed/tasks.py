@@ -52,17 +52,14 @@ class SortTask:
     return 0.5 * float(same) + 0.5 * right / max(len(target), len(got))
 
   def corrupt(self, prompt, response, rng):
+    """Same-length flaws (a swap of two neighbours, or a changed digit), so preferences
+    carry no length signal here; the length-bias study builds its own."""
     d = _parse_digits(response)
-    kind = rng.integers(3)
-    if kind == 0 and len(d) >= 2:                       # swap two neighbours that differ
-      idx = [i for i in range(len(d) - 1) if d[i] != d[i + 1]]
-      if idx:
-        i = int(rng.choice(idx))
-        d[i], d[i + 1] = d[i + 1], d[i]
-        return ",".join(map(str, d))
-    if kind == 1:                                       # drop one element
-      i = int(rng.integers(len(d)))
-      return ",".join(map(str, d[:i] + d[i + 1:])) or "0"
+    idx = [i for i in range(len(d) - 1) if d[i] != d[i + 1]]
+    if idx and rng.random() < 0.5:                      # swap two neighbours that differ
+      i = int(rng.choice(idx))
+      d[i], d[i + 1] = d[i + 1], d[i]
+      return ",".join(map(str, d))
     i = int(rng.integers(len(d)))                       # change one digit
     d[i] = (d[i] + int(rng.integers(1, 10))) % 10
     return ",".join(map(str, d))
