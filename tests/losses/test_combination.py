@@ -24,7 +24,7 @@ def test_weighted_sum_of_parts_with_their_hyper_parameters():
   np.testing.assert_array_equal(metrics["simpo/rewards/margins"],
                                 simpo_metrics["rewards/margins"])
   np.testing.assert_allclose(metrics["sppo_hard/loss"], L.sppo_hard(**batch)[0])
-  # Under jit, and the gradient is the weighted sum of the parts' gradients.
+  # Under jit too.
   jitted = jax.jit(lambda b: L.combine(weights, hparams)(**b)[0])(batch)
   np.testing.assert_allclose(jitted, want, rtol=1e-5)
 
