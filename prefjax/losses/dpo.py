@@ -7,17 +7,17 @@ import jax.numpy as jnp
 from prefjax.losses.registry import register
 
 
-def pairwise_metrics(beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                     ref_rejected_logps):
-  """Implicit-reward metrics shared by every pairwise loss (names are slash-separated).
+def reward_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps):
+  """The shared ``rewards/*`` and ``logps/*`` metrics from per-response implicit rewards.
 
-  rewards/chosen = beta * (log pi(y_w|x) - log pi_ref(y_w|x)), likewise for y_l;
-  rewards/margins = chosen - rejected; rewards/accuracies = 1[margin > 0].
-  All values are ``[B]`` and detached.
+  Every pairwise loss reports the implicit reward it actually optimizes (``beta`` times the
+  log-ratio for DPO, ``beta`` times the average log-prob for SimPO, ...), so that
+  ``rewards/accuracies`` = 1[rewards/margins > 0] matches the loss's own notion of winning.
+  Inputs are ``[B]`` (or ``[B, ...]``); every value is detached.
   """
   sg = jax.lax.stop_gradient
-  chosen = beta * (sg(policy_chosen_logps) - sg(ref_chosen_logps))
-  rejected = beta * (sg(policy_rejected_logps) - sg(ref_rejected_logps))
+  chosen = sg(chosen_rewards)
+  rejected = sg(rejected_rewards)
   margins = chosen - rejected
   return {
       "rewards/chosen": chosen,
@@ -27,6 +27,19 @@ def pairwise_metrics(beta, policy_chosen_logps, policy_rejected_logps, ref_chose
       "logps/chosen": sg(policy_chosen_logps),
       "logps/rejected": sg(policy_rejected_logps),
   }
+
+
+def pairwise_metrics(beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                     ref_rejected_logps):
+  """Implicit-reward metrics shared by every pairwise loss (names are slash-separated).
+
+  rewards/chosen = beta * (log pi(y_w|x) - log pi_ref(y_w|x)), likewise for y_l;
+  rewards/margins = chosen - rejected; rewards/accuracies = 1[margin > 0].
+  All values are ``[B]`` and detached.
+  """
+  return reward_metrics(beta * (policy_chosen_logps - ref_chosen_logps),
+                        beta * (policy_rejected_logps - ref_rejected_logps),
+                        policy_chosen_logps, policy_rejected_logps)
 
 
 @register("dpo")
