@@ -55,8 +55,8 @@ def test_sequence_scores_masking_equals_slicing():
 def test_prob_abs_diff_matches_float64_and_handles_extremes():
   a = np.array([-0.1, -2.0, -30.0, -1.0], np.float64)
   b = np.array([-0.2, -2.0, -31.0, -5.0], np.float64)
-  np.testing.assert_allclose(prob_abs_diff(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)),
-                             np.abs(np.exp(a) - np.exp(b)), rtol=1e-5, atol=1e-12)
+  got = prob_abs_diff(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(got, np.abs(np.exp(a) - np.exp(b)), rtol=1e-5, atol=1e-12)
   out = prob_abs_diff(_arr(-jnp.inf, -800.0, -jnp.inf), _arr(-jnp.inf, -900.0, -1.0))
   np.testing.assert_allclose(out, [0.0, 0.0, math.exp(-1.0)], rtol=1e-6)
 
