@@ -117,7 +117,7 @@ def ranking_accuracy(chosen, rejected, alpha=None, *, valid=None, tie_tolerance=
   chosen, rejected = jnp.asarray(chosen), jnp.asarray(rejected)
   correct = chosen >= rejected
   if alpha is not None:
-    alpha = jnp.asarray(alpha, chosen.dtype)
+    alpha = jnp.asarray(alpha, jnp.float32)
     tie = prob_abs_diff(chosen, rejected) < tie_tolerance
     correct = jnp.where(_is_tie(alpha), tie, jnp.where(alpha > 0.5, correct, rejected >= chosen))
   correct = correct.astype(jnp.float32)
@@ -130,7 +130,8 @@ def listwise_ranking_accuracy(scores, ranks, *, valid=None, tie_tolerance=TIE_TO
   correct_b = 1[for all i, j with rank_i < rank_j: s_i >= s_j, and
                 for all i != j with rank_i = rank_j: |exp(s_i) - exp(s_j)| < tie_tolerance].
   With N = 2 this is ``ranking_accuracy`` (ranks [1, 2], or [1, 1] for alpha = 0.5).
-  An example with fewer than two valid responses is vacuously correct.
+  An example with fewer than two valid responses is vacuously correct; one with none is
+  left out of the mean.
 
   Args:
     scores: ``[B, N]`` model log-likelihoods of the N responses.
@@ -195,7 +196,7 @@ def idealized_ranking_correct(ref_chosen, ref_rejected, alpha, *, beta,
     ...                           beta=1.0)  # -2 + log(999) > 0 -> [1.]
   """
   ref_chosen = jnp.asarray(ref_chosen)
-  alpha = jnp.asarray(alpha, ref_chosen.dtype)
+  alpha = jnp.asarray(alpha, jnp.float32)
   a = jnp.clip(alpha, alpha_eps, 1.0 - alpha_eps)
   margin = ref_chosen - ref_rejected + (jnp.log(a) - jnp.log1p(-a)) / beta
   tie = prob_abs_diff(ref_chosen, ref_rejected) < tie_tolerance
