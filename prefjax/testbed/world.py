@@ -25,7 +25,7 @@ class WorldConfig:
   seed: int = 0
   sft_error_rate: float = 0.4       # fraction of demonstrations that are flawed
   proposal_correct_rate: float = 0.5  # responses in pairs: correct with this probability
-  bt_temperature: float = 0.1
+  bt_temperature: float = 0.05
   label_noise: float = 0.0
   group_size: int = 4                # samples per side for group (multi-sample) preferences
 

@@ -26,16 +26,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.testbed = ml_collections.ConfigDict(dict(
       tasks=("sort",), seed=0, sft_error_rate=0.4, proposal_correct_rate=0.5,
-      bt_temperature=0.1, label_noise=0.0, group_size=4,
+      bt_temperature=0.05, label_noise=0.0, group_size=4,
       n_sft=6000, n_pairs=4000, n_eval_pairs=256))
 
-  c.data = ml_collections.ConfigDict(dict(max_len=40, truncate="prompt_left"))
+  c.data = ml_collections.ConfigDict(dict(max_len=32, truncate="prompt_left"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.sft = _stage(steps=400, batch_size=64, lr=3e-3, warmup=40)
-  c.dpo = _stage(steps=150, batch_size=32, lr=5e-4, warmup=10)
+  c.dpo = _stage(steps=150, batch_size=32, lr=3e-4, warmup=10)
   c.dpo.loss = "dpo"
-  c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0))
+  c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3, label_smoothing=0.0))
 
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))

@@ -90,6 +90,15 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"num_params": int(sum(x.size for x in jax.tree.leaves(params))),
              "devices": len(jax.devices()), "mesh": dict(mesh.shape)}
 
+  lap = time.perf_counter()
+
+  def clock(name):
+    nonlocal lap
+    now = time.perf_counter()
+    summary[f"seconds/{name}"] = now - lap
+    lap = now
+
+  clock("setup")
   sft_params = params
   if "sft" in c.stages:
     examples = world.sft_examples(wcfg, c.testbed.n_sft)
@@ -98,6 +107,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         param_sh=param_sh, ref_params=None, examples=examples,
         encode=pipeline.encode_sft(tok, c.data.max_len, c.data.truncate), mesh=mesh,
         workdir=workdir, c=c, writer=writer)
+    clock("sft")
   # The reference is the starting model: its own buffers (the policy's are donated).
   ref_params = jax.tree.map(jnp.copy, sft_params)
 
@@ -110,6 +120,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         param_sh=param_sh, ref_params=ref_params, examples=pairs,
         encode=pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), mesh=mesh,
         workdir=workdir, c=c, writer=writer)
+    clock("dpo")
 
   if "eval" in c.stages:
     ev = c.eval
@@ -122,6 +133,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     beta = dict(c.dpo.loss_kwargs).get("beta", 1.0)
     summary.update(testbed_eval.implicit_reward_metrics(
         graphdef, policy_params, ref_params, tok, heldout, beta=beta, max_len=c.data.max_len))
+    clock("eval")
   writer.close()
   summary["wall_seconds"] = time.perf_counter() - t0
   with open(os.path.join(workdir, "summary.json"), "w") as f:
