@@ -40,8 +40,11 @@ class Transformer(nnx.Module):
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dtype=pd)
 
-  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache=None):
+  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache=None, return_hidden=False):
     """Logits (B, T, V) in float32, and the new cache (None without one).
+
+    With ``return_hidden=True`` the first output is the final-norm hidden state (B, T, D)
+    instead of the logits (reward heads read it).
 
     Args:
       tokens_bt: (B, T) int token ids.
@@ -68,6 +71,8 @@ class Transformer(nnx.Module):
         new_k.append(c[0])
         new_v.append(c[1])
     x = self.final_norm(x)
+    if return_hidden:
+      return x, None
     w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
     logits = (x @ w.astype(dtype)).astype(jnp.float32)                              # (B, T, V)
     if cache is None:

@@ -4,7 +4,10 @@ multi-sample, unpaired, reward models; PPO reuses it for its policy update).
     state, measurements = train_step(state, batch, ref_params)
 
 ``state`` is a dict ``{"step", "params", "opt_state"}`` of arrays; ``params`` is the pure
-parameter dict of an NNX model whose structure ``graphdef`` holds. The reference model's
+parameter dict of an NNX model whose structure ``graphdef`` holds. With ``compose`` (e.g.
+LoRA), ``params`` are only the trainable part and the model is
+``merge(graphdef, compose(params, ref_params))``: the frozen ``ref_params`` are then both the
+reference model and the base of the policy, so one copy of the base weights is held. The reference model's
 outputs are computed once per step, under ``stop_gradient`` and outside ``value_and_grad``,
 and only when the objective's loss needs a reference (reference-free losses never run it).
 The loss is sum(per_example * w) / sum(w) with w = example mask (times completion lengths
@@ -35,11 +38,12 @@ def reduce_metrics(metrics, weights_b):
   return out
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, objective: Objective):
-  """(params, batch, ref_inputs) -> (loss, (metrics, policy inputs)); pure, differentiable."""
+def make_loss_fn(graphdef: nnx.GraphDef, objective: Objective, compose=None):
+  """(params, batch, ref_inputs, frozen) -> (loss, metrics); pure, differentiable in params."""
 
-  def loss_fn(params, batch, ref_inputs):
-    model = nnx.merge(graphdef, params)
+  def loss_fn(params, batch, ref_inputs, frozen=None):
+    full = params if compose is None else compose(params, frozen)
+    model = nnx.merge(graphdef, full)
     inputs = objective.forward(model, batch)
     per_example, metrics = objective.loss(inputs, ref_inputs)
     mask = batch["example_mask"].astype(jnp.float32)
@@ -59,14 +63,17 @@ def reference_inputs(graphdef, objective: Objective, ref_params, batch):
 
 def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, schedule,
                     *, state_shardings, batch_sharding: NamedSharding, ref_shardings=None,
-                    donate: bool = True):
-  """Builds and jit-compiles ``train_step`` with explicit input/output shardings."""
-  loss_fn = make_loss_fn(graphdef, objective)
+                    donate: bool = True, compose=None):
+  """Builds and jit-compiles ``train_step`` with explicit input/output shardings.
+
+  ``compose(trainable, frozen) -> full params`` (optional): see the module docstring.
+  """
+  loss_fn = make_loss_fn(graphdef, objective, compose)
 
   def train_step(state, batch, ref_params):
     ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, ref_inputs)
+        state["params"], batch, ref_inputs, ref_params)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     measurements = dict(metrics)
@@ -79,7 +86,7 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
 
   mesh = batch_sharding.mesh
   replicated = NamedSharding(mesh, P())
-  ref_sh = ref_shardings if objective.needs_reference else None
+  ref_sh = ref_shardings if (objective.needs_reference or compose is not None) else None
   return jax.jit(train_step,
                  in_shardings=(state_shardings, batch_sharding, ref_sh),
                  out_shardings=(state_shardings, replicated),
@@ -87,16 +94,15 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
 
 
 def make_eval_fn(graphdef, objective: Objective, *, batch_sharding: NamedSharding,
-                 param_shardings, ref_shardings=None):
-  """Jitted (params, batch, ref_params) -> (loss, metrics, policy inputs) without gradients."""
-  loss_fn = make_loss_fn(graphdef, objective)
+                 param_shardings, ref_shardings=None, compose=None):
+  """Jitted (params, batch, ref_params) -> (loss, metrics) without gradients."""
+  loss_fn = make_loss_fn(graphdef, objective, compose)
 
   def eval_step(params, batch, ref_params):
     ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
-    loss, metrics = loss_fn(params, batch, ref_inputs)
-    return loss, metrics
+    return loss_fn(params, batch, ref_inputs, ref_params)
 
-  ref_sh = ref_shardings if objective.needs_reference else None
+  ref_sh = ref_shardings if (objective.needs_reference or compose is not None) else None
   return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding, ref_sh))
 
 
