@@ -7,13 +7,14 @@
 Re-running on the same --workdir resumes from the last checkpoint of each stage.
 """
 import json
+import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prefjax.cli import main_guard
+from prefjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
-                                          lock_config=True)
+                                          lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (metrics, checkpoints, summary).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -22,9 +23,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   from prefjax.train import runner
-  summary = runner.run(_CONFIG.value, _WORKDIR.value)
+  summary = runner.run(cli.apply_open_overrides(_CONFIG.value), _WORKDIR.value)
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-  main_guard(lambda: app.run(main))
+  sys.argv[:] = cli.strip_open_overrides(sys.argv)   # config_flags reads sys.argv itself
+  cli.main_guard(lambda: app.run(main))

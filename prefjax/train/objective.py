@@ -111,7 +111,9 @@ def make_objective(loss_name: str, hparams: Mapping[str, Any] | None = None, *,
   hparams = dict(hparams or {})
   params = inspect.signature(spec.fn).parameters
   if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-    valid = sorted(n for n, p in params.items() if p.default is not inspect.Parameter.empty)
+    inputs = ("policy_", "ref_", "chosen_", "rejected_", "lengths", "labels")
+    valid = sorted(n for n, p in params.items()
+                   if p.default is not inspect.Parameter.empty and not n.startswith(inputs))
     for k in hparams:
       if k not in valid:
         raise ConfigError(f"loss {loss_name!r} has no hyper-parameter {k!r}; "

@@ -81,6 +81,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(c.to_json_best_effort(indent=2))
 
+  # Fail fast on a bad loss name or hyper-parameter, before anything trains.
+  objective = make_objective(c.dpo.loss, c.dpo.loss_kwargs.to_dict())
   tok = TestbedTokenizer()
   wcfg = world_config(c)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -112,7 +114,6 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   ref_params = jax.tree.map(jnp.copy, sft_params)
 
   policy_params = ref_params
-  objective = make_objective(c.dpo.loss, c.dpo.loss_kwargs.to_dict())
   if "dpo" in c.stages:
     pairs = world.preference_pairs(wcfg, c.testbed.n_pairs)
     policy_params = train_stage(
