@@ -49,6 +49,8 @@ def load_params(directory: str, like=None, shardings=None):
   with ocp.StandardCheckpointer() as ckptr:
     if like is None:
       return ckptr.restore(os.path.abspath(directory))
+    if shardings is None:
+      shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), like)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
     return ckptr.restore(os.path.abspath(directory), abstract)

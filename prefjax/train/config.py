@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft = _stage(steps=400, batch_size=64, lr=3e-3, warmup=40)
   c.dpo = _stage(steps=150, batch_size=32, lr=3e-4, warmup=10)
   c.dpo.loss = "dpo"
-  c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3, label_smoothing=0.0))
+  c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3))  # + any hyper-parameter of the loss
 
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
