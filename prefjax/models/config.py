@@ -135,9 +135,15 @@ class ModelConfig:
   def num_params(self) -> int:
     d, h, kv, hd, f, v = (self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.mlp_dim,
                           self.vocab_size)
-    per_layer = d * hd * (h + 2 * kv) + h * hd * d + 3 * d * f + 2 * d
-    return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * per_layer + d
-
+    gated = self.mlp == "gated"
+    norm = d * (2 if self.norm == "layer" else 1)
+    per_layer = (d * hd * (h + 2 * kv) + h * hd * d + (3 if gated else 2) * d * f
+                 + norm * (4 if self.post_norms else 2)
+                 + (hd * (h + 2 * kv) if self.qkv_bias else 0) + (d if self.out_bias else 0)
+                 + (2 * hd if self.qk_norm else 0)
+                 + ((2 * f if gated else f) + d if self.mlp_bias else 0))
+    pos = self.max_len * d if self.pos_emb == "learned" else 0
+    return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * per_layer + norm + pos
 
 PRESETS: dict[str, dict[str, Any]] = {
     # About 0.8M parameters: the testbed default, fast on a 2-core CPU.
