@@ -21,9 +21,12 @@ setup(
         "numpy",
         "tensorboardX",
         "matplotlib",
+        "safetensors",
+        "ml_dtypes",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        "test": ["pytest"],
+        "calibration": ["statsmodels", "scipy"],
         "real": [
             "torch==2.13.0",
             "transformers",
