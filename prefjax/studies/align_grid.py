@@ -46,8 +46,10 @@ class Grid:
     model = Transformer(mcfg, nnx.Rngs(seed))
     graphdef, state = nnx.split(model)
     mesh = sharding.make_mesh(-1, 1, 1)
-    return cls(tok=tok, graphdef=graphdef, init_params=nnx.to_pure_dict(state),
-               param_sh=sharding.param_shardings(model, mesh),
+    param_sh = sharding.param_shardings(model, mesh)
+    # Placed like trained params, so the base model hits the same compiled steps.
+    init = jax.device_put(nnx.to_pure_dict(state), param_sh)
+    return cls(tok=tok, graphdef=graphdef, init_params=init, param_sh=param_sh,
                batch_sh=sharding.batch_sharding(mesh), max_len=max_len, seed=seed)
 
   def _step(self, objective: Objective, lr: float, steps: int, warmup: int):

@@ -25,7 +25,7 @@ def tiny_config(loss, **kwargs):
   c.testbed.group_size = 2
   c.dpo.loss = loss
   c.dpo.batch_size = B
-  c.dpo.steps = 3
+  c.dpo.steps = 2
   c.dpo.lr = 1e-2
   c.dpo.loss_kwargs = dict(beta=0.3)
   for k, v in kwargs.items():
