@@ -118,3 +118,85 @@ def eval_prompts(cfg: WorldConfig, n: int):
 
 def oracle_reward(task_name: str, prompt: str, response: str) -> float:
   return get_task(task_name).reward(prompt, response)
+
+
+def unpaired_from_pairs(pairs):
+  """Unpaired (prompt, response, label) examples: chosen -> desirable (1), rejected -> 0.
+
+  Works on any pair examples with "prompt", "chosen" and "rejected" (testbed or files).
+  """
+  out = []
+  for ex in pairs:
+    for side, label in (("chosen", 1), ("rejected", 0)):
+      out.append({"id": f"{ex.get('id', '?')}-{side}", "task": ex.get("task"),
+                  "prompt": ex["prompt"], "response": ex[side], "label": label})
+  return out
+
+
+def unpaired_examples(cfg: WorldConfig, n: int, split: str = "train"):
+  """2n unpaired KTO examples derived from ``preference_pairs(cfg, n, split)``."""
+  return unpaired_from_pairs(preference_pairs(cfg, n, split))
+
+
+GROUP_ERROR_RATE = 0.1   # per-sample validity errors in the population-task groups
+
+
+def _pick_group(task, prompt, rng, k, balanced):
+  """k samples of the pick task: biased like the demos, or uniform over the options."""
+  opts = task.options(prompt)
+  out = []
+  for _ in range(k):
+    y = opts[int(rng.integers(len(opts)))] if balanced else task.solve(prompt, rng)
+    if rng.random() < GROUP_ERROR_RATE:
+      y = task.corrupt(prompt, y, rng)
+    out.append(y)
+  return out
+
+
+def _group_score(task, prompt, group):
+  if task.population:
+    return task.population_score(prompt, group)
+  return float(np.mean([task.reward(prompt, y) for y in group]))
+
+
+def group_preferences(cfg: WorldConfig, n: int, split: str = "train", k: int | None = None):
+  """Group-level preferences: two groups of k samples per prompt, one preferred.
+
+  Population task (pick): one group is drawn from the biased demonstration distribution,
+  the other uniformly over the offered letters (order random), each sample invalid with
+  probability ``GROUP_ERROR_RATE``; group score s = ``population_score`` (minus the TV
+  distance to uniform). Other tasks: both groups are k proposals as in
+  ``preference_pairs``; s = mean oracle reward. The label is a Bradley-Terry draw on
+  s_1 - s_2 with ``bt_temperature`` and ``label_noise``, exactly as for pairs; ``alpha`` is
+  P(chosen group preferred).
+
+  Returns:
+    Examples {"prompt", "chosen": [k], "rejected": [k], "alpha", "score_chosen",
+    "score_rejected", "task", "id"}; k defaults to ``cfg.group_size``.
+  """
+  k = cfg.group_size if k is None else k
+  if k < 1:
+    raise ValueError(f"group size must be >= 1, got {k}")
+  rng = _rng(cfg, split, f"groups-{k}")
+  out = []
+  for i, (task, prompt) in enumerate(_prompts(cfg, split, n, rng)):
+    if task.population:
+      a, b = _pick_group(task, prompt, rng, k, False), _pick_group(task, prompt, rng, k, True)
+      if rng.random() < 0.5:
+        a, b = b, a
+    else:
+      a = [_response(task, prompt, rng, cfg.proposal_correct_rate) for _ in range(k)]
+      b = [_response(task, prompt, rng, cfg.proposal_correct_rate) for _ in range(k)]
+    s1, s2 = _group_score(task, prompt, a), _group_score(task, prompt, b)
+    p1 = bt_alpha(s1, s2, cfg.bt_temperature, cfg.label_noise)
+    first = rng.random() < p1
+    (gw, sw), (gl, sl) = ((a, s1), (b, s2)) if first else ((b, s2), (a, s1))
+    out.append({"id": f"{split}-group-{i}", "task": task.name, "prompt": prompt,
+                "chosen": gw, "rejected": gl, "alpha": p1 if first else 1.0 - p1,
+                "score_chosen": sw, "score_rejected": sl})
+  return out
+
+
+def groups_as_pairs(groups):
+  """The first sample of each side: the pairwise (k = 1) view of group preferences."""
+  return [dict(g, chosen=g["chosen"][0], rejected=g["rejected"][0]) for g in groups]

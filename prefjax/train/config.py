@@ -27,7 +27,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.testbed = ml_collections.ConfigDict(dict(
       tasks=("sort",), seed=0, sft_error_rate=0.4, proposal_correct_rate=0.5,
       bt_temperature=0.05, label_noise=0.0, group_size=4,
-      n_sft=6000, n_pairs=4000, n_eval_pairs=256))
+      n_sft=6000, n_pairs=4000, n_eval_pairs=256,
+      # Starting point of alignment: "sft" (SFT on these tasks, then align), "base" (align
+      # the initial model directly; reference = that model), "other_tasks" (SFT only on
+      # ``sft_tasks``, e.g. ("add",), then align on ``tasks``).
+      start="sft", sft_tasks=()))
 
   c.data = ml_collections.ConfigDict(dict(max_len=32, truncate="prompt_left"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -36,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dpo = _stage(steps=150, batch_size=32, lr=3e-4, warmup=10)
   c.dpo.loss = "dpo"
   c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3))  # + any hyper-parameter of the loss
+  # loss = "combo": weighted sum of pairwise losses, e.g. {"dpo": 1.0, "sppo_hard": 0.1};
+  # each part takes the keys of loss_kwargs it accepts.
+  c.dpo.loss_weights = ml_collections.ConfigDict()
 
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
@@ -61,5 +68,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{name}.lr must be positive, got {st.lr}")
   if c.data.max_len < 4:
     raise ConfigError(f"config.data.max_len={c.data.max_len} is too small")
+  starts = ("sft", "base", "other_tasks")
+  if c.testbed.start not in starts:
+    raise ConfigError(f"config.testbed.start: unknown starting point {c.testbed.start!r}; "
+                      f"valid: {', '.join(starts)}")
+  if c.testbed.start == "other_tasks" and not tuple(c.testbed.sft_tasks):
+    raise ConfigError("config.testbed.sft_tasks must name at least one task when "
+                      "config.testbed.start='other_tasks'")
+  if c.testbed.group_size < 1:
+    raise ConfigError(f"config.testbed.group_size must be >= 1, got {c.testbed.group_size}")
+  if c.dpo.loss == "combo" and not dict(c.dpo.loss_weights):
+    raise ConfigError("config.dpo.loss_weights must name at least one loss when "
+                      "config.dpo.loss='combo'")
   if not 0.0 <= c.testbed.label_noise < 0.5:
     raise ConfigError(f"config.testbed.label_noise must be in [0, 0.5), got {c.testbed.label_noise}")

@@ -7,6 +7,8 @@ its last checkpoint (a finished stage is restored, not retrained), and ends with
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import time
@@ -16,8 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from prefjax import sharding
+from prefjax import losses, sharding
 from prefjax.data import pipeline
+from prefjax.errors import ConfigError
 from prefjax.eval import testbed_eval
 from prefjax.models import Transformer, make_config
 from prefjax.testbed import world
@@ -26,7 +29,7 @@ from prefjax.train import config as config_lib
 from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.loop import run_stage
 from prefjax.train.metrics_writer import MetricsWriter
-from prefjax.train.objective import make_objective
+from prefjax.train.objective import Objective, make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.step import init_state, make_train_step
 
@@ -37,6 +40,39 @@ def world_config(c) -> world.WorldConfig:
                            proposal_correct_rate=t.proposal_correct_rate,
                            bt_temperature=t.bt_temperature, label_noise=t.label_noise,
                            group_size=t.group_size)
+
+
+def stage_objective(c):
+  """The alignment objective: a registered loss, or ``"combo"`` of ``config.dpo.loss_weights``.
+
+  A combination's parts each take the keys of ``config.dpo.loss_kwargs`` they accept.
+  """
+  kwargs = c.dpo.loss_kwargs.to_dict()
+  if c.dpo.loss != "combo":
+    return make_objective(c.dpo.loss, kwargs)
+  weights = dict(c.dpo.loss_weights.to_dict())
+  try:
+    hp = {n: {k: v for k, v in kwargs.items()
+              if k in inspect.signature(losses.get_spec(n).fn).parameters} for n in weights}
+    spec = losses.make_combined_spec(weights, hp)
+  except (ValueError, KeyError) as e:
+    raise ConfigError(f"config.dpo.loss_weights: {e}") from None
+  return Objective(spec=spec)
+
+
+def preference_data(c, wcfg, tok, kind: str, n: int, split: str = "train"):
+  """(examples, encoder) for a loss kind: pairwise pairs, unpaired (KTO) or groups."""
+  max_len, trunc = c.data.max_len, c.data.truncate
+  if kind == "pairwise":
+    return (world.preference_pairs(wcfg, n, split),
+            pipeline.encode_pair(tok, max_len, trunc))
+  if kind == "unpaired":
+    return (world.unpaired_examples(wcfg, n, split),
+            pipeline.encode_unpaired(tok, max_len, trunc))
+  if kind == "multi":
+    return (world.group_preferences(wcfg, n, split),
+            pipeline.encode_group(tok, max_len, wcfg.group_size, trunc))
+  raise ConfigError(f"config.dpo.loss: loss kind {kind!r} has no testbed data")
 
 
 def build_model(c, tokenizer):
@@ -82,7 +118,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     f.write(c.to_json_best_effort(indent=2))
 
   # Fail fast on a bad loss name or hyper-parameter, before anything trains.
-  objective = make_objective(c.dpo.loss, c.dpo.loss_kwargs.to_dict())
+  objective = stage_objective(c)
   tok = TestbedTokenizer()
   wcfg = world_config(c)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -102,8 +138,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
   clock("setup")
   sft_params = params
-  if "sft" in c.stages:
-    examples = world.sft_examples(wcfg, c.testbed.n_sft)
+  if "sft" in c.stages and c.testbed.start != "base":   # "base": align the initial model
+    sft_world = wcfg
+    if c.testbed.start == "other_tasks":
+      sft_world = dataclasses.replace(wcfg, tasks=tuple(c.testbed.sft_tasks))
+    examples = world.sft_examples(sft_world, c.testbed.n_sft)
     sft_params = train_stage(
         "sft", c.sft, make_objective("sft"), graphdef=graphdef, params=params,
         param_sh=param_sh, ref_params=None, examples=examples,
@@ -115,11 +154,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
   policy_params = ref_params
   if "dpo" in c.stages:
-    pairs = world.preference_pairs(wcfg, c.testbed.n_pairs)
+    examples, encode = preference_data(c, wcfg, tok, objective.spec.kind, c.testbed.n_pairs)
     policy_params = train_stage(
         "dpo", c.dpo, objective, graphdef=graphdef, params=jax.tree.map(jnp.copy, ref_params),
-        param_sh=param_sh, ref_params=ref_params, examples=pairs,
-        encode=pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), mesh=mesh,
+        param_sh=param_sh, ref_params=ref_params, examples=examples, encode=encode, mesh=mesh,
         workdir=workdir, c=c, writer=writer)
     clock("dpo")
 

@@ -1,0 +1,98 @@
+"""Shared machinery for alignment study grids: one model shape, many short runs.
+
+A study trains many small policies (methods x starting points x data sizes x tasks). Every
+run goes through the shared train step (``prefjax.train.step``); what this module adds is
+re-use: one compiled step per (objective, optimiser) for the whole grid, starting models
+trained once and passed around as param dicts, and one evaluation path (the testbed judge).
+No checkpoints are written: each run is seconds long and recomputed from its seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prefjax import sharding
+from prefjax.data import pipeline
+from prefjax.eval import testbed_eval
+from prefjax.models import Transformer, make_config
+from prefjax.testbed.tokenizer import TestbedTokenizer
+from prefjax.train.objective import Objective, make_objective
+from prefjax.train.optimizer import make_optimizer
+from prefjax.train.step import init_state, make_train_step
+from flax import nnx
+
+
+@dataclasses.dataclass
+class Grid:
+  """A model shape plus caches of compiled steps. Build with ``Grid.make``."""
+  tok: TestbedTokenizer
+  graphdef: nnx.GraphDef
+  init_params: dict
+  param_sh: dict
+  batch_sh: object
+  max_len: int
+  seed: int = 0
+  _steps: dict = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def make(cls, *, n_layers=1, dim=64, max_len=32, seed=0, preset="testbed-tiny"):
+    tok = TestbedTokenizer()
+    mcfg = make_config(preset, vocab_size=tok.vocab_size,
+                       overrides={"n_layers": n_layers, "dim": dim})
+    model = Transformer(mcfg, nnx.Rngs(seed))
+    graphdef, state = nnx.split(model)
+    mesh = sharding.make_mesh(-1, 1, 1)
+    param_sh = sharding.param_shardings(model, mesh)
+    # Placed like trained params, so the base model hits the same compiled steps.
+    init = jax.device_put(nnx.to_pure_dict(state), param_sh)
+    return cls(tok=tok, graphdef=graphdef, init_params=init, param_sh=param_sh,
+               batch_sh=sharding.batch_sharding(mesh), max_len=max_len, seed=seed)
+
+  def _step(self, objective: Objective, lr: float, steps: int, warmup: int):
+    key = (objective, lr, steps, warmup)
+    if key not in self._steps:
+      tx, schedule = make_optimizer(lr, steps, warmup_steps=warmup)
+      _, state_sh = init_state(self.init_params, tx, self.param_sh)
+      step = make_train_step(self.graphdef, objective, tx, schedule, state_shardings=state_sh,
+                             batch_sharding=self.batch_sh, ref_shardings=self.param_sh,
+                             donate=False)
+      self._steps[key] = (tx, step)
+    return self._steps[key]
+
+  def train(self, params, objective: Objective, examples, encode, *, steps: int,
+            batch_size: int, lr: float, warmup: int = 0, ref_params=None):
+    """``steps`` updates of ``objective`` from ``params``; returns (params, last loss)."""
+    tx, step = self._step(objective, lr, steps, warmup)
+    state, _ = init_state(jax.tree.map(jnp.copy, params), tx, self.param_sh)
+    batches = pipeline.batched(examples, encode, batch_size, seed=self.seed, num_steps=steps)
+    ref = ref_params if objective.needs_reference else None
+    loss = float("nan")
+    for i in range(steps):
+      state, m = step(state, jax.device_put(batches[i], self.batch_sh), ref)
+    loss = float(m["loss"])
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"{objective.spec.name}: non-finite loss {loss}")
+    return state["params"], loss
+
+  def sft(self, params, examples, *, steps, batch_size, lr, warmup=0):
+    enc = pipeline.encode_sft(self.tok, self.max_len)
+    return self.train(params, make_objective("sft"), examples, enc, steps=steps,
+                      batch_size=batch_size, lr=lr, warmup=warmup)[0]
+
+  def evaluate(self, policy, reference, eval_prompts, *, n_samples=1, max_new_tokens=16,
+               seed=1234):
+    """The testbed judge: win rate vs ``reference``, oracle rewards, KL (see testbed_eval)."""
+    res, details = testbed_eval.evaluate_policy(
+        self.graphdef, policy, reference, self.tok, eval_prompts, n_samples=n_samples,
+        max_new_tokens=max_new_tokens, max_len=self.max_len, seed=seed)
+    return res, details
+
+  def samples(self, params, prompts, *, n_samples, max_new_tokens=4, seed=7):
+    txt, _, _ = testbed_eval.sample_responses(self.graphdef, params, self.tok, prompts,
+                                              n_samples=n_samples,
+                                              max_new_tokens=max_new_tokens, seed=seed)
+    return [txt[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
