@@ -15,6 +15,8 @@ setup(
         "grain>=0.2.12",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",
+        "etils",                  # tfds without TensorFlow needs these two
+        "importlib_resources",
         "ml-collections>=1.0",
         "absl-py",
         "tqdm",

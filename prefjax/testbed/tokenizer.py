@@ -45,6 +45,7 @@ class TestbedTokenizer(CharTokenizer):
   turn separator ">"); ``encode_completion(text)`` returns the completion's ids + EOS.
   """
   SEP = ">"
+  __test__ = False  # not a pytest class
 
   def encode_prompt(self, prompt: str) -> list[int]:
     return [BOS] + self.encode(prompt + self.SEP)
