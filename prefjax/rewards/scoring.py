@@ -17,6 +17,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from prefjax.data.collate import pack, stack
+from prefjax.errors import DataError
 
 
 def pack_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
@@ -26,8 +27,12 @@ def pack_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
   A response longer than fits (with at least min(prompt, max_len // 4) prompt tokens) keeps
   its first tokens; the prompt is then cut from the left (BOS kept) by ``pack``.
   """
-  p = tokenizer.encode_prompt(prompt)
-  c = tokenizer.encode_completion(response)
+  try:
+    p = tokenizer.encode_prompt(prompt)
+    c = tokenizer.encode_completion(response)
+  except ValueError as e:   # e.g. text outside the testbed alphabet
+    raise DataError(f"{where}: cannot tokenize with {type(tokenizer).__name__}: "
+                    f"{str(e)[:160]}") from None
   n_tokens = len(c)
   room = max_len - min(len(p), max(1, max_len // 4)) + 1
   cut = len(c) > room
