@@ -11,9 +11,13 @@ from prefjax.rewards.calibration import (Calibrated, RCMean, calibrate, length_p
 from prefjax.rewards.features import (char_length, markdown_counts, markdown_elements,
                                       token_length)
 from prefjax.rewards.lowess import lowess, num_neighbours
+from prefjax.rewards.model import RewardModel, last_completion_index
+from prefjax.rewards.scoring import RewardScorer
+from prefjax.rewards.implicit import ImplicitRewardScorer
 from prefjax.rewards.scores_io import BadRow, Scores, ScoresError, read_scores, write_jsonl
 
 __all__ = [
+    "RewardModel", "RewardScorer", "ImplicitRewardScorer", "last_completion_index",
     "BadRow", "Calibrated", "RCMean", "Scores", "ScoresError", "calibrate", "char_length",
     "features", "length_penalty", "lowess", "markdown_counts", "markdown_elements",
     "num_neighbours", "pairwise_accuracy", "rankdata", "rc_lwr", "rc_lwr_penalty", "rc_mean",
