@@ -13,6 +13,7 @@ from prefjax.losses import anchored as _anchored  # noqa: F401
 from prefjax.losses import reference_free as _reference_free  # noqa: F401
 from prefjax.losses import kto as _kto  # noqa: F401
 from prefjax.losses import multi_sample as _multi_sample  # noqa: F401
+from prefjax.losses import reward as _reward  # noqa: F401  (bradley_terry)
 from prefjax.losses.registry import LossSpec, get, get_spec, names, register
 from prefjax.losses.sft import sft
 from prefjax.losses.dpo import dpo, pairwise_metrics, reward_metrics
@@ -24,6 +25,7 @@ from prefjax.losses.reference_free import cpo, orpo, simpo
 from prefjax.losses.kto import kto
 from prefjax.losses.multi_sample import mdpo, mipo
 from prefjax.losses.combination import combine, make_combined_spec
+from prefjax.losses.reward import bradley_terry
 
 __all__ = [
     # registry
@@ -41,6 +43,8 @@ __all__ = [
     "kto",
     # multi-sample
     "mdpo", "mipo",
+    # reward models
+    "bradley_terry",
     # combinations
     "combine", "make_combined_spec",
 ]

@@ -55,11 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values the type system cannot; raises ConfigError naming the field."""
-  stages = ("sft", "dpo", "eval")
+  stages = ("sft", "dpo", "eval", "reward", "eval_reward")
   for s in c.stages:
     if s not in stages:
       raise ConfigError(f"config.stages: unknown stage {s!r}; valid stages: {', '.join(stages)}")
-  for name in ("sft", "dpo"):
+  if ("reward" in c.stages or "eval_reward" in c.stages) and "reward" not in c:
+    raise ConfigError("config.stages has a reward stage but the config has no 'reward' "
+                      "section (see experiments/testbed/reward_model.py)")
+  for name in ("sft", "dpo") + (("reward",) if "reward" in c.stages else ()):
     st = c[name]
     for f in ("steps", "batch_size"):
       if st[f] <= 0:

@@ -70,6 +70,24 @@ def forward_unpaired(model, batch):
   return {"policy_logps": p, "policy_kl_logps": kl, "lengths": lp, "labels": batch["labels"]}
 
 
+@register_forward("reward")
+def forward_reward(model, batch):
+  """Reward models (``prefjax.rewards.model.RewardModel``): scalar rewards of both sides.
+
+  The graphdef is a reward model's, not a Transformer's; one call over chosen and rejected
+  rows concatenated. A batch field ``margin`` [B] becomes the loss's per-pair ``margins``.
+  """
+  keys = ("input_ids", "loss_mask", "positions", "segment_ids")
+  joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+           for k in keys}
+  rewards = model.rewards(joint)
+  n = batch["chosen_input_ids"].shape[0]
+  out = {"chosen_rewards": rewards[:n], "rejected_rewards": rewards[n:]}
+  if "margin" in batch:
+    out["margins"] = batch["margin"]
+  return out
+
+
 def _as_reference(inputs: Mapping[str, Any]) -> dict:
   """policy_* log-probs renamed ref_*; lengths, masks and labels are not repeated."""
   return {"ref_" + k[len("policy_"):]: v for k, v in inputs.items() if k.startswith("policy_")}

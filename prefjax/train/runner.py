@@ -161,6 +161,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         workdir=workdir, c=c, writer=writer)
     clock("dpo")
 
+  if "reward" in c.stages or "eval_reward" in c.stages:
+    from prefjax.rewards.training import run_reward_stages   # a RewardModel, not the LM
+    summary.update(run_reward_stages(c, workdir, mesh=mesh, writer=writer,
+                                     sft_params=sft_params, train_stage=train_stage))
+    clock("reward")
+
   if "eval" in c.stages:
     ev = c.eval
     res, _ = testbed_eval.evaluate_policy(

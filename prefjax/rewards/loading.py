@@ -1,0 +1,104 @@
+"""Scorers from saved runs: a reward-model workdir, or the implicit reward of a DPO workdir.
+
+  scorer, info = load_scorer("runs/rm")        # workdir/params/reward (the reward stage)
+  scorer, info = load_scorer("runs/dpo")       # beta * log pi/pi_ref: checkpoints/dpo + sft
+  scorer, info = load_scorer("loglik:runs/dpo")   # beta * log pi (no reference)
+
+The workdir's ``config.json`` (written by the runner) rebuilds the model; every failure is a
+``PrefjaxError`` with a one-line message naming the path.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from prefjax.errors import PrefjaxError
+from prefjax.rewards.implicit import ImplicitRewardScorer
+from prefjax.rewards.scoring import RewardScorer
+
+KINDS = ("auto", "reward", "implicit", "loglik")
+
+
+class ModelLoadError(PrefjaxError, ValueError):
+  """A model path that cannot be turned into a scorer."""
+
+
+def _config(workdir):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ModelLoadError(f"{workdir}: no config.json (not a prefjax workdir)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _int_keys(tree):
+  """Orbax restores nnx.List indices as strings; nnx.merge wants ints."""
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+            for k, v in tree.items()}
+  return tree
+
+
+def _restore_params(directory: str):
+  with ocp.StandardCheckpointer() as ckptr:
+    return _int_keys(ckptr.restore(os.path.abspath(directory)))
+
+
+def _latest_stage_params(workdir, stage):
+  d = os.path.join(workdir, "checkpoints", stage)
+  steps = sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+  if not steps:
+    return None
+  return _restore_params(os.path.join(d, str(steps[-1]), "default"))["params"]
+
+
+def _check(graphdef, params, where):
+  try:
+    nnx.merge(graphdef, params)
+  except Exception as e:   # a structure mismatch deep inside flax: one line instead
+    raise ModelLoadError(f"{where}: parameters do not match the configured model "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
+                max_len: int | None = None, batch_size: int = 32):
+  """(scorer with ``score(prompts, responses) -> [N]``, info dict) for a saved run."""
+  if ":" in path and path.split(":", 1)[0] in KINDS:
+    kind, path = path.split(":", 1)
+  if kind not in KINDS:
+    raise ModelLoadError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+  if not os.path.isdir(path):
+    raise ModelLoadError(f"{path}: no such directory")
+  c = _config(path)
+  from prefjax.rewards import training   # noqa: late import (training imports the runner's deps)
+  if kind == "auto":
+    kind = "reward" if os.path.isdir(os.path.join(path, "params", "reward")) else "implicit"
+  if kind == "reward":
+    d = os.path.join(path, "params", "reward")
+    if not os.path.isdir(d):
+      raise ModelLoadError(f"{path}: no params/reward (run the 'reward' stage first)")
+    tok = training.reward_tokenizer(c)
+    _, graphdef, _ = training.build_reward_model(c, tok)
+    params = _restore_params(d)
+    _check(graphdef, params, d)
+    ml = max_len or c.reward.get("max_len", c.data.max_len)
+    return (RewardScorer(graphdef, params, tok, max_len=ml, batch_size=batch_size),
+            {"kind": "reward_model", "path": path, "max_len": ml})
+  from prefjax.testbed.tokenizer import TestbedTokenizer
+  from prefjax.train.runner import build_model
+  tok = TestbedTokenizer()
+  _, graphdef, init = build_model(c, tok)
+  policy = _latest_stage_params(path, "dpo")
+  if policy is None:
+    raise ModelLoadError(f"{path}: no checkpoints/dpo (an implicit reward needs a DPO run)")
+  ref = _latest_stage_params(path, "sft") or init   # the runner's reference: SFT or init
+  _check(graphdef, policy, os.path.join(path, "checkpoints", "dpo"))
+  b = beta if beta is not None else float(dict(c.dpo.loss_kwargs).get("beta", 1.0))
+  ml = max_len or c.data.max_len
+  scorer = ImplicitRewardScorer(graphdef, policy, None if kind == "loglik" else ref, tok,
+                                beta=b, max_len=ml, batch_size=batch_size)
+  return scorer, {"kind": kind, "path": path, "beta": b, "max_len": ml}
