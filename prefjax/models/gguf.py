@@ -172,6 +172,7 @@ def _hf_config(reader, arch: str, tensor_names: set[str], path: str) -> dict[str
 
 def _tokenizer_meta(reader) -> dict[str, Any]:
   meta = {k: _field(reader, key) for k, key in _TOKENIZER_KEYS.items()}
+  meta["architecture"] = _field(reader, "general.architecture")
   return {k: v for k, v in meta.items() if v is not None}
 
 
@@ -248,29 +249,26 @@ def read_gguf(path: str, *, dtype=None):
   return hf_config, state, _tokenizer_meta(reader)
 
 
-def load_gguf(path: str, *, mesh=None, dtype=None):
+def load_gguf(path: str, *, mesh=None, dtype=None, compute_dtype=None):
   """(cfg, graphdef, params, tokenizer) for a GGUF checkpoint, via ``prefjax.models.hf``.
 
   The weights go through ``params_from_hf`` (the HF-checkpoint path), so a GGUF and the
   transformers checkpoint it was converted from give the same model.
-  """
-  from flax import nnx
 
+  Args:
+    path: a ``*.gguf`` file.
+    mesh: optional mesh; parameters land sharded by the rule table.
+    dtype: parameter dtype (default float32); compute_dtype: activation dtype.
+  """
   from prefjax.models import hf
   from prefjax.tokenizers import Tokenizer
   hf_config, state, tok_meta = read_gguf(path)
-  cfg = hf.config_from_hf(hf_config)
-  params = hf.params_from_hf(state, cfg, mesh=mesh, dtype=dtype)
-  graphdef = _graphdef(cfg, nnx)
-  return cfg, graphdef, params, Tokenizer.from_gguf_meta(tok_meta, source=path)
-
-
-def _graphdef(cfg, nnx):
-  """The model structure without materialising random weights (abstract init)."""
-  import jax
-
-  from prefjax.models import Transformer
-  model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
-  graphdef, _ = nnx.split(model)
-  del jax
-  return graphdef
+  over = {}
+  if dtype is not None:
+    over["param_dtype"] = str(dtype)
+  if compute_dtype is not None:
+    over["dtype"] = str(compute_dtype)
+  cfg = hf.config_from_hf(hf_config, **over)
+  params = hf.params_from_hf(state, cfg, mesh=mesh)
+  graphdef, _ = hf.abstract_params(cfg)
+  return cfg, graphdef, params, Tokenizer.from_gguf_meta(tok_meta, source=str(path))
