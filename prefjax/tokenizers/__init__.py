@@ -29,6 +29,7 @@ def _render(template: str, messages, *, add_generation_prompt: bool, bos_token: 
             eos_token: str) -> str:
   """The chat template rendered with jinja2 as transformers does (trim_blocks, lstrip_blocks)."""
   import jinja2
+  import jinja2.ext
   from jinja2.sandbox import ImmutableSandboxedEnvironment
 
   def raise_exception(msg):
