@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 pytest.importorskip("gguf")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -43,11 +44,19 @@ def smol():
   return path, cfg, graphdef, params, tok, hf
 
 
+_PAD_TO = 96   # one compiled shape for every prompt/greedy step (right padding, segment 0)
+_FWD = {}
+
+
 def _ours_logits(graphdef, params, ids):
-  model = nnx.merge(graphdef, params)
-  t = jnp.asarray([ids], jnp.int32)
-  logits, _ = model(t, jnp.arange(len(ids))[None], jnp.ones_like(t))
-  return np.asarray(logits[0])
+  """Logits [len(ids), V] from a jitted forward over a fixed padded length."""
+  if graphdef not in _FWD:
+    _FWD[graphdef] = jax.jit(lambda p, t, s: nnx.merge(graphdef, p)(
+        t, jnp.arange(_PAD_TO)[None], s)[0])
+  n = len(ids)
+  tokens = jnp.asarray([list(ids) + [0] * (_PAD_TO - n)], jnp.int32)
+  seg = jnp.asarray([[1] * n + [0] * (_PAD_TO - n)], jnp.int32)
+  return np.asarray(_FWD[graphdef](params, tokens, seg)[0, :n])
 
 
 def test_smollm2_weights_identical_to_transformers(smol):
