@@ -23,6 +23,7 @@ from prefjax.data import pipeline
 from prefjax.errors import ConfigError
 from prefjax.eval import testbed_eval
 from prefjax.models import Transformer, make_config
+from prefjax.models import lora as lora_lib
 from prefjax.testbed import world
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
@@ -84,8 +85,12 @@ def build_model(c, tokenizer):
 
 
 def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_params, examples,
-                encode, mesh, workdir, c, writer, on_log=None):
-  """Optimises ``objective`` from ``params`` through the shared step; returns final params."""
+                encode, mesh, workdir, c, writer, on_log=None, compose=None, trainable_sh=None):
+  """Optimises ``objective`` from ``params`` through the shared step; returns final params.
+
+  With ``compose`` (LoRA), ``params`` are the adapters (sharded by ``trainable_sh``) and
+  ``ref_params`` the frozen base, passed to every step.
+  """
   tx, schedule = make_optimizer(stage_cfg.lr, stage_cfg.steps,
                                 warmup_steps=stage_cfg.warmup_steps,
                                 weight_decay=stage_cfg.weight_decay, b1=stage_cfg.b1,
@@ -94,14 +99,14 @@ def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_p
   pipeline.check_examples(examples, encode)
   batches = pipeline.batched(examples, encode, stage_cfg.batch_size, seed=c.seed,
                              num_steps=stage_cfg.steps)
-  state, state_sh = init_state(params, tx, param_sh)
+  state, state_sh = init_state(params, tx, trainable_sh or param_sh)
   batch_sh = sharding.batch_sharding(mesh)
   step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
-                         batch_sharding=batch_sh, ref_shardings=param_sh)
+                         batch_sharding=batch_sh, ref_shardings=param_sh, compose=compose)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), every=c.checkpoint.every,
                       keep=c.checkpoint.keep)
   state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
-                    ref_params=ref_params if objective.needs_reference else None,
+                    ref_params=ref_params if (objective.needs_reference or compose) else None,
                     batches=batches, batch_sharding=batch_sh, num_steps=stage_cfg.steps,
                     checkpointer=ckpt, writer=writer, log_every=c.log_every, on_log=on_log,
                     progress=c.progress)
@@ -155,10 +160,22 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   policy_params = ref_params
   if "dpo" in c.stages:
     examples, encode = preference_data(c, wcfg, tok, objective.spec.kind, c.testbed.n_pairs)
+    lora_kw, start = {}, jax.tree.map(jnp.copy, ref_params)
+    if c.lora.rank > 0:                       # adapters train; ref_params is the frozen base
+      lcfg = lora_lib.LoraConfig(rank=c.lora.rank, alpha=c.lora.alpha,
+                                 targets=tuple(c.lora.targets))
+      start = lora_lib.init_lora(ref_params, lcfg, jax.random.PRNGKey(c.lora.seed))
+      lora_kw = dict(compose=lambda lo, base: lora_lib.apply_lora(base, lo, lcfg.scale),
+                     trainable_sh=jax.tree.map(
+                         lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                         start))
+      summary["lora/num_params"] = lora_lib.num_lora_params(start)
     policy_params = train_stage(
-        "dpo", c.dpo, objective, graphdef=graphdef, params=jax.tree.map(jnp.copy, ref_params),
+        "dpo", c.dpo, objective, graphdef=graphdef, params=start,
         param_sh=param_sh, ref_params=ref_params, examples=examples, encode=encode, mesh=mesh,
-        workdir=workdir, c=c, writer=writer)
+        workdir=workdir, c=c, writer=writer, **lora_kw)
+    if c.lora.rank > 0:
+      policy_params = lora_lib.merge_lora(ref_params, policy_params, lcfg.scale)
     clock("dpo")
 
   if "reward" in c.stages or "eval_reward" in c.stages:
