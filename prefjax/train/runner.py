@@ -18,7 +18,7 @@ from flax import nnx
 
 from prefjax import sharding
 from prefjax.data import pipeline
-from prefjax.eval import testbed_eval
+from prefjax.eval import ranking_monitor, testbed_eval
 from prefjax.models import Transformer, make_config
 from prefjax.testbed import world
 from prefjax.testbed.tokenizer import TestbedTokenizer
@@ -73,6 +73,18 @@ def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_p
   return state["params"]
 
 
+def _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs):
+  """Training-time ranking accuracy (``config.ranking``), or None when disabled."""
+  rc = c.get("ranking")
+  if rc is None or not rc.enabled:
+    return None
+  return ranking_monitor.make_ranking_hook(
+      graphdef, ref_params, tok, train_pairs=pairs[:rc.n_train],
+      heldout_pairs=world.preference_pairs(wcfg, c.testbed.n_eval_pairs, split="eval"),
+      max_len=c.data.max_len, every=rc.every or c.checkpoint.every, last_step=c.dpo.steps,
+      batch_size=rc.batch_size)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured stages and writes ``workdir/summary.json``; returns the summary."""
   t0 = time.perf_counter()
@@ -115,11 +127,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   objective = make_objective(c.dpo.loss, c.dpo.loss_kwargs.to_dict())
   if "dpo" in c.stages:
     pairs = world.preference_pairs(wcfg, c.testbed.n_pairs)
+    on_log = _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs)
     policy_params = train_stage(
         "dpo", c.dpo, objective, graphdef=graphdef, params=jax.tree.map(jnp.copy, ref_params),
         param_sh=param_sh, ref_params=ref_params, examples=pairs,
         encode=pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), mesh=mesh,
-        workdir=workdir, c=c, writer=writer)
+        workdir=workdir, c=c, writer=writer, on_log=on_log)
     clock("dpo")
 
   if "eval" in c.stages:
