@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefjax.data.collate import pack, stack
+from prefjax.errors import PrefjaxError
 from prefjax.eval.scoring import _score
 
 
@@ -129,7 +130,7 @@ def encode_pairs(tokenizer, pairs: Sequence[dict], *, max_len: int):
     try:
       prompt = tokenizer.encode_prompt(ex.get("chat") or ex["prompt"])
       ids = [tokenizer.encode_completion(ex[side]) for side in ("chosen", "rejected")]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, PrefjaxError) as e:
       dropped.append((i, f"cannot tokenise: {e}"))
       continue
     too_long = [len(c) for c in ids if len(c) > max_len]

@@ -7,6 +7,10 @@ where segment id 0 marks padding. Packed sequences get distinct segment ids.
 With a cache (generation), keys live in a fixed buffer of length S; a query written at
 buffer slot ``index + t`` may attend to slot s iff s <= index + t and the slot's segment
 id is non-zero (left padding of prompts has segment 0).
+
+Sliding-window layers (Mistral, Gemma 2/3) additionally require q - k < W in buffer/row
+index (as transformers' ``sliding_window_overlay``); the cache keeps every slot and the
+window is a mask, so generation needs no special path.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefjax.models.layers import param, rope
+from prefjax.models.layers import RMSNorm, param, rope, rope_inv_freq
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays finite (it is never read).
 
@@ -28,6 +32,14 @@ def causal_segment_mask(segment_ids_bt):
   return (causal[None] & same & valid_key)[:, None]                                 # (B, 1, T, T)
 
 
+def sliding_window_mask(mask_b1ts, window: int, index=0):
+  """Restricts a (B, 1, T, S) mask to keys within ``window`` of the query's slot."""
+  t, s = mask_b1ts.shape[-2:]
+  q_slot = index + jnp.arange(t)[:, None]                                           # (T, 1)
+  near = q_slot - jnp.arange(s)[None, :] < window                                   # (T, S)
+  return mask_b1ts & near[None, None]
+
+
 def cache_mask(cache_segment_ids_bs, index, t):
   """(B, 1, T, S) mask for T new queries written at slots index..index+T-1."""
   s = cache_segment_ids_bs.shape[1]
@@ -37,17 +49,39 @@ def cache_mask(cache_segment_ids_bs, index, t):
 
 
 class Attention(nnx.Module):
+  """softmax(softcap(scale * q k^T) + mask) v with optional biases, QK-norm and RoPE.
 
-  def __init__(self, cfg, rngs: nnx.Rngs):
+  ``sliding`` selects the local RoPE base (``cfg.rope_theta_local``) of Gemma 3.
+  """
+
+  def __init__(self, cfg, rngs: nnx.Rngs, sliding: bool = False):
     d, h, kv, hd = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     pd = jnp.dtype(cfg.param_dtype)
     self.n_heads, self.n_kv_heads, self.head_dim = h, kv, hd
-    self.rope_theta = cfg.rope_theta
+    self.use_rope = cfg.pos_emb == "rope"
+    local = sliding and cfg.rope_theta_local is not None
+    self.rope_theta = cfg.rope_theta_local if local else cfg.rope_theta
+    # A tuple (hashable, static): the inverse frequencies with any rope scaling applied.
+    self.inv_freq = tuple(float(f) for f in rope_inv_freq(
+        hd, self.rope_theta, None if local else cfg.rope_scaling))
+    self.logit_scale = cfg.query_scale if cfg.query_scale is not None else hd ** -0.5
+    self.softcap = cfg.attn_softcap
     self.q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), dtype=pd)
     self.k = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dtype=pd)
     self.v = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dtype=pd)
     self.o = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), dtype=pd,
                    scale=(h * hd) ** -0.5)
+    self.qkv_bias, self.out_bias = cfg.qkv_bias, cfg.out_bias
+    if cfg.qkv_bias:
+      self.q_bias = param(rngs, (h, hd), ("heads", "head_dim"), init="zeros", dtype=pd)
+      self.k_bias = param(rngs, (kv, hd), ("kv_heads", "head_dim"), init="zeros", dtype=pd)
+      self.v_bias = param(rngs, (kv, hd), ("kv_heads", "head_dim"), init="zeros", dtype=pd)
+    if cfg.out_bias:
+      self.o_bias = param(rngs, (d,), ("embed",), init="zeros", dtype=pd)
+    self.qk_norm = cfg.qk_norm
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(hd, cfg.norm_eps, rngs, pd, offset=cfg.norm_offset)
+      self.k_norm = RMSNorm(hd, cfg.norm_eps, rngs, pd, offset=cfg.norm_offset)
 
   def __call__(self, x_btd, positions_bt, mask_b1ts, kv_cache=None, cache_index=None):
     """Returns (output (B, T, D), updated (k, v) cache or None)."""
@@ -55,8 +89,16 @@ class Attention(nnx.Module):
     q = jnp.einsum("btd,dhk->bthk", x_btd, self.q[...].astype(dtype))                # (B, T, H, K)
     k = jnp.einsum("btd,dhk->bthk", x_btd, self.k[...].astype(dtype))                # (B, T, G, K)
     v = jnp.einsum("btd,dhk->bthk", x_btd, self.v[...].astype(dtype))
-    q = rope(q, positions_bt, self.rope_theta)
-    k = rope(k, positions_bt, self.rope_theta)
+    if self.qkv_bias:
+      q = q + self.q_bias[...].astype(dtype)
+      k = k + self.k_bias[...].astype(dtype)
+      v = v + self.v_bias[...].astype(dtype)
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    if self.use_rope:
+      inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
+      q = rope(q, positions_bt, self.rope_theta, inv_freq)
+      k = rope(k, positions_bt, self.rope_theta, inv_freq)
 
     new_cache = None
     if kv_cache is not None:
@@ -68,8 +110,13 @@ class Attention(nnx.Module):
     b, t, h, hd = q.shape
     g = self.n_kv_heads
     q = q.reshape(b, t, g, h // g, hd)                                              # (B, T, G, R, K)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k).astype(jnp.float32) * hd ** -0.5   # (B, G, R, T, S)
+    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k).astype(jnp.float32) * self.logit_scale  # (B, G, R, T, S)
+    if self.softcap is not None:
+      scores = self.softcap * jnp.tanh(scores / self.softcap)
     scores = jnp.where(mask_b1ts[:, :, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(b, t, h, hd)            # (B, T, H, K)
-    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype)), new_cache
+    out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))                # (B, T, D)
+    if self.out_bias:
+      out = out + self.o_bias[...].astype(dtype)
+    return out, new_cache

@@ -1,13 +1,18 @@
-"""Building blocks: RMSNorm, rotary embeddings, the SwiGLU MLP, and parameter helpers.
+"""Building blocks: RMSNorm / LayerNorm, rotary embeddings, the MLP, and parameter helpers.
 
 Every parameter carries ``logical_axes`` metadata (``embed``, ``mlp``, ``heads``, ``kv_heads``,
 ``head_dim``, ``vocab``, ``norm``) so that sharding is a table of rules (prefjax/sharding.py).
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from prefjax.errors import ConfigError
 
 
 def param(rngs: nnx.Rngs, shape, axes, *, init="normal", scale=None, dtype=jnp.float32):
@@ -24,27 +29,91 @@ def param(rngs: nnx.Rngs, shape, axes, *, init="normal", scale=None, dtype=jnp.f
 
 
 class RMSNorm(nnx.Module):
-  """y = x / sqrt(mean(x^2) + eps) * w, computed in float32."""
+  """y = x / sqrt(mean(x^2) + eps) * (offset + w), computed in float32.
 
-  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    self.eps = eps
-    self.scale = param(rngs, (dim,), ("norm",), init="ones", dtype=param_dtype)
+  ``offset=1`` is Gemma's convention (weights stored around 0, initialised to 0).
+  """
+
+  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, param_dtype=jnp.float32,
+               offset: float = 0.0):
+    self.eps, self.offset = eps, offset
+    self.scale = param(rngs, (dim,), ("norm",), init="zeros" if offset else "ones",
+                       dtype=param_dtype)
 
   def __call__(self, x):
     dtype = x.dtype
     x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (x * self.scale[...].astype(jnp.float32)).astype(dtype)
+    return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
 
 
-def rope(x_bthd, positions_bt, theta: float):
+class LayerNorm(nnx.Module):
+  """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b, computed in float32 (GPT-2)."""
+
+  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.eps = eps
+    self.scale = param(rngs, (dim,), ("norm",), init="ones", dtype=param_dtype)
+    self.bias = param(rngs, (dim,), ("norm",), init="zeros", dtype=param_dtype)
+
+  def __call__(self, x):
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+            ).astype(dtype)
+
+
+def make_norm(cfg, rngs: nnx.Rngs, dim: int | None = None):
+  """The config's norm ("rms" with ``norm_offset``, or "layer") over ``dim`` (default cfg.dim)."""
+  pd = jnp.dtype(cfg.param_dtype)
+  dim = dim or cfg.dim
+  if cfg.norm == "layer":
+    return LayerNorm(dim, cfg.norm_eps, rngs, pd)
+  return RMSNorm(dim, cfg.norm_eps, rngs, pd, offset=cfg.norm_offset)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> np.ndarray:
+  """Inverse frequencies theta^(-2i/D), i < D/2, with optional HF rope scaling, float32.
+
+  ``scaling`` is a mapping with ``rope_type`` "linear" (divide by ``factor``) or "llama3"
+  (Llama 3.1's band-wise rescaling of low frequencies; transformers'
+  ``_compute_llama3_parameters``).
+  """
+  inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  inv = inv.astype(np.float32)
+  if not scaling:
+    return inv
+  s = dict(scaling)
+  kind = s.get("rope_type", s.get("type", "default"))
+  if kind == "default":
+    return inv
+  if kind == "linear":
+    return (inv / np.float32(s["factor"])).astype(np.float32)
+  if kind == "llama3":
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    out = np.where(wavelen > old / lo, inv / factor, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+    return np.where(medium, smoothed, out).astype(np.float32)
+  raise ConfigError(f"rope_scaling rope_type={kind!r} is not supported; "
+                    "supported: default, linear, llama3")
+
+
+def rope(x_bthd, positions_bt, theta: float, inv_freq=None):
   """Rotary position embedding, half-split ("rotate_half") convention as in HF Llama.
 
-  x * cos + rotate_half(x) * sin, with frequencies theta^(-2i/D) for i < D/2.
+  x * cos + rotate_half(x) * sin, with frequencies theta^(-2i/D) for i < D/2 (or the
+  given ``inv_freq``, e.g. from ``rope_inv_freq`` with scaling).
   """
   d = x_bthd.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))        # (D/2,)
-  angles = positions_bt[..., None].astype(jnp.float32) * inv_freq                  # (B, T, D/2)
+  if inv_freq is None:
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))      # (D/2,)
+  angles = positions_bt[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)     # (B, T, D/2)
   cos = jnp.cos(angles)[:, :, None, :]                                              # (B, T, 1, D/2)
   sin = jnp.sin(angles)[:, :, None, :]
   x = x_bthd.astype(jnp.float32)
@@ -53,16 +122,37 @@ def rope(x_bthd, positions_bt, theta: float):
   return out.astype(x_bthd.dtype)
 
 
-class MLP(nnx.Module):
-  """SwiGLU: down(silu(gate(x)) * up(x))."""
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
 
-  def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    self.gate = param(rngs, (dim, hidden), ("embed", "mlp"), dtype=param_dtype)
+
+class MLP(nnx.Module):
+  """Gated: down(act(gate(x)) * up(x)) (SwiGLU / GeGLU); plain: down(act(up(x))) (GPT-2)."""
+
+  def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs, param_dtype=jnp.float32, *,
+               gated: bool = True, act: str = "silu", bias: bool = False):
+    self.gated, self.act = gated, act
+    if gated:
+      self.gate = param(rngs, (dim, hidden), ("embed", "mlp"), dtype=param_dtype)
     self.up = param(rngs, (dim, hidden), ("embed", "mlp"), dtype=param_dtype)
     self.down = param(rngs, (hidden, dim), ("mlp", "embed"), dtype=param_dtype)
+    if bias:
+      if gated:
+        self.gate_bias = param(rngs, (hidden,), ("mlp",), init="zeros", dtype=param_dtype)
+      self.up_bias = param(rngs, (hidden,), ("mlp",), init="zeros", dtype=param_dtype)
+      self.down_bias = param(rngs, (dim,), ("embed",), init="zeros", dtype=param_dtype)
+    self.bias = bias
 
   def __call__(self, x_btd):
     dtype = x_btd.dtype
-    g = x_btd @ self.gate[...].astype(dtype)                                        # (B, T, F)
-    u = x_btd @ self.up[...].astype(dtype)
-    return (jax.nn.silu(g) * u) @ self.down[...].astype(dtype)                      # (B, T, D)
+    act = ACTIVATIONS[self.act]
+    b = (lambda name: getattr(self, name)[...].astype(dtype)) if self.bias else (lambda _: 0)
+    u = x_btd @ self.up[...].astype(dtype) + b("up_bias")                           # (B, T, F)
+    if self.gated:
+      h = act(x_btd @ self.gate[...].astype(dtype) + b("gate_bias")) * u
+    else:
+      h = act(u)
+    return h @ self.down[...].astype(dtype) + b("down_bias")                        # (B, T, D)

@@ -1,4 +1,7 @@
-"""The decoder-only transformer (Llama family): pre-norm blocks of attention and SwiGLU MLP.
+"""The decoder-only transformer: pre-norm blocks of attention and MLP.
+
+One configurable model for Llama, Mistral, Qwen2/3, Gemma 2/3 and GPT-2 (the switches are
+fields of ``ModelConfig``); the default is Llama.
 
 ``Transformer(cfg, rngs)(tokens, positions, segment_ids)`` returns logits (B, T, V).
 With ``cache=`` (see ``init_cache``) it also returns the updated cache, for generation.
@@ -9,24 +12,37 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefjax.models.attention import Attention, cache_mask, causal_segment_mask
+from prefjax.models.attention import (Attention, cache_mask, causal_segment_mask,
+                                      sliding_window_mask)
 from prefjax.models.config import ModelConfig
-from prefjax.models.layers import MLP, RMSNorm, param
+from prefjax.models.layers import MLP, make_norm, param
 
 
 class Block(nnx.Module):
+  """x += [post_attn_norm](attn(attn_norm(x))); x += [post_mlp_norm](mlp(mlp_norm(x)))."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, sliding: bool = False):
     pd = jnp.dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, rngs, pd)
-    self.attn = Attention(cfg, rngs)
-    self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps, rngs, pd)
-    self.mlp = MLP(cfg.dim, cfg.mlp_dim, rngs, pd)
+    self.sliding = sliding
+    self.attn_norm = make_norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs, sliding=sliding)
+    self.mlp_norm = make_norm(cfg, rngs)
+    self.mlp = MLP(cfg.dim, cfg.mlp_dim, rngs, pd, gated=cfg.mlp == "gated", act=cfg.act,
+                   bias=cfg.mlp_bias)
+    self.post_norms = cfg.post_norms
+    if cfg.post_norms:
+      self.post_attn_norm = make_norm(cfg, rngs)
+      self.post_mlp_norm = make_norm(cfg, rngs)
 
   def __call__(self, x, positions, mask, kv_cache=None, cache_index=None):
     h, new_cache = self.attn(self.attn_norm(x), positions, mask, kv_cache, cache_index)
+    if self.post_norms:
+      h = self.post_attn_norm(h)
     x = x + h
-    return x + self.mlp(self.mlp_norm(x)), new_cache
+    h = self.mlp(self.mlp_norm(x))
+    if self.post_norms:
+      h = self.post_mlp_norm(h)
+    return x + h, new_cache
 
 
 class Transformer(nnx.Module):
@@ -35,8 +51,11 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     pd = jnp.dtype(cfg.param_dtype)
     self.embed = param(rngs, (cfg.vocab_size, cfg.dim), ("vocab", "embed"), scale=1.0, dtype=pd)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
-    self.final_norm = RMSNorm(cfg.dim, cfg.norm_eps, rngs, pd)
+    if cfg.pos_emb == "learned":
+      self.pos_embed = param(rngs, (cfg.max_len, cfg.dim), (None, "embed"), scale=0.02, dtype=pd)
+    self.blocks = nnx.List([Block(cfg, rngs, sliding=cfg.layer_type(i) == "sliding")
+                            for i in range(cfg.n_layers)])
+    self.final_norm = make_norm(cfg, rngs)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dtype=pd)
 
@@ -48,13 +67,18 @@ class Transformer(nnx.Module):
 
     Args:
       tokens_bt: (B, T) int token ids.
-      positions_bt: (B, T) int positions (for RoPE).
+      positions_bt: (B, T) int positions (RoPE angles or rows of the learned table).
       segment_ids_bt: (B, T) int; 0 = padding, equal ids attend to each other.
       cache: optional dict from ``init_cache``; the T new tokens are written at
         ``cache["index"]`` and may attend to every earlier non-padding slot.
     """
     dtype = jnp.dtype(self.cfg.dtype)
+    cfg = self.cfg
     x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(dtype)                  # (B, T, D)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.dim ** 0.5, dtype)
+    if cfg.pos_emb == "learned":
+      x = x + jnp.take(self.pos_embed[...], positions_bt, axis=0).astype(dtype)
     if cache is None:
       mask = causal_segment_mask(segment_ids_bt)
       index, seg = None, None
@@ -63,10 +87,14 @@ class Transformer(nnx.Module):
       seg = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids_bt, index,
                                                 axis=1)
       mask = cache_mask(seg, index, tokens_bt.shape[1])
+    local_mask = None
+    if cfg.sliding_window:
+      local_mask = sliding_window_mask(mask, cfg.sliding_window, 0 if index is None else index)
     new_k, new_v = [], []
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-      x, c = block(x, positions_bt, mask, layer_cache, index)
+      layer_mask = local_mask if block.sliding else mask
+      x, c = block(x, positions_bt, layer_mask, layer_cache, index)
       if c is not None:
         new_k.append(c[0])
         new_v.append(c[1])
@@ -75,6 +103,8 @@ class Transformer(nnx.Module):
       return x, None
     w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
     logits = (x @ w.astype(dtype)).astype(jnp.float32)                              # (B, T, V)
+    if cfg.final_softcap is not None:
+      logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
     if cache is None:
       return logits, None
     new_cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "segment_ids": seg,

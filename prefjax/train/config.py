@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dpo.loss = "dpo"
   c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3, label_smoothing=0.0))
 
+  # LoRA for the preference stage (rank 0 = off): only adapters train; the base is frozen.
+  c.lora = ml_collections.ConfigDict(dict(
+      rank=0, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"), seed=0))
+
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))

@@ -20,6 +20,7 @@ from prefjax import sharding
 from prefjax.data import pipeline
 from prefjax.eval import ranking_monitor, testbed_eval
 from prefjax.models import Transformer, make_config
+from prefjax.models import lora as lora_lib
 from prefjax.testbed import world
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
@@ -48,8 +49,12 @@ def build_model(c, tokenizer):
 
 
 def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_params, examples,
-                encode, mesh, workdir, c, writer, on_log=None):
-  """Optimises ``objective`` from ``params`` through the shared step; returns final params."""
+                encode, mesh, workdir, c, writer, on_log=None, compose=None, trainable_sh=None):
+  """Optimises ``objective`` from ``params`` through the shared step; returns final params.
+
+  With ``compose`` (LoRA), ``params`` are the adapters (sharded by ``trainable_sh``) and
+  ``ref_params`` the frozen base, passed to every step.
+  """
   tx, schedule = make_optimizer(stage_cfg.lr, stage_cfg.steps,
                                 warmup_steps=stage_cfg.warmup_steps,
                                 weight_decay=stage_cfg.weight_decay, b1=stage_cfg.b1,
@@ -58,14 +63,14 @@ def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_p
   pipeline.check_examples(examples, encode)
   batches = pipeline.batched(examples, encode, stage_cfg.batch_size, seed=c.seed,
                              num_steps=stage_cfg.steps)
-  state, state_sh = init_state(params, tx, param_sh)
+  state, state_sh = init_state(params, tx, trainable_sh or param_sh)
   batch_sh = sharding.batch_sharding(mesh)
   step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
-                         batch_sharding=batch_sh, ref_shardings=param_sh)
+                         batch_sharding=batch_sh, ref_shardings=param_sh, compose=compose)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), every=c.checkpoint.every,
                       keep=c.checkpoint.keep)
   state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
-                    ref_params=ref_params if objective.needs_reference else None,
+                    ref_params=ref_params if (objective.needs_reference or compose) else None,
                     batches=batches, batch_sharding=batch_sh, num_steps=stage_cfg.steps,
                     checkpointer=ckpt, writer=writer, log_every=c.log_every, on_log=on_log,
                     progress=c.progress)
@@ -73,7 +78,7 @@ def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_p
   return state["params"]
 
 
-def _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs):
+def _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs, params_fn=None):
   """Training-time ranking accuracy (``config.ranking``), or None when disabled."""
   rc = c.get("ranking")
   if rc is None or not rc.enabled:
@@ -82,7 +87,7 @@ def _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs):
       graphdef, ref_params, tok, train_pairs=pairs[:rc.n_train],
       heldout_pairs=world.preference_pairs(wcfg, c.testbed.n_eval_pairs, split="eval"),
       max_len=c.data.max_len, every=rc.every or c.checkpoint.every, last_step=c.dpo.steps,
-      batch_size=rc.batch_size)
+      batch_size=rc.batch_size, params_fn=params_fn)
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -127,12 +132,25 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   objective = make_objective(c.dpo.loss, c.dpo.loss_kwargs.to_dict())
   if "dpo" in c.stages:
     pairs = world.preference_pairs(wcfg, c.testbed.n_pairs)
-    on_log = _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs)
+    lora_kw, start = {}, jax.tree.map(jnp.copy, ref_params)
+    if c.lora.rank > 0:                       # adapters train; ref_params is the frozen base
+      lcfg = lora_lib.LoraConfig(rank=c.lora.rank, alpha=c.lora.alpha,
+                                 targets=tuple(c.lora.targets))
+      start = lora_lib.init_lora(ref_params, lcfg, jax.random.PRNGKey(c.lora.seed))
+      lora_kw = dict(compose=lambda lo, base: lora_lib.apply_lora(base, lo, lcfg.scale),
+                     trainable_sh=jax.tree.map(
+                         lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                         start))
+      summary["lora/num_params"] = lora_lib.num_lora_params(start)
+    full = (lambda lo: lora_lib.merge_lora(ref_params, lo, lcfg.scale)) if lora_kw else None
+    on_log = _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs, full)
     policy_params = train_stage(
-        "dpo", c.dpo, objective, graphdef=graphdef, params=jax.tree.map(jnp.copy, ref_params),
+        "dpo", c.dpo, objective, graphdef=graphdef, params=start,
         param_sh=param_sh, ref_params=ref_params, examples=pairs,
         encode=pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), mesh=mesh,
-        workdir=workdir, c=c, writer=writer, on_log=on_log)
+        workdir=workdir, c=c, writer=writer, on_log=on_log, **lora_kw)
+    if c.lora.rank > 0:
+      policy_params = lora_lib.merge_lora(ref_params, policy_params, lcfg.scale)
     clock("dpo")
 
   if "eval" in c.stages:

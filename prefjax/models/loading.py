@@ -1,0 +1,121 @@
+"""One entry point for every model source: ``load_model(path)``.
+
+Sources, told apart by what ``path`` holds:
+
+* a Hugging Face directory (``config.json`` + ``*.safetensors``): ``hf.load_hf_dir``;
+* a prefjax checkpoint directory (``model_config.json`` + Orbax ``params/``), as written by
+  ``save_checkpoint`` or ``scripts/convert.py``;
+* a ``*.gguf`` file: ``prefjax.models.gguf.load_gguf(path)``, imported lazily, which returns
+  ``(hf_config: dict, state_dict: Mapping[str, np.ndarray], tokenizer_or_None)`` with HF
+  tensor names; the weights then go through the same ``params_from_hf`` checks.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+from prefjax.errors import ConfigError, DataError
+from prefjax.models.config import ModelConfig
+from prefjax.models.hf import config_from_hf, load_hf_dir, params_from_hf
+from prefjax.models.hf_weights import abstract_params
+
+MODEL_CONFIG = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def source_kind(path: str) -> str:
+  """"hf", "prefjax" or "gguf"; a DataError for anything else."""
+  if path.endswith(".gguf"):
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: no such GGUF file")
+    return "gguf"
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, MODEL_CONFIG)):
+      return "prefjax"
+    if os.path.exists(os.path.join(path, "config.json")):
+      return "hf"
+  raise DataError(f"{path}: not a model (expected a Hugging Face directory with config.json, "
+                  f"a prefjax checkpoint directory with {MODEL_CONFIG}, or a .gguf file)")
+
+
+def hf_tokenizer(path: str):
+  """A ``tokenizers.Tokenizer`` from ``path/tokenizer.json``, or None when there is none."""
+  fn = os.path.join(path, "tokenizer.json")
+  if not os.path.exists(fn):
+    return None
+  try:
+    from tokenizers import Tokenizer
+  except ImportError:
+    return None
+  return Tokenizer.from_file(fn)
+
+
+def save_checkpoint(path: str, cfg: ModelConfig, params, extra: dict[str, Any] | None = None):
+  """Writes a prefjax checkpoint: ``model_config.json`` and Orbax ``params/``."""
+  from prefjax.train.checkpoint import save_params
+  os.makedirs(path, exist_ok=True)
+  save_params(os.path.join(path, PARAMS_DIR), params)
+  with open(os.path.join(path, MODEL_CONFIG), "w") as f:
+    json.dump({"model": cfg.to_dict(), **(extra or {})}, f, indent=2, sort_keys=True)
+
+
+def load_checkpoint(path: str, *, mesh=None):
+  """(cfg, graphdef, params, extra) from a directory written by ``save_checkpoint``."""
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from prefjax.sharding import logical_to_spec
+  from prefjax.train.checkpoint import load_params
+  fn = os.path.join(path, MODEL_CONFIG)
+  try:
+    with open(fn) as f:
+      meta = json.load(f)
+    cfg = ModelConfig.from_dict(meta.pop("model"))
+  except (ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{fn}: not a prefjax model config ({e})") from None
+  graphdef, leaves = abstract_params(cfg)
+  like, shardings = {}, {}
+  for p, (shape, dtype, axes) in leaves.items():
+    _set(like, p, jax.ShapeDtypeStruct(shape, dtype))
+    spec = logical_to_spec(axes or (None,) * len(shape), shape, mesh) if mesh is not None else None
+    _set(shardings, p, NamedSharding(mesh, spec) if mesh is not None else
+         jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  try:
+    params = load_params(os.path.join(path, PARAMS_DIR), like, shardings)
+  except Exception as e:   # Orbax reports structure / shape mismatches in many types
+    raise DataError(f"{os.path.join(path, PARAMS_DIR)}: cannot restore parameters for "
+                    f"{fn} ({str(e).splitlines()[0]})") from None
+  return cfg, graphdef, params, meta
+
+
+def _set(tree, path, value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def load_model(path: str, *, mesh=None, dtype=None):
+  """(cfg, graphdef, params, tokenizer_or_None) from a HF dir, prefjax checkpoint or GGUF."""
+  kind = source_kind(path)
+  if kind == "hf":
+    cfg, graphdef, params = load_hf_dir(path, mesh=mesh, dtype=dtype)
+    return cfg, graphdef, params, hf_tokenizer(path)
+  if kind == "prefjax":
+    cfg, graphdef, params, _ = load_checkpoint(path, mesh=mesh)
+    tok_dir = os.path.join(path, "tokenizer")
+    return cfg, graphdef, params, hf_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+  try:
+    gguf = importlib.import_module("prefjax.models.gguf")
+  except ImportError:
+    raise ConfigError(f"{path}: GGUF input needs prefjax.models.gguf (not installed in this "
+                      "checkout)") from None
+  loaded = gguf.load_gguf(path)
+  hf_config, state_dict = loaded[0], loaded[1]
+  tokenizer = loaded[2] if len(loaded) > 2 else None
+  over = {} if dtype is None else {"param_dtype": str(dtype)}
+  cfg = config_from_hf(hf_config, **over)
+  params = params_from_hf(state_dict, cfg, mesh=mesh)
+  graphdef, _ = abstract_params(cfg)
+  return cfg, graphdef, params, tokenizer
