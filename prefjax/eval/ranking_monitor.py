@@ -44,7 +44,7 @@ class _Split:
 
 def make_ranking_hook(graphdef, ref_params, tokenizer, *, train_pairs: Sequence[dict],
                       heldout_pairs: Sequence[dict], max_len: int, every: int,
-                      last_step: int, batch_size: int = 64):
+                      last_step: int, batch_size: int = 64, params_fn=None):
   """Returns ``on_log(state, step) -> dict`` for ``run_stage`` (empty off the schedule).
 
   Args:
@@ -56,6 +56,8 @@ def make_ranking_hook(graphdef, ref_params, tokenizer, *, train_pairs: Sequence[
     max_len: the longest scored row.
     every: score at steps that are multiples of ``every`` (and at ``last_step``).
     batch_size: rows per forward pass.
+    params_fn: maps the train state's params to full model params (LoRA: merge the
+      adapters into the base); None when they already are.
   """
   splits = [_Split(name, graphdef, ref_params, tokenizer, pairs, max_len, batch_size)
             for name, pairs in (("train", train_pairs), ("heldout", heldout_pairs)) if pairs]
@@ -67,7 +69,8 @@ def make_ranking_hook(graphdef, ref_params, tokenizer, *, train_pairs: Sequence[
     for sp in splits:
       if sp.ref_correct is None:
         continue
-      correct, correct_norm = sp.correct(state["params"])
+      params = state["params"] if params_fn is None else params_fn(state["params"])
+      correct, correct_norm = sp.correct(params)
       f = flips.flip_rates(sp.ref_correct, correct)
       out[f"ranking/{sp.name}_accuracy"] = float(correct.mean())
       out[f"ranking/{sp.name}_accuracy_normalized"] = float(correct_norm.mean())
