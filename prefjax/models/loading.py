@@ -18,7 +18,7 @@ from typing import Any
 
 from prefjax.errors import ConfigError, DataError
 from prefjax.models.config import ModelConfig
-from prefjax.models.hf import config_from_hf, load_hf_dir, params_from_hf
+from prefjax.models.hf import load_hf_dir
 from prefjax.models.hf_weights import abstract_params
 
 MODEL_CONFIG = "model_config.json"
@@ -41,15 +41,15 @@ def source_kind(path: str) -> str:
 
 
 def hf_tokenizer(path: str):
-  """A ``tokenizers.Tokenizer`` from ``path/tokenizer.json``, or None when there is none."""
-  fn = os.path.join(path, "tokenizer.json")
-  if not os.path.exists(fn):
+  """The prompt/completion tokenizer (chat template included) of an HF directory, or None
+  when it has no ``tokenizer.json`` or the ``tokenizers`` extra is not installed."""
+  if not os.path.exists(os.path.join(path, "tokenizer.json")):
     return None
   try:
-    from tokenizers import Tokenizer
+    from prefjax.tokenizers import Tokenizer
   except ImportError:
     return None
-  return Tokenizer.from_file(fn)
+  return Tokenizer.from_hf_dir(path)
 
 
 def save_checkpoint(path: str, cfg: ModelConfig, params, extra: dict[str, Any] | None = None):
@@ -64,7 +64,6 @@ def save_checkpoint(path: str, cfg: ModelConfig, params, extra: dict[str, Any] |
 def load_checkpoint(path: str, *, mesh=None):
   """(cfg, graphdef, params, extra) from a directory written by ``save_checkpoint``."""
   import jax
-  import numpy as np
   from jax.sharding import NamedSharding
   from prefjax.sharding import logical_to_spec
   from prefjax.train.checkpoint import load_params
@@ -111,11 +110,4 @@ def load_model(path: str, *, mesh=None, dtype=None):
   except ImportError:
     raise ConfigError(f"{path}: GGUF input needs prefjax.models.gguf (not installed in this "
                       "checkout)") from None
-  loaded = gguf.load_gguf(path)
-  hf_config, state_dict = loaded[0], loaded[1]
-  tokenizer = loaded[2] if len(loaded) > 2 else None
-  over = {} if dtype is None else {"param_dtype": str(dtype)}
-  cfg = config_from_hf(hf_config, **over)
-  params = params_from_hf(state_dict, cfg, mesh=mesh)
-  graphdef, _ = abstract_params(cfg)
-  return cfg, graphdef, params, tokenizer
+  return gguf.load_gguf(path, mesh=mesh, dtype=dtype)

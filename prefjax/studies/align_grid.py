@@ -13,7 +13,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from prefjax import sharding
 from prefjax.data import pipeline

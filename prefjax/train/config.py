@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
+  # Ranking accuracy of the policy on n_train training pairs and the held-out pairs, logged
+  # during DPO every `every` steps (0: at the checkpoint interval).
+  c.ranking = ml_collections.ConfigDict(dict(enabled=True, every=0, n_train=256,
+                                             batch_size=64))
   c.log_every = 10
   c.progress = True
   c.tensorboard = True

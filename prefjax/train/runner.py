@@ -21,7 +21,7 @@ from flax import nnx
 from prefjax import losses, sharding
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError
-from prefjax.eval import testbed_eval
+from prefjax.eval import ranking_monitor, testbed_eval
 from prefjax.models import Transformer, make_config
 from prefjax.models import lora as lora_lib
 from prefjax.testbed import world
@@ -114,6 +114,18 @@ def train_stage(name, stage_cfg, objective, *, graphdef, params, param_sh, ref_p
   return state["params"]
 
 
+def _ranking_hook(c, wcfg, tok, graphdef, ref_params, pairs, params_fn=None):
+  """Training-time ranking accuracy (``config.ranking``), or None when disabled."""
+  rc = c.get("ranking")
+  if rc is None or not rc.enabled:
+    return None
+  return ranking_monitor.make_ranking_hook(
+      graphdef, ref_params, tok, train_pairs=pairs[:rc.n_train],
+      heldout_pairs=world.preference_pairs(wcfg, c.testbed.n_eval_pairs, split="eval"),
+      max_len=c.data.max_len, every=rc.every or c.checkpoint.every, last_step=c.dpo.steps,
+      batch_size=rc.batch_size, params_fn=params_fn)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured stages and writes ``workdir/summary.json``; returns the summary."""
   t0 = time.perf_counter()
@@ -170,10 +182,13 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                          lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
                          start))
       summary["lora/num_params"] = lora_lib.num_lora_params(start)
+    full = (lambda lo: lora_lib.merge_lora(ref_params, lo, lcfg.scale)) if lora_kw else None
+    on_log = (_ranking_hook(c, wcfg, tok, graphdef, ref_params, examples, full)
+              if objective.spec.kind == "pairwise" else None)   # ranking needs pairs
     policy_params = train_stage(
         "dpo", c.dpo, objective, graphdef=graphdef, params=start,
         param_sh=param_sh, ref_params=ref_params, examples=examples, encode=encode, mesh=mesh,
-        workdir=workdir, c=c, writer=writer, **lora_kw)
+        workdir=workdir, c=c, writer=writer, on_log=on_log, **lora_kw)
     if c.lora.rank > 0:
       policy_params = lora_lib.merge_lora(ref_params, policy_params, lcfg.scale)
     clock("dpo")
