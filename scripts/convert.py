@@ -8,8 +8,12 @@ The input kind is detected (config.json = HF, model_config.json = prefjax, *.ggu
 the output is a prefjax checkpoint unless the input is one (then a HF directory), or as
 ``--to_format`` says.
 """
+import os
+import sys
+
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
 from prefjax.cli import main_guard
 
 _FROM = flags.DEFINE_string("from", None, "Input: HF directory, prefjax checkpoint or .gguf.")

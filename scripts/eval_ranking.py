@@ -23,6 +23,7 @@ import sys
 
 from absl import app, flags, logging
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
 from prefjax.cli import main_guard
 
 _MODEL = flags.DEFINE_string("model", None, "prefjax workdir / DPO checkpoint / HF dir / GGUF.")

@@ -8,15 +8,15 @@ a Python loop over a jitted one-token step with the KV cache, printing text as i
 """
 from __future__ import annotations
 
-import argparse
 import os
+import argparse
 import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
 from prefjax.cli import main_guard
 from prefjax.models import init_cache
 from prefjax.tokenizers import Tokenizer

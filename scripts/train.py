@@ -6,11 +6,13 @@
 
 Re-running on the same --workdir resumes from the last checkpoint of each stage.
 """
+import os
 import json
 import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
 from prefjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",

@@ -8,7 +8,6 @@ import jax
 import pytest
 
 from prefjax import sharding
-from prefjax.models import Transformer, make_config
 
 HERE = os.path.dirname(__file__)
 
