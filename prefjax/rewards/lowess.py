@@ -75,8 +75,21 @@ def _delta_anchors(xs: np.ndarray, delta: float, group_end: np.ndarray) -> np.nd
   return np.asarray(anchors, dtype=np.int32)
 
 
+def _bucket(m: int) -> int:
+  """Padded size for m: >= 256, then 8 steps per octave (<= 12.5% padding). Padding shapes
+  to buckets lets calls of similar size share one compiled kernel."""
+  if m <= 256:
+    return 256
+  step = 1 << (m.bit_length() - 4)  # 1/8 of the octave [2^e, 2^(e+1)) holding m
+  return -(-m // step) * step
+
+
 def _plan(x, delta):
-  """Host-side integer structure: sort order, tie groups, anchors, interpolation indices."""
+  """Host-side integer structure: sort order, tie groups, anchors, interpolation indices.
+
+  Every array is padded to a bucketed size: padded points sit in a trailing dummy group with
+  zero weight, padded groups are empty, padded anchors repeat the last one.
+  """
   x64 = np.asarray(x, dtype=np.float64)
   n = x64.size
   order = np.argsort(x64)  # the call statsmodels makes, so ties land in the same order
@@ -86,7 +99,7 @@ def _plan(x, delta):
   seg = np.cumsum(new_group, dtype=np.int64) - 1
   starts = np.flatnonzero(new_group)
   if delta == 0.0:
-    anchors = starts.astype(np.int32)  # every distinct value is fitted
+    anchors = starts  # every distinct value is fitted
   else:
     group_end = np.append(starts[1:], n)[seg] - 1  # last index of each point's tie group
     anchors = _delta_anchors(xs, delta, group_end)
@@ -94,25 +107,34 @@ def _plan(x, delta):
   nxt = np.minimum(prev + 1, anchors.size - 1)
   inverse = np.empty(n, dtype=np.int32)
   inverse[order] = np.arange(n, dtype=np.int32)
-  return dict(order=order.astype(np.int32), inverse=inverse, seg=seg.astype(np.int32),
-              group_first=starts.astype(np.int32), anchors=anchors,
-              prev=prev.astype(np.int32), nxt=nxt.astype(np.int32))
+  n_pad = _bucket(n)
+  g_pad = _bucket(starts.size + 1)  # + 1: the dummy group of the padded points
+  block = max(1, min(_bucket(anchors.size), _BLOCK_ELEMS // g_pad))
+  block = 1 << (block.bit_length() - 1)  # a power of two, so it divides the bucket sizes
+  a_pad = -(-_bucket(anchors.size) // block) * block
+
+  def pad(a, size, value):
+    return np.concatenate([a, np.full(size - a.size, value, a.dtype)]).astype(np.int32)
+
+  return dict(n=n, n_pad=n_pad, block=block, order=order, inverse=inverse,
+              seg=pad(seg, n_pad, g_pad - 1), group_first=pad(starts, g_pad, n - 1),
+              anchors=pad(anchors, a_pad, anchors[-1]),
+              prev=pad(prev, n_pad, 0), nxt=pad(nxt, n_pad, 0))
 
 
-def _window_radius(xs, x0, k):
+def _window_radius(xs, x0, n, k):
   """Radius of statsmodels' k-point window around each x0 (``update_neighborhood``).
 
   The window [l, l + k) over sorted x starts at l = #{l < n - k : (x[l] + x[l+k]) / 2 < x0}
   and h = max(x0 - x[l], x[l+k-1] - x0). Every point outside the window is at least h
   away, and a tie group cut by the window edge sits at exactly h (tricube weight 0), so
   weighting all points by tricube(|x - x0| / h) reproduces the window fit exactly.
+  n and k may be traced: midpoints from n - k on are +inf, which never count.
   """
-  n = xs.shape[0]
-  if n > k:
-    mid = (xs[: n - k] + xs[k:]) / 2.0  # [n - k], non-decreasing
-    left = jnp.searchsorted(mid, x0, side="left")
-  else:
-    left = jnp.zeros(x0.shape, dtype=jnp.int32)
+  size = xs.shape[0]
+  idx = jnp.arange(size)
+  mid = jnp.where(idx < n - k, (xs + xs[jnp.minimum(idx + k, size - 1)]) / 2.0, jnp.inf)
+  left = jnp.searchsorted(mid, x0, side="left")  # mid is non-decreasing
   return jnp.maximum(x0 - xs[left], xs[left + k - 1] - x0)
 
 
@@ -172,43 +194,50 @@ def _group_stats(r, yc, seg, num_groups):
   return g_w, g_wy, jnp.maximum(g_max1, 0.0), jnp.maximum(g_max2, 0.0)
 
 
-def _robust_weights(yc, fit):
+def _robust_weights(yc, fit, valid, n):
   """bisquare(min(|resid| / (6 median |resid|), 1)); 0/1 indicator if the median is 0."""
   resid = jnp.abs(yc - fit)
-  med = jnp.median(resid)
+  ordered = jnp.sort(jnp.where(valid, resid, jnp.inf))  # padding sorts last
+  med = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2.0  # np.median of the n real points
   scaled = jnp.where(med == 0, (resid > 0).astype(resid.dtype), resid / (6.0 * med))
   scaled = jnp.minimum(scaled, 1.0)
   b = 1.0 - scaled * scaled
-  return b * b
+  return jnp.where(valid, b * b, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "it", "block"))
-def _lowess_sorted(ys, xs, seg, group_first, anchors, prev, nxt, *, k, it, block):
-  """LOWESS on x-sorted data; returns ``[n]`` fits in sorted order."""
+@functools.partial(jax.jit, static_argnames=("block",))
+def _lowess_sorted(ys, xs, seg, group_first, anchors, prev, nxt, n, k, it, *, block):
+  """LOWESS on x-sorted, padded data (see ``_plan``); returns ``[n_pad]`` sorted fits."""
   num_groups = group_first.shape[0]
+  valid = jnp.arange(ys.shape[0]) < n
+  shift = jnp.where(valid, ys, 0.0).sum() / n  # LOWESS is shift-equivariant in y
+  yc = jnp.where(valid, ys - shift, 0.0)  # centred: keeps float32 sums well conditioned
   gx = xs[group_first]  # [G]
-  shift = jnp.mean(ys)  # LOWESS is shift-equivariant in y; centring helps float32
-  yc = ys - shift
-  num_anchors = anchors.shape[0]
-  pad = -num_anchors % block
-  anchors_p = jnp.concatenate([anchors, jnp.full((pad,), anchors[-1], anchors.dtype)])
-  x0 = xs[anchors_p]
-  h = _window_radius(xs, x0, k)
-  yfb = yc[anchors_p]
+  x0 = xs[anchors]  # [A]
+  h = _window_radius(xs, x0, n, k)
+  yfb = yc[anchors]
   x0_b, h_b, yfb_b = (a.reshape(-1, block) for a in (x0, h, yfb))
-  xa, xb = xs[anchors[prev]], xs[anchors[nxt]]
-  frac_b = jnp.where(xb > xa, (xs - xa) / jnp.where(xb > xa, xb - xa, 1.0), 0.0)
+  xa, xb = x0[prev], x0[nxt]
+  lam = jnp.where(xb > xa, (xs - xa) / jnp.where(xb > xa, xb - xa, 1.0), 0.0)
 
   def fit(r):
     stats = _group_stats(r, yc, seg, num_groups)
     f_a = jax.lax.map(lambda args: _fit_block(*args, gx, *stats), (x0_b, h_b, yfb_b))
-    f_a = f_a.reshape(-1)[:num_anchors]
+    f_a = f_a.reshape(-1)
     fa, fb = f_a[prev], f_a[nxt]
     # Ties of an anchor copy its fit; other points interpolate linearly (statsmodels' delta).
-    return jnp.where(xs == xa, fa, frac_b * fb + (1.0 - frac_b) * fa)
+    return jnp.where(xs == xa, fa, lam * fb + (1.0 - lam) * fa)
 
-  r = jax.lax.fori_loop(0, it, lambda _, r: _robust_weights(yc, fit(r)), jnp.ones_like(ys))
-  return fit(r) + shift
+  def step(i, carry):
+    r, _ = carry
+    f = fit(r)
+    # The weights after the last fit are never used: skip that sort.
+    r = jax.lax.cond(i < it, lambda: _robust_weights(yc, f, valid, n), lambda: r)
+    return r, f
+
+  r0 = valid.astype(ys.dtype)
+  _, f = jax.lax.fori_loop(0, it + 1, step, (r0, r0))
+  return f + shift
 
 
 def lowess(y, x, *, frac: float = 2.0 / 3.0, it: int = 3, delta: float = 0.0):
@@ -255,10 +284,11 @@ def lowess(y, x, *, frac: float = 2.0 / 3.0, it: int = 3, delta: float = 0.0):
   if not (np.all(np.isfinite(x_host)) and bool(jnp.all(jnp.isfinite(y_arr)))):
     raise ValueError("lowess: x and y must be finite (drop NaN/inf rows first)")
   plan = _plan(x_host, float(delta))
-  block = max(1, min(plan["anchors"].size, _BLOCK_ELEMS // plan["group_first"].size))
-  ys = y_arr[plan["order"]]
-  xs = jnp.asarray(x_host, dtype=y_arr.dtype)[plan["order"]]
+  order, pad = plan["order"], plan["n_pad"] - n
+  xs = np.asarray(x_host[order], dtype=y_arr.dtype)
+  xs = jnp.asarray(np.concatenate([xs, np.full(pad, xs[-1], xs.dtype)]))
+  ys = jnp.concatenate([y_arr[order], jnp.zeros((pad,), y_arr.dtype)])
   fit = _lowess_sorted(ys, xs, plan["seg"], plan["group_first"], plan["anchors"],
-                       plan["prev"], plan["nxt"], k=num_neighbours(n, frac), it=int(it),
-                       block=block)
+                       plan["prev"], plan["nxt"], n, num_neighbours(n, frac), int(it),
+                       block=plan["block"])
   return fit[plan["inverse"]]
