@@ -75,20 +75,22 @@ def _delta_anchors(xs: np.ndarray, delta: float, group_end: np.ndarray) -> np.nd
   return np.asarray(anchors, dtype=np.int32)
 
 
-def _bucket(m: int) -> int:
-  """Padded size for m: >= 256, then 8 steps per octave (<= 12.5% padding). Padding shapes
-  to buckets lets calls of similar size share one compiled kernel."""
-  if m <= 256:
-    return 256
-  step = 1 << (m.bit_length() - 4)  # 1/8 of the octave [2^e, 2^(e+1)) holding m
+def _bucket(m: int, minimum: int = 256) -> int:
+  """Padded size for m: >= minimum, then 8 steps per octave (<= 12.5% padding). Padding
+  shapes to buckets lets calls of similar size share one compiled kernel."""
+  if m <= minimum:
+    return minimum
+  step = max(1, 1 << (m.bit_length() - 4))  # 1/8 of the octave [2^e, 2^(e+1)) holding m
   return -(-m // step) * step
 
 
-def _plan(x, delta):
-  """Host-side integer structure: sort order, tie groups, anchors, interpolation indices.
+def _plan(x, delta, k):
+  """Host-side integer structure: sort order, tie groups, anchors, windows, interpolation.
 
   Every array is padded to a bucketed size: padded points sit in a trailing dummy group with
-  zero weight, padded groups are empty, padded anchors repeat the last one.
+  zero weight, padded groups are empty, padded anchors repeat the last one. Anchors are
+  processed in blocks; a block only looks at the ``width`` groups from its ``block_start``,
+  which cover the k-point windows of all its anchors (plus a margin of 2 groups each side).
   """
   x64 = np.asarray(x, dtype=np.float64)
   n = x64.size
@@ -107,19 +109,31 @@ def _plan(x, delta):
   nxt = np.minimum(prev + 1, anchors.size - 1)
   inverse = np.empty(n, dtype=np.int32)
   inverse[order] = np.arange(n, dtype=np.int32)
+
+  # Each anchor's window [l, l + k) (see _window_radius) in group indices.
+  left = np.searchsorted((xs[: n - k] + xs[k:]) / 2.0, xs[anchors], side="left")
+  g_lo, g_hi = seg[left] - 2, seg[left + k - 1] + 2
   n_pad = _bucket(n)
   g_pad = _bucket(starts.size + 1)  # + 1: the dummy group of the padded points
-  block = max(1, min(_bucket(anchors.size), _BLOCK_ELEMS // g_pad))
+  a_pad = _bucket(anchors.size, minimum=256 if g_pad <= 16384 else 16)
+  width = min(_bucket(int((g_hi - g_lo).max()) + 1), g_pad)
+  block = max(1, min(a_pad, _BLOCK_ELEMS // width))
   block = 1 << (block.bit_length() - 1)  # a power of two, so it divides the bucket sizes
-  a_pad = -(-_bucket(anchors.size) // block) * block
+  a_pad = -(-a_pad // block) * block
+  # Windows only move right with x0: a block's union is [first anchor's lo, last's hi].
+  lo_b = np.append(g_lo, np.full(a_pad - anchors.size, g_lo[-1]))[::block]
+  hi_b = np.append(g_hi, np.full(a_pad - anchors.size, g_hi[-1]))[block - 1::block]
+  if width < g_pad and (hi_b - lo_b).max() + 1 > width:
+    width = min(_bucket(int((hi_b - lo_b).max()) + 1), g_pad)
+  block_start = np.clip(lo_b, 0, g_pad - width)
 
   def pad(a, size, value):
     return np.concatenate([a, np.full(size - a.size, value, a.dtype)]).astype(np.int32)
 
-  return dict(n=n, n_pad=n_pad, block=block, order=order, inverse=inverse,
+  return dict(n=n, n_pad=n_pad, block=block, width=width, order=order, inverse=inverse,
               seg=pad(seg, n_pad, g_pad - 1), group_first=pad(starts, g_pad, n - 1),
-              anchors=pad(anchors, a_pad, anchors[-1]),
-              prev=pad(prev, n_pad, 0), nxt=pad(nxt, n_pad, 0))
+              anchors=pad(anchors, a_pad, anchors[-1]), prev=pad(prev, n_pad, 0),
+              nxt=pad(nxt, n_pad, 0), block_start=block_start.astype(np.int32))
 
 
 def _window_radius(xs, x0, n, k):
@@ -237,8 +251,9 @@ def _robust_weights(yc, fit, valid, n):
   return jnp.where(valid, b * b, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("block",))
-def _lowess_sorted(ys, xs, seg, group_first, anchors, prev, nxt, n, k, it, *, block):
+@functools.partial(jax.jit, static_argnames=("block", "width"))
+def _lowess_sorted(ys, xs, seg, group_first, anchors, block_start, prev, nxt, n, k, it, *,
+                   block, width):
   """LOWESS on x-sorted, padded data (see ``_plan``); returns ``[n_pad]`` sorted fits."""
   num_groups = group_first.shape[0]
   valid = jnp.arange(ys.shape[0]) < n
@@ -253,8 +268,14 @@ def _lowess_sorted(ys, xs, seg, group_first, anchors, prev, nxt, n, k, it, *, bl
   lam = jnp.where(xb > xa, (xs - xa) / jnp.where(xb > xa, xb - xa, 1.0), 0.0)
 
   def fit(r):
-    stats = _group_stats(r, yc, seg, num_groups)
-    f_a = jax.lax.map(lambda args: _fit_block(*args, gx, *stats), (x0_b, h_b, yfb_b))
+    group_arrays = (gx, *_group_stats(r, yc, seg, num_groups))
+
+    def fit_block(args):
+      *anchor_args, start = args
+      window = (jax.lax.dynamic_slice(a, (start,), (width,)) for a in group_arrays)
+      return _fit_block(*anchor_args, *window)
+
+    f_a = jax.lax.map(fit_block, (x0_b, h_b, yfb_b, block_start))
     f_a = f_a.reshape(-1)
     fa, fb = f_a[prev], f_a[nxt]
     # Ties of an anchor copy its fit; other points interpolate linearly (statsmodels' delta).
@@ -315,12 +336,13 @@ def lowess(y, x, *, frac: float = 2.0 / 3.0, it: int = 3, delta: float = 0.0):
     return y_arr
   if not (np.all(np.isfinite(x_host)) and bool(jnp.all(jnp.isfinite(y_arr)))):
     raise ValueError("lowess: x and y must be finite (drop NaN/inf rows first)")
-  plan = _plan(x_host, float(delta))
+  k = num_neighbours(n, frac)
+  plan = _plan(x_host, float(delta), k)
   order, pad = plan["order"], plan["n_pad"] - n
   xs = np.asarray(x_host[order], dtype=y_arr.dtype)
   xs = jnp.asarray(np.concatenate([xs, np.full(pad, xs[-1], xs.dtype)]))
   ys = jnp.concatenate([y_arr[order], jnp.zeros((pad,), y_arr.dtype)])
   fit = _lowess_sorted(ys, xs, plan["seg"], plan["group_first"], plan["anchors"],
-                       plan["prev"], plan["nxt"], n, num_neighbours(n, frac), int(it),
-                       block=plan["block"])
+                       plan["block_start"], plan["prev"], plan["nxt"], n, k, int(it),
+                       block=plan["block"], width=plan["width"])
   return fit[plan["inverse"]]
