@@ -1,7 +1,7 @@
 r"""Times RC-LWR's LOWESS against statsmodels on one synthetic length-biased score set.
 
   python scripts/benchmark_calibration.py --n 300000 --frac 0.3 --it 3 \
-      --json experiments/calibration/benchmark.jsonl
+      --json /tmp/calibration_benchmark.jsonl
 
 Integer lengths c ~ round(exp(N(5.5, 0.9))) clipped to [10, 3000], reward = a planted bias
 1.5 * sigmoid((c - 400) / 150) + 0.0005 * c plus N(0, 1) noise and 2% outliers. Both fits run

@@ -14,13 +14,18 @@ r_j = bisquare(min(|y_j - b(x_j)| / (6 * median |y - b|), 1)), bisquare(u) = (1 
 window points have weight > 1e-12, or h = 0, the fit falls back to y at that point.
 
 Exactness and speed. Points with the same x get the same weights and the same fit, so the
-weighted sums above aggregate exactly per distinct x value: with G distinct values (integer
-lengths: G << n) a pass costs O(A * G) for A fitted values, plus O(n) to scatter the fits back
-and O(n log n) for the median; the window radius comes from one searchsorted over the sorted
-x. With ``delta`` = 0 every distinct value is fitted (A = G). With ``delta`` > 0 (continuous
-x, G ~ n) only statsmodels' anchor points are fitted (each next anchor is the last point
-within ``delta`` of the previous one) and the points between are linearly interpolated,
-exactly like statsmodels, so A ~ range(x) / delta.
+weighted sums above aggregate exactly per distinct x value (sum r_j and sum r_j y_j per
+value). With G distinct values (integer lengths: G << n) a pass costs O(A * W) for A fitted
+values whose windows span at most W distinct values (W <= G), plus O(n) to aggregate, scatter
+the fits back and take the median (radix select, no sort); the window radius comes from one
+searchsorted over the sorted x. The host sorts once (O(n log n), numpy).
+
+* ``delta`` = 0 (the default) fits every distinct value (A = G): exact and fast for
+  discrete features such as character or token counts.
+* ``delta`` > 0, for continuous x (G ~ n): only statsmodels' anchor points are fitted (each
+  next anchor is the last point within ``delta`` of the previous one) and the points between
+  are linearly interpolated, exactly as statsmodels does, so A ~ range(x) / delta. Continuous
+  x with ``delta`` = 0 is still exact but costs O(n * k) per pass.
 
 The results agree with ``statsmodels.nonparametric.lowess(y, x, frac, it, delta,
 return_sorted=False)`` to rounding in float64. Known differences: statsmodels drops non-finite
@@ -284,7 +289,7 @@ def _lowess_sorted(ys, xs, seg, group_first, anchors, block_start, prev, nxt, n,
   def step(i, carry):
     r, _ = carry
     f = fit(r)
-    # The weights after the last fit are never used: skip that sort.
+    # The weights after the last fit are never used: skip that median.
     r = jax.lax.cond(i < it, lambda: _robust_weights(yc, f, valid, n), lambda: r)
     return r, f
 
