@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from prefjax.rewards.lowess import lowess, num_neighbours
+from prefjax.rewards.lowess import _plan, lowess, num_neighbours
 
 
 @pytest.fixture
@@ -94,6 +94,16 @@ def test_parity_float64(x64, kind, n):
     for it in (0, 1, 3):
       np.testing.assert_allclose(lowess(y, x, frac=frac, it=it), _reference(y, x, frac, it),
                                  rtol=0, atol=1e-6, err_msg=f"{kind} frac={frac} it={it}")
+
+
+def test_parity_float64_windowed(x64):
+  # Many distinct x and a small frac: each block of anchors only reads a slice of the values.
+  x, y = _data("continuous", 1500, seed=9)
+  for frac, it in ((0.05, 3), (0.2, 1)):
+    plan = _plan(x, 0.0, num_neighbours(x.size, frac))
+    assert plan["width"] < plan["group_first"].size  # the windowed path is exercised
+    np.testing.assert_allclose(lowess(y, x, frac=frac, it=it), _reference(y, x, frac, it),
+                               rtol=0, atol=1e-6, err_msg=f"frac={frac} it={it}")
 
 
 @pytest.mark.parametrize("kind", ["continuous", "lengths"])
