@@ -14,13 +14,18 @@ r_j = bisquare(min(|y_j - b(x_j)| / (6 * median |y - b|), 1)), bisquare(u) = (1 
 window points have weight > 1e-12, or h = 0, the fit falls back to y at that point.
 
 Exactness and speed. Points with the same x get the same weights and the same fit, so the
-weighted sums above aggregate exactly per distinct x value: with G distinct values (integer
-lengths: G << n) a pass costs O(A * G) for A fitted values, plus O(n) to scatter the fits back
-and O(n log n) for the median; the window radius comes from one searchsorted over the sorted
-x. With ``delta`` = 0 every distinct value is fitted (A = G). With ``delta`` > 0 (continuous
-x, G ~ n) only statsmodels' anchor points are fitted (each next anchor is the last point
-within ``delta`` of the previous one) and the points between are linearly interpolated,
-exactly like statsmodels, so A ~ range(x) / delta.
+weighted sums above aggregate exactly per distinct x value (sum r_j and sum r_j y_j per
+value). With G distinct values (integer lengths: G << n) a pass costs O(A * W) for A fitted
+values whose windows span at most W distinct values (W <= G), plus O(n) to aggregate, scatter
+the fits back and take the median (radix select, no sort); the window radius comes from one
+searchsorted over the sorted x. The host sorts once (O(n log n), numpy).
+
+* ``delta`` = 0 (the default) fits every distinct value (A = G): exact and fast for
+  discrete features such as character or token counts.
+* ``delta`` > 0, for continuous x (G ~ n): only statsmodels' anchor points are fitted (each
+  next anchor is the last point within ``delta`` of the previous one) and the points between
+  are linearly interpolated, exactly as statsmodels does, so A ~ range(x) / delta. Continuous
+  x with ``delta`` = 0 is still exact but costs O(n * k) per pass.
 
 The results agree with ``statsmodels.nonparametric.lowess(y, x, frac, it, delta,
 return_sorted=False)`` to rounding in float64. Known differences: statsmodels drops non-finite
@@ -42,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Elements of one [anchors, groups] block; bounds memory to a few tens of MB per block.
-_BLOCK_ELEMS = 1 << 20
+# Elements of one [anchors, groups] block: small enough to stay in cache (fastest on CPU).
+_BLOCK_ELEMS = 1 << 16
 _MIN_WEIGHT = 1e-12  # statsmodels: a weight counts as non-zero only above this
 _MIN_VAR = 1e-12  # statsmodels: floor of the weighted x-variance
 
@@ -75,8 +80,23 @@ def _delta_anchors(xs: np.ndarray, delta: float, group_end: np.ndarray) -> np.nd
   return np.asarray(anchors, dtype=np.int32)
 
 
-def _plan(x, delta):
-  """Host-side integer structure: sort order, tie groups, anchors, interpolation indices."""
+def _bucket(m: int, minimum: int = 256) -> int:
+  """Padded size for m: >= minimum, then 8 steps per octave (<= 12.5% padding). Padding
+  shapes to buckets lets calls of similar size share one compiled kernel."""
+  if m <= minimum:
+    return minimum
+  step = max(1, 1 << (m.bit_length() - 4))  # 1/8 of the octave [2^e, 2^(e+1)) holding m
+  return -(-m // step) * step
+
+
+def _plan(x, delta, k):
+  """Host-side integer structure: sort order, tie groups, anchors, windows, interpolation.
+
+  Every array is padded to a bucketed size: padded points sit in a trailing dummy group with
+  zero weight, padded groups are empty, padded anchors repeat the last one. Anchors are
+  processed in blocks; a block only looks at the ``width`` groups from its ``block_start``,
+  which cover the k-point windows of all its anchors (plus a margin of 2 groups each side).
+  """
   x64 = np.asarray(x, dtype=np.float64)
   n = x64.size
   order = np.argsort(x64)  # the call statsmodels makes, so ties land in the same order
@@ -86,7 +106,7 @@ def _plan(x, delta):
   seg = np.cumsum(new_group, dtype=np.int64) - 1
   starts = np.flatnonzero(new_group)
   if delta == 0.0:
-    anchors = starts.astype(np.int32)  # every distinct value is fitted
+    anchors = starts  # every distinct value is fitted
   else:
     group_end = np.append(starts[1:], n)[seg] - 1  # last index of each point's tie group
     anchors = _delta_anchors(xs, delta, group_end)
@@ -94,25 +114,46 @@ def _plan(x, delta):
   nxt = np.minimum(prev + 1, anchors.size - 1)
   inverse = np.empty(n, dtype=np.int32)
   inverse[order] = np.arange(n, dtype=np.int32)
-  return dict(order=order.astype(np.int32), inverse=inverse, seg=seg.astype(np.int32),
-              group_first=starts.astype(np.int32), anchors=anchors,
-              prev=prev.astype(np.int32), nxt=nxt.astype(np.int32))
+
+  # Each anchor's window [l, l + k) (see _window_radius) in group indices.
+  left = np.searchsorted((xs[: n - k] + xs[k:]) / 2.0, xs[anchors], side="left")
+  g_lo, g_hi = seg[left] - 2, seg[left + k - 1] + 2
+  n_pad = _bucket(n)
+  g_pad = _bucket(starts.size + 1)  # + 1: the dummy group of the padded points
+  a_pad = _bucket(anchors.size, minimum=256 if g_pad <= 16384 else 16)
+  width = min(_bucket(int((g_hi - g_lo).max()) + 1), g_pad)
+  block = max(1, min(a_pad, _BLOCK_ELEMS // width))
+  block = 1 << (block.bit_length() - 1)  # a power of two, so it divides the bucket sizes
+  a_pad = -(-a_pad // block) * block
+  # Windows only move right with x0: a block's union is [first anchor's lo, last's hi].
+  lo_b = np.append(g_lo, np.full(a_pad - anchors.size, g_lo[-1]))[::block]
+  hi_b = np.append(g_hi, np.full(a_pad - anchors.size, g_hi[-1]))[block - 1::block]
+  if width < g_pad and (hi_b - lo_b).max() + 1 > width:
+    width = min(_bucket(int((hi_b - lo_b).max()) + 1), g_pad)
+  block_start = np.clip(lo_b, 0, g_pad - width)
+
+  def pad(a, size, value):
+    return np.concatenate([a, np.full(size - a.size, value, a.dtype)]).astype(np.int32)
+
+  return dict(n=n, n_pad=n_pad, block=block, width=width, order=order, inverse=inverse,
+              seg=pad(seg, n_pad, g_pad - 1), group_first=pad(starts, g_pad, n - 1),
+              anchors=pad(anchors, a_pad, anchors[-1]), prev=pad(prev, n_pad, 0),
+              nxt=pad(nxt, n_pad, 0), block_start=block_start.astype(np.int32))
 
 
-def _window_radius(xs, x0, k):
+def _window_radius(xs, x0, n, k):
   """Radius of statsmodels' k-point window around each x0 (``update_neighborhood``).
 
   The window [l, l + k) over sorted x starts at l = #{l < n - k : (x[l] + x[l+k]) / 2 < x0}
   and h = max(x0 - x[l], x[l+k-1] - x0). Every point outside the window is at least h
   away, and a tie group cut by the window edge sits at exactly h (tricube weight 0), so
   weighting all points by tricube(|x - x0| / h) reproduces the window fit exactly.
+  n and k may be traced: midpoints from n - k on are +inf, which never count.
   """
-  n = xs.shape[0]
-  if n > k:
-    mid = (xs[: n - k] + xs[k:]) / 2.0  # [n - k], non-decreasing
-    left = jnp.searchsorted(mid, x0, side="left")
-  else:
-    left = jnp.zeros(x0.shape, dtype=jnp.int32)
+  size = xs.shape[0]
+  idx = jnp.arange(size)
+  mid = jnp.where(idx < n - k, (xs + xs[jnp.minimum(idx + k, size - 1)]) / 2.0, jnp.inf)
+  left = jnp.searchsorted(mid, x0, side="left")  # mid is non-decreasing
   return jnp.maximum(x0 - xs[left], xs[left + k - 1] - x0)
 
 
@@ -133,19 +174,20 @@ def _fit_block(x0, h, y_fallback, gx, g_w, g_wy, g_max1, g_max2):
   u_ag = jnp.abs(d_ag) / safe_h
   t_ag = 1.0 - u_ag * u_ag * u_ag
   t_ag = jnp.where(u_ag < 1.0, t_ag * t_ag * t_ag, 0.0)  # tricube; 0 on and beyond h
-  wx_ag = t_ag * g_w
-  wy_ag = t_ag * g_wy
-  s0 = wx_ag.sum(1)
-  s1 = (wx_ag * d_ag).sum(1)
-  s2 = (wx_ag * d_ag * d_ag).sum(1)
-  t0 = wy_ag.sum(1)
-  t1 = (wy_ag * d_ag).sum(1)
+  # Weighted sums over groups as matmuls: [Ab, G] @ [G, 2] -> (sum w, sum w y) etc.
+  # HIGHEST: no reduced-precision (TF32) matmuls on accelerators.
+  dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+  w_g2 = jnp.stack([g_w, g_wy], axis=1)
+  s0, t0 = dot(t_ag, w_g2).T
+  td_ag = t_ag * d_ag
+  s1, t1 = dot(td_ag, w_g2).T
+  s2 = dot(td_ag * d_ag, g_w)
   # Points with weight > 1e-12; monotone in r_j, so each group's top two decide "at least 2".
   n_pos = ((t_ag * g_max1 > _MIN_WEIGHT).astype(jnp.int32)
            + (t_ag * g_max2 > _MIN_WEIGHT).astype(jnp.int32)).sum(1)
   # All weight on one x value: the slope is 0/0. statsmodels then returns rounding noise
   # times 1e12 (its variance floor); the exact limit is the weighted mean.
-  one_value = (wx_ag > 0).sum(1) < 2
+  one_value = (t_ag * g_w > 0).sum(1) < 2
   ok = (h > 0) & (n_pos >= 2)
   s0 = jnp.where(ok, s0, 1.0)
   xbar = s1 / s0  # offset of the weighted mean from x0
@@ -172,43 +214,88 @@ def _group_stats(r, yc, seg, num_groups):
   return g_w, g_wy, jnp.maximum(g_max1, 0.0), jnp.maximum(g_max2, 0.0)
 
 
-def _robust_weights(yc, fit):
+def _kth_smallest(v, k, valid):
+  """Exact k-th smallest (0-based) of the valid entries of non-negative ``[n]`` v.
+
+  Radix select on the float bit patterns (for non-negative floats their order is the
+  integer order): 16 bits per pass, one scatter-add histogram each, so O(n) per pass
+  instead of a full sort (XLA's CPU sort is ~50x slower here).
+  """
+  itype, nbits = (jnp.int64, 64) if v.dtype == jnp.float64 else (jnp.int32, 32)
+  bits = jax.lax.bitcast_convert_type(v, itype)
+  prefix = jnp.zeros((), itype)
+  for shift in range(nbits - 16, -1, -16):
+    match = valid
+    if shift + 16 < nbits:  # only entries whose higher digits equal the prefix so far
+      match = valid & ((bits >> (shift + 16)) == (prefix >> (shift + 16)))
+    digit = ((bits >> shift) & 0xFFFF).astype(jnp.int32)
+    hist = jnp.zeros(1 << 16, jnp.int32).at[jnp.where(match, digit, 1 << 16)].add(
+        1, mode="drop")
+    cum = jnp.cumsum(hist)
+    d = jnp.searchsorted(cum, k + 1, side="left").astype(jnp.int32)
+    k = k - jnp.where(d > 0, cum[jnp.maximum(d - 1, 0)], 0)
+    prefix = prefix | (d.astype(itype) << shift)
+  return jax.lax.bitcast_convert_type(prefix, v.dtype)
+
+
+def _median(v, valid, n):
+  """np.median of the n valid entries of non-negative v (mean of the middle two if n even)."""
+  lo = _kth_smallest(v, (n - 1) // 2, valid)
+  enough = jnp.sum(valid & (v <= lo)) >= n // 2 + 1  # the upper middle is lo again
+  hi = jnp.where(enough, lo, jnp.min(jnp.where(valid & (v > lo), v, jnp.inf)))
+  return (lo + hi) / 2.0
+
+
+def _robust_weights(yc, fit, valid, n):
   """bisquare(min(|resid| / (6 median |resid|), 1)); 0/1 indicator if the median is 0."""
   resid = jnp.abs(yc - fit)
-  med = jnp.median(resid)
+  med = _median(resid, valid, n)
   scaled = jnp.where(med == 0, (resid > 0).astype(resid.dtype), resid / (6.0 * med))
   scaled = jnp.minimum(scaled, 1.0)
   b = 1.0 - scaled * scaled
-  return b * b
+  return jnp.where(valid, b * b, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "it", "block"))
-def _lowess_sorted(ys, xs, seg, group_first, anchors, prev, nxt, *, k, it, block):
-  """LOWESS on x-sorted data; returns ``[n]`` fits in sorted order."""
+@functools.partial(jax.jit, static_argnames=("block", "width"))
+def _lowess_sorted(ys, xs, seg, group_first, anchors, block_start, prev, nxt, n, k, it, *,
+                   block, width):
+  """LOWESS on x-sorted, padded data (see ``_plan``); returns ``[n_pad]`` sorted fits."""
   num_groups = group_first.shape[0]
+  valid = jnp.arange(ys.shape[0]) < n
+  shift = jnp.where(valid, ys, 0.0).sum() / n  # LOWESS is shift-equivariant in y
+  yc = jnp.where(valid, ys - shift, 0.0)  # centred: keeps float32 sums well conditioned
   gx = xs[group_first]  # [G]
-  shift = jnp.mean(ys)  # LOWESS is shift-equivariant in y; centring helps float32
-  yc = ys - shift
-  num_anchors = anchors.shape[0]
-  pad = -num_anchors % block
-  anchors_p = jnp.concatenate([anchors, jnp.full((pad,), anchors[-1], anchors.dtype)])
-  x0 = xs[anchors_p]
-  h = _window_radius(xs, x0, k)
-  yfb = yc[anchors_p]
+  x0 = xs[anchors]  # [A]
+  h = _window_radius(xs, x0, n, k)
+  yfb = yc[anchors]
   x0_b, h_b, yfb_b = (a.reshape(-1, block) for a in (x0, h, yfb))
-  xa, xb = xs[anchors[prev]], xs[anchors[nxt]]
-  frac_b = jnp.where(xb > xa, (xs - xa) / jnp.where(xb > xa, xb - xa, 1.0), 0.0)
+  xa, xb = x0[prev], x0[nxt]
+  lam = jnp.where(xb > xa, (xs - xa) / jnp.where(xb > xa, xb - xa, 1.0), 0.0)
 
   def fit(r):
-    stats = _group_stats(r, yc, seg, num_groups)
-    f_a = jax.lax.map(lambda args: _fit_block(*args, gx, *stats), (x0_b, h_b, yfb_b))
-    f_a = f_a.reshape(-1)[:num_anchors]
+    group_arrays = (gx, *_group_stats(r, yc, seg, num_groups))
+
+    def fit_block(args):
+      *anchor_args, start = args
+      window = (jax.lax.dynamic_slice(a, (start,), (width,)) for a in group_arrays)
+      return _fit_block(*anchor_args, *window)
+
+    f_a = jax.lax.map(fit_block, (x0_b, h_b, yfb_b, block_start))
+    f_a = f_a.reshape(-1)
     fa, fb = f_a[prev], f_a[nxt]
     # Ties of an anchor copy its fit; other points interpolate linearly (statsmodels' delta).
-    return jnp.where(xs == xa, fa, frac_b * fb + (1.0 - frac_b) * fa)
+    return jnp.where(xs == xa, fa, lam * fb + (1.0 - lam) * fa)
 
-  r = jax.lax.fori_loop(0, it, lambda _, r: _robust_weights(yc, fit(r)), jnp.ones_like(ys))
-  return fit(r) + shift
+  def step(i, carry):
+    r, _ = carry
+    f = fit(r)
+    # The weights after the last fit are never used: skip that median.
+    r = jax.lax.cond(i < it, lambda: _robust_weights(yc, f, valid, n), lambda: r)
+    return r, f
+
+  r0 = valid.astype(ys.dtype)
+  _, f = jax.lax.fori_loop(0, it + 1, step, (r0, r0))
+  return f + shift
 
 
 def lowess(y, x, *, frac: float = 2.0 / 3.0, it: int = 3, delta: float = 0.0):
@@ -254,11 +341,13 @@ def lowess(y, x, *, frac: float = 2.0 / 3.0, it: int = 3, delta: float = 0.0):
     return y_arr
   if not (np.all(np.isfinite(x_host)) and bool(jnp.all(jnp.isfinite(y_arr)))):
     raise ValueError("lowess: x and y must be finite (drop NaN/inf rows first)")
-  plan = _plan(x_host, float(delta))
-  block = max(1, min(plan["anchors"].size, _BLOCK_ELEMS // plan["group_first"].size))
-  ys = y_arr[plan["order"]]
-  xs = jnp.asarray(x_host, dtype=y_arr.dtype)[plan["order"]]
+  k = num_neighbours(n, frac)
+  plan = _plan(x_host, float(delta), k)
+  order, pad = plan["order"], plan["n_pad"] - n
+  xs = np.asarray(x_host[order], dtype=y_arr.dtype)
+  xs = jnp.asarray(np.concatenate([xs, np.full(pad, xs[-1], xs.dtype)]))
+  ys = jnp.concatenate([y_arr[order], jnp.zeros((pad,), y_arr.dtype)])
   fit = _lowess_sorted(ys, xs, plan["seg"], plan["group_first"], plan["anchors"],
-                       plan["prev"], plan["nxt"], k=num_neighbours(n, frac), it=int(it),
-                       block=block)
+                       plan["block_start"], plan["prev"], plan["nxt"], n, k, int(it),
+                       block=plan["block"], width=plan["width"])
   return fit[plan["inverse"]]
