@@ -73,3 +73,17 @@ def test_group_size_default_view_and_errors():
   assert all(isinstance(p["rejected"], str) for p in pairs)
   with pytest.raises(ValueError, match="group size"):
     world.group_preferences(cfg, 5, k=0)
+
+
+def test_graded_reward():
+  from prefjax.testbed.graded import graded_reward, graded_win_rate, similarity
+  assert similarity("", "") == 1.0 and similarity("abc", "") == 0.0
+  assert similarity("1,3,2", "1,2,3") == pytest.approx(1 - 2 / 5)
+  assert graded_reward("sort", "sort:3,1,2", "1,2,3") == 1.0
+  assert graded_reward("add", "add:12+5", "17") == 1.0
+  assert graded_reward("add", "add:12+5", "1,7") == pytest.approx(1 - 1 / 3)  # no r* credit
+  assert get_task("add").reward("add:12+5", "1,7") == 0.0
+  assert graded_reward("pick", "pick:abc", "c") == 1.0
+  assert graded_reward("pick", "pick:abc", "zc") == pytest.approx(0.5)
+  wr, gp, gr = graded_win_rate(["add"] * 2, ["add:1+1"] * 2, ["2", "9"], ["2", "29"])
+  assert wr == pytest.approx(0.25) and gp == pytest.approx(0.5) and gr == pytest.approx(0.75)
