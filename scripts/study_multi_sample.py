@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefjax.cli import main_guard
+from prefjax.errors import ConfigError
 from prefjax.data import pipeline
 from prefjax.studies.align_grid import Grid
 from prefjax.testbed import world
@@ -73,8 +74,8 @@ def population_metrics(prompts, samples):
   return float(np.mean(ent)), float(np.mean(tv)), float(np.mean(valid))
 
 
-def run(out, grid_name, seed=0):
-  g = GRIDS[grid_name]
+def run(out, grid_name, seed=0, overrides=None):
+  g = dict(GRIDS[grid_name], **(overrides or {}))
   os.makedirs(out, exist_ok=True)
   t0, load0 = time.perf_counter(), os.getloadavg()[0]
   grid = Grid.make(n_layers=g["n_layers"], dim=g["dim"], seed=seed)
@@ -192,8 +193,13 @@ def main():
   ap.add_argument("--out", required=True)
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--lr", type=float, default=None, help="override the alignment lr")
+  ap.add_argument("--align-steps", type=int, default=None, help="override alignment steps")
   a = ap.parse_args()
-  wall = run(a.out, "quick" if a.quick else "default", a.seed)
+  over = {k: v for k, v in (("lr", a.lr), ("align_steps", a.align_steps)) if v is not None}
+  if any(v <= 0 for v in over.values()):
+    raise ConfigError(f"--lr / --align-steps must be positive, got {over}")
+  wall = run(a.out, "quick" if a.quick else "default", a.seed, over)
   print(f"done in {wall:.0f} s -> {a.out}/results.md")
 
 
