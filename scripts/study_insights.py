@@ -170,6 +170,8 @@ def plot(out, rows, g):
         ax.plot(g["sizes"], [_mean(rows, key, method=m, start=s, size=z) for z in g["sizes"]],
                 marker="o", label=m)
       ax.set_xscale("log")
+      ax.minorticks_off()
+      ax.set_xticks(list(g["sizes"]), [str(z) for z in g["sizes"]])
       ax.axhline(0.5, color="gray", lw=0.5)
       ax.set_title(f"start: {s}", fontsize=9)
       ax.set_xlabel("preference pairs")
