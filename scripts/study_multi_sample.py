@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefjax.cli import main_guard
+from prefjax.errors import ConfigError
 from prefjax.data import pipeline
 from prefjax.studies.align_grid import Grid
 from prefjax.testbed import world
@@ -37,12 +38,14 @@ from prefjax.train.objective import make_objective
 METHODS = [("dpo", 1), ("ipo", 1), ("mdpo", 2), ("mdpo", 4), ("mipo", 2), ("mipo", 4)]
 NOISES = (0.0, 0.1, 0.2, 0.3, 0.4)
 GRIDS = {
-    "quick": dict(n_layers=1, dim=64, sft_steps=150, align_steps=20, batch=16, n_prompts=256,
-                  n_pop_prompts=16, n_pop_samples=256, n_eval=64, beta=0.3, lr=3e-4),
-    "default": dict(n_layers=1, dim=64, sft_steps=300, align_steps=60, batch=16,
+    "quick": dict(n_layers=1, dim=64, sft_steps=300, align_steps=40, batch=16, n_prompts=256,
+                  n_pop_prompts=16, n_pop_samples=256, n_eval=64, n_eval_samples=4, beta=0.3,
+                  lr=5e-4),
+    "default": dict(n_layers=1, dim=64, sft_steps=500, align_steps=80, batch=16,
                     n_prompts=1000, n_pop_prompts=32, n_pop_samples=256, n_eval=128,
-                    beta=0.3, lr=3e-4),
+                    n_eval_samples=4, beta=0.3, lr=5e-4),
 }
+PICK_SFT_ERROR = 0.1   # pick demos: mostly valid letters, biased to the first one
 
 
 def _label(loss, k):
@@ -71,17 +74,22 @@ def population_metrics(prompts, samples):
   return float(np.mean(ent)), float(np.mean(tv)), float(np.mean(valid))
 
 
-def run(out, grid_name, seed=0):
-  g = GRIDS[grid_name]
+def run(out, grid_name, seed=0, overrides=None):
+  g = dict(GRIDS[grid_name], **(overrides or {}))
   os.makedirs(out, exist_ok=True)
-  t0 = time.perf_counter()
+  t0, load0 = time.perf_counter(), os.getloadavg()[0]
   grid = Grid.make(n_layers=g["n_layers"], dim=g["dim"], seed=seed)
   bar = tqdm(total=len(METHODS) * (1 + len(NOISES)), desc="multi-sample", dynamic_ncols=True)
 
+  # One SFT model for the whole study: pick demos (mostly valid, biased towards the first
+  # letter) mixed with sort demos (40% flawed); every run of (a) and (b) starts from it.
+  wcfg = world.WorldConfig(tasks=("pick",), seed=seed, sft_error_rate=PICK_SFT_ERROR)
+  base = world.WorldConfig(tasks=("sort",), seed=seed)
+  demos = world.sft_examples(wcfg, 1500) + world.sft_examples(base, 1500)
+  sft = grid.sft(grid.init_params, demos, steps=g["sft_steps"], batch_size=32, lr=3e-3,
+                 warmup=10)
+
   # (a) population task.
-  wcfg = world.WorldConfig(tasks=("pick",), seed=seed)
-  sft = grid.sft(grid.init_params, world.sft_examples(wcfg, 2000), steps=g["sft_steps"],
-                 batch_size=32, lr=3e-3, warmup=10)
   prompts = [p for _, p in world.eval_prompts(wcfg, g["n_pop_prompts"])]
   opts = [get_task("pick").options(p) for p in prompts]
   max_ent = float(np.mean([math.log(len(o)) for o in opts]))
@@ -90,7 +98,7 @@ def run(out, grid_name, seed=0):
           "max_entropy": max_ent}]
   for loss, k in METHODS:
     ex, enc = _data(grid, wcfg, loss, k, g["n_prompts"])
-    obj = make_objective(loss if k > 1 else loss, {"beta": g["beta"]})
+    obj = make_objective(loss, {"beta": g["beta"]})
     pol, _ = grid.train(sft, obj, ex, enc, steps=g["align_steps"], batch_size=g["batch"],
                         lr=g["lr"], ref_params=sft)
     e, t, v = population_metrics(prompts, grid.samples(pol, prompts,
@@ -101,9 +109,7 @@ def run(out, grid_name, seed=0):
 
   # (b) label-noise sweep on sort.
   noise_rows = []
-  base = world.WorldConfig(tasks=("sort",), seed=seed)
-  sft_sort = grid.sft(grid.init_params, world.sft_examples(base, 2000), steps=g["sft_steps"],
-                      batch_size=32, lr=3e-3, warmup=10)
+  sft_sort = sft
   eval_p = world.eval_prompts(base, g["n_eval"])
   for eps in NOISES:
     wcfg = dataclasses.replace(base, label_noise=eps)
@@ -112,15 +118,17 @@ def run(out, grid_name, seed=0):
       obj = make_objective(loss, {"beta": g["beta"]})
       pol, _ = grid.train(sft_sort, obj, ex, enc, steps=g["align_steps"],
                           batch_size=g["batch"], lr=g["lr"], ref_params=sft_sort)
-      res, _ = grid.evaluate(pol, sft_sort, eval_p)
+      res, _ = grid.evaluate(pol, sft_sort, eval_p, n_samples=g["n_eval_samples"])
       noise_rows.append({"label_noise": eps, "method": _label(loss, k),
                          "win_rate": res["win_rate_vs_reference"],
                          "oracle_reward": res["oracle_reward_policy"],
+                         "oracle_reward_start": res["oracle_reward_reference"],
                          "kl": res["kl_to_reference"]})
       bar.update(1)
   bar.close()
   wall = time.perf_counter() - t0
-  write(out, pop, noise_rows, g, grid_name, wall)
+  load = f"1-min load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+  write(out, pop, noise_rows, g, grid_name, wall, load)
   return wall
 
 
@@ -131,10 +139,10 @@ def _csv(path, rows):
     w.writerows(rows)
 
 
-def write(out, pop, noise_rows, g, grid_name, wall):
+def write(out, pop, noise_rows, g, grid_name, wall, load=""):
   _csv(os.path.join(out, "population.csv"), pop)
   _csv(os.path.join(out, "noise.csv"), noise_rows)
-  lines = [f"Grid `{grid_name}`: {g}; wall time {wall:.0f} s.", "",
+  lines = [f"Grid `{grid_name}`: {g}; wall time {wall:.0f} s ({load}).", "",
            f"(a) pick: {g['n_pop_samples']} samples x {g['n_pop_prompts']} held-out prompts "
            f"(max entropy log|options| = {pop[0]['max_entropy']:.3f}).", "",
            "| method | entropy | TV to uniform | validity |", "|---|---|---|---|"]
@@ -146,6 +154,14 @@ def write(out, pop, noise_rows, g, grid_name, wall):
             "|---|" + "---|" * len(NOISES)]
   for m in methods:
     cells = [f"{r['win_rate']:.3f}" for e in NOISES for r in noise_rows
+             if r["method"] == m and r["label_noise"] == e]
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  lines += ["", "(b) sort: mean oracle reward of the policy (SFT start: "
+            f"{noise_rows[0]['oracle_reward_start']:.3f}) and KL to SFT by label noise", "",
+            "| method | " + " | ".join(f"eps={e}" for e in NOISES) + " |",
+            "|---|" + "---|" * len(NOISES)]
+  for m in methods:
+    cells = [f"{r['oracle_reward']:.3f} / {r['kl']:.2f}" for e in NOISES for r in noise_rows
              if r["method"] == m and r["label_noise"] == e]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   with open(os.path.join(out, "results.md"), "w") as f:
@@ -177,8 +193,13 @@ def main():
   ap.add_argument("--out", required=True)
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--lr", type=float, default=None, help="override the alignment lr")
+  ap.add_argument("--align-steps", type=int, default=None, help="override alignment steps")
   a = ap.parse_args()
-  wall = run(a.out, "quick" if a.quick else "default", a.seed)
+  over = {k: v for k, v in (("lr", a.lr), ("align_steps", a.align_steps)) if v is not None}
+  if any(v <= 0 for v in over.values()):
+    raise ConfigError(f"--lr / --align-steps must be positive, got {over}")
+  wall = run(a.out, "quick" if a.quick else "default", a.seed, over)
   print(f"done in {wall:.0f} s -> {a.out}/results.md")
 
 
