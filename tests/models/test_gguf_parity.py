@@ -115,6 +115,30 @@ def test_gemma3_prompt_format(gemma3):
     assert ids[1:4] == [105, 2364, 107] and ids.count(106) == 1 and ids[-3:] == [105, 4368, 107]
 
 
+def test_gemma3_long_context_sliding_window(gemma3):
+  """640 tokens > the 512-token window: the sliding layers really drop the oldest keys.
+
+  Logits at positions 511 (window full), 512 (first dropped key) and 639, from the final-norm
+  hidden state times the tied embedding (Gemma-3 has no final soft-cap), vs transformers'
+  ``logits_to_keep`` at the same positions.
+  """
+  m = gemma3
+  assert m.cfg.sliding_window == 512 and m.cfg.final_softcap is None and m.cfg.tie_embeddings
+  text = " ".join(str(i) for i in range(1, 400))
+  ids = m.tok.encode_prompt(text)[:640]
+  assert len(ids) == 640
+  keep = jnp.asarray([511, 512, 639])
+  fwd = jax.jit(lambda p, t: (nnx.merge(m.graphdef, p)(t, jnp.arange(640)[None], jnp.ones_like(t),
+                                                       return_hidden=True)[0][0, keep]
+                              @ p["embed"].T))
+  ours = np.asarray(fwd(m.params, jnp.asarray([ids], jnp.int32)))
+  with torch.no_grad():
+    theirs = m.hf(torch.tensor([ids]), logits_to_keep=torch.tensor([511, 512, 639])).logits[0]
+  d = float(np.abs(ours - theirs.numpy()).max())
+  _MEASURED["gemma3 640-token input, max abs logit diff at positions 511/512/639"] = d
+  assert d <= 1e-3
+
+
 def test_weights_identical_to_transformers(model):
   from prefjax.models.hf_weights import params_to_hf
   _, m = model
