@@ -35,6 +35,7 @@ setup(
             "tokenizers",
             "safetensors",
             "gguf",
+            "accelerate",         # transformers' from_pretrained(gguf_file=...) requires it
             "jinja2",
         ],
     },
