@@ -95,3 +95,17 @@ def test_encode_pairs_without_template_keeps_text():
   pairs = [dict(prompt="ab", chat=None, chosen="ba", rejected="ab")]
   p, c, r, kept, _ = pair_scoring.encode_pairs(tok, pairs, max_len=64)
   assert c[0] == tok.encode_completion("ba") and p[0] == tok.encode_prompt("ab")
+
+
+def test_window_head_untied_softcapped():
+  """The window head reproduces the untied, soft-capped output head too."""
+  c = config_lib.base_config()
+  c.model.overrides.update(dict(n_layers=1, dim=16, mlp_dim=32, n_heads=2, n_kv_heads=1,
+                                head_dim=8, tie_embeddings=False, final_softcap=5.0))
+  tok = tb_tokenizer.TestbedTokenizer()
+  _, graphdef, params = runner.build_model(c, tok)
+  prompts, comps = _data(tok, n=6, seed=1)
+  want_lp, _ = score_completions(graphdef, params, prompts, comps, max_len=64, batch_size=6)
+  got = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=64,
+                                     batch_size=6, buckets=[64])
+  np.testing.assert_allclose(got.sums, want_lp, rtol=1e-5, atol=1e-4)
