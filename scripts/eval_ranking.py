@@ -94,7 +94,11 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
       models.tokenizer, pairs.pairs, max_len=max_len)
   skipped = [(loc, f"malformed row: {why}") for loc, why in pairs.skipped]
   skipped += [(pairs.pairs[i]["id"], why) for i, why in dropped]
-  report = (f"{data}: {len(pairs.pairs) + len(pairs.skipped)} rows, {len(kept)} pairs scored; "
+  parsed = len(pairs.pairs) if pairs.num_parsed is None else pairs.num_parsed
+  report = (f"{data}: {parsed + len(pairs.skipped)} rows"
+            + (f" (--limit {limit}: the first {len(pairs.pairs)} of {parsed} parsed pairs)"
+               if len(pairs.pairs) < parsed else "")
+            + f", {len(kept)} pairs scored; "
             f"skipped {len(pairs.skipped)} malformed rows ({pairs.format})"
             + (f" at {pairs.unit}s {', '.join(str(l) for l, _ in pairs.skipped[:20])}"
                if pairs.skipped else "")
@@ -136,7 +140,7 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
       "model": model, "model_description": models.description, "data": data,
       "source": pairs.source, "format": pairs.format, "alpha": pairs.alpha_note,
       "betas": list(betas), "max_len": max_len, "num_pairs": len(kept),
-      "num_rows": len(pairs.pairs) + len(pairs.skipped),
+      "num_rows": parsed + len(pairs.skipped), "num_parsed_pairs": parsed,
       "num_skipped_malformed": len(pairs.skipped), "num_skipped_unscorable": len(dropped),
       "skipped": [[str(l), w] for l, w in skipped], "report": report,
       "num_truncated_prompts": int(np.sum(pol_c.truncated | pol_r.truncated)),
