@@ -31,7 +31,13 @@ _DATA = flags.DEFINE_string("data", None, "testbed:TASKS[:SPLIT] or a preference
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _BETAS = flags.DEFINE_string("beta_grid", "0.01,0.1,1,5,10", "Betas of the idealized accuracy.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Score only the first N pairs.")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Sequences per forward pass.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Most sequences per forward pass.")
+_BATCH_TOKENS = flags.DEFINE_integer(
+    "batch_tokens", 4096, "Tokens per forward pass: a length-L bucket runs "
+    "min(batch_size, batch_tokens // L) rows (0: always batch_size).")
+_BUCKETS = flags.DEFINE_string(
+    "buckets", "pow2", "Length buckets: 'pow2' (32, 64, ..., max_len), 'pow1.5' (32, 48, 64, "
+    "96, ...: less padding, twice the compiles) or comma-separated lengths.")
 _MAX_LEN = flags.DEFINE_integer("max_len", None,
                                 "Longest row (default: the workdir's data.max_len, else 512).")
 _ALPHA = flags.DEFINE_float("default_alpha", 0.75, "alpha of single-label rows.")
@@ -54,8 +60,25 @@ def _plot_difficulty(c, path, title):
   plt.close(fig)
 
 
+def bucket_spec(spec: str, max_len: int):
+  """The bucket lengths of --buckets (None = powers of two)."""
+  from prefjax.errors import ConfigError
+  if spec == "pow2":
+    return None
+  if spec == "pow1.5":
+    out, n = [], 32
+    while n < max_len:
+      out += [n, n * 3 // 2]
+      n *= 2
+    return [b for b in out if b < max_len]
+  try:
+    return [int(b) for b in spec.split(",")]
+  except ValueError:
+    raise ConfigError(f"--buckets {spec!r}: expected pow2, pow1.5 or comma-separated lengths")
+
+
 def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None,
-             default_alpha=0.75, progress=True) -> dict:
+             default_alpha=0.75, progress=True, batch_tokens=4096, buckets="pow2") -> dict:
   """Scores every pair and writes the three outputs; returns the ranking.json dict."""
   import numpy as np
   from prefjax.errors import ConfigError
@@ -71,7 +94,11 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
       models.tokenizer, pairs.pairs, max_len=max_len)
   skipped = [(loc, f"malformed row: {why}") for loc, why in pairs.skipped]
   skipped += [(pairs.pairs[i]["id"], why) for i, why in dropped]
-  report = (f"{data}: {len(pairs.pairs) + len(pairs.skipped)} rows, {len(kept)} pairs scored; "
+  parsed = len(pairs.pairs) if pairs.num_parsed is None else pairs.num_parsed
+  report = (f"{data}: {parsed + len(pairs.skipped)} rows"
+            + (f" (--limit {limit}: the first {len(pairs.pairs)} of {parsed} parsed pairs)"
+               if len(pairs.pairs) < parsed else "")
+            + f", {len(kept)} pairs scored; "
             f"skipped {len(pairs.skipped)} malformed rows ({pairs.format})"
             + (f" at {pairs.unit}s {', '.join(str(l) for l, _ in pairs.skipped[:20])}"
                if pairs.skipped else "")
@@ -83,7 +110,8 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
     raise ConfigError(f"--data {data}: no pair could be scored")
   print(f"model: {models.description}", flush=True)
 
-  kw = dict(max_len=max_len, batch_size=batch_size, progress=progress)
+  kw = dict(max_len=max_len, batch_size=batch_size, progress=progress,
+            batch_tokens=batch_tokens or None, buckets=bucket_spec(buckets, max_len))
   pol_c, pol_r = pair_scoring.score_pairs(models.graphdef, models.policy, prompts, chosen,
                                           rejected, desc="policy", **kw)
   seconds, n_seq = pol_c.seconds, 2 * len(kept)
@@ -112,12 +140,13 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
       "model": model, "model_description": models.description, "data": data,
       "source": pairs.source, "format": pairs.format, "alpha": pairs.alpha_note,
       "betas": list(betas), "max_len": max_len, "num_pairs": len(kept),
-      "num_rows": len(pairs.pairs) + len(pairs.skipped),
+      "num_rows": parsed + len(pairs.skipped), "num_parsed_pairs": parsed,
       "num_skipped_malformed": len(pairs.skipped), "num_skipped_unscorable": len(dropped),
       "skipped": [[str(l), w] for l, w in skipped], "report": report,
       "num_truncated_prompts": int(np.sum(pol_c.truncated | pol_r.truncated)),
       "sequences_per_second": sps, "num_sequences": n_seq, "seconds": seconds,
-      "num_length_buckets": pol_c.num_shapes, "table1": row, "flips": f,
+      "num_length_buckets": pol_c.num_shapes, "batch_size": batch_size,
+      "batch_tokens": batch_tokens, "buckets": buckets, "table1": row, "flips": f,
       "reference_accuracy": float(ref_correct.mean()),
       "difficulty": {"mean": float(c.mean()), "median": float(np.median(c)),
                      "fraction_positive": float(np.mean(c > 0)),
@@ -151,7 +180,7 @@ def main(argv):
     raise ConfigError(f"--beta_grid {_BETAS.value!r}: betas must be positive")
   evaluate(_MODEL.value, _DATA.value, _OUT.value, betas=betas, limit=_LIMIT.value,
            batch_size=_BATCH.value, max_len=_MAX_LEN.value, default_alpha=_ALPHA.value,
-           progress=_PROGRESS.value)
+           progress=_PROGRESS.value, batch_tokens=_BATCH_TOKENS.value, buckets=_BUCKETS.value)
 
 
 if __name__ == "__main__":

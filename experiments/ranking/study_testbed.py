@@ -182,7 +182,8 @@ def study_gamma(workdirs, out, n_prompts=256, n_samples=2):
       w = np.array([r["win_rate"] for r in pts])
       corr[f"{phase}/{acc}"] = {"pearson": float(np.corrcoef(a, w)[0, 1]), "n": len(pts),
                                 "steps": sorted({r["step"] for r in pts})}
-  out_res = {"runs": res, "correlation_with_win_rate": corr}
+  out_res = {"runs": res, "correlation_with_win_rate": corr, "n_prompts": n_prompts,
+             "n_samples": n_samples}
   with open(os.path.join(out, "study_b_gamma.json"), "w") as f:
     json.dump(out_res, f, indent=1)
   fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -221,11 +222,14 @@ def main(argv):
   ap.add_argument("--workdir")
   ap.add_argument("--workdirs")
   ap.add_argument("--out", default="experiments/ranking")
+  ap.add_argument("--n_prompts", type=int, default=256, help="gamma: win-rate prompts")
+  ap.add_argument("--n_samples", type=int, default=2, help="gamma: samples per prompt")
   a = ap.parse_args(argv)
   if a.study == "flips":
     study_flips(a.workdir, a.out)
   else:
-    study_gamma(dict(kv.split("=", 1) for kv in a.workdirs.split(",")), a.out)
+    study_gamma(dict(kv.split("=", 1) for kv in a.workdirs.split(",")), a.out,
+                n_prompts=a.n_prompts, n_samples=a.n_samples)
 
 
 if __name__ == "__main__":

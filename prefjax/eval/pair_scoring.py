@@ -16,12 +16,62 @@ import dataclasses
 import time
 from typing import Sequence
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from prefjax.data.collate import pack, stack
 from prefjax.errors import PrefjaxError
 from prefjax.eval.scoring import _score
+
+
+def _head_logits(model, hidden):
+  """The output head of ``prefjax.models.transformer.Transformer`` on final-norm states."""
+  cfg = model.cfg
+  w = model.embed[...].T if cfg.tie_embeddings else model.unembed[...]
+  logits = (hidden @ w.astype(jnp.dtype(cfg.dtype))).astype(jnp.float32)
+  if cfg.final_softcap is not None:
+    logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
+  return logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "width"))
+def _score_window(graphdef, params, batch, start, width: int):
+  """Completion log-prob sums with the vocabulary head run on a ``width`` window only.
+
+  The body runs on the whole row; the head (``[B, width, V]`` instead of ``[B, T, V]``)
+  only on positions ``start .. start + width - 1``, which hold every completion target of
+  the row (callers choose ``start``, ``width``), so the sums equal ``forward_logps``'s.
+
+  Returns:
+    (logps [B], lengths [B]).
+  """
+  model = nnx.merge(graphdef, params)
+  hidden, _ = model(batch["input_ids"], batch["positions"], batch["segment_ids"],
+                    return_hidden=True)                                          # [B, T, D]
+  idx = start[:, None] + jnp.arange(width)[None]                                 # [B, W]
+  hw = jnp.take_along_axis(hidden, idx[..., None], axis=1)                       # [B, W, D]
+  targets = jnp.take_along_axis(batch["target_ids"], idx, axis=1)
+  mask = jnp.take_along_axis(batch["loss_mask"], idx, axis=1).astype(jnp.float32)
+  logits = _head_logits(model, hw)                                               # [B, W, V]
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return ((picked - lse) * mask).sum(-1), mask.sum(-1)
+
+
+def _window_ok(graphdef) -> bool:
+  """Whether the model is a plain ``Transformer`` whose head ``_head_logits`` reproduces."""
+  from prefjax.models.transformer import Transformer
+  nodes = getattr(graphdef, "nodes", None)
+  return bool(nodes) and getattr(nodes[0], "type", None) is Transformer
+
+
+def _window_width(need: int, length: int, step: int = 32) -> int:
+  return min(length, -(-need // step) * step)
 
 
 def bucket_lengths(max_len: int, smallest: int = 32) -> list[int]:
@@ -68,7 +118,9 @@ class Scores:
 def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
                     completion_ids: Sequence[Sequence[int]], *, max_len: int,
                     batch_size: int = 32, smallest_bucket: int = 32,
-                    progress: bool = False, desc: str = "scoring") -> Scores:
+                    batch_tokens: int | None = None, buckets: Sequence[int] | None = None,
+                    window_head: bool = True, progress: bool = False,
+                    desc: str = "scoring") -> Scores:
   """log pi(completion | prompt) of N sequences with length-bucketed jitted forward passes.
 
   Args:
@@ -77,15 +129,25 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
     max_len: the longest row; longer prompts are cut from the left (counted in
       ``truncated``), a completion that cannot fit raises ``DataError`` (callers that
       must not fail check ``packed_length`` first).
-    batch_size: rows per forward pass.
+    batch_size: rows per forward pass (the most, when ``batch_tokens`` is given).
     smallest_bucket: the first bucket length (then powers of two up to ``max_len``).
+    batch_tokens: if given, a bucket of length L runs ``clamp(batch_tokens // L, 1,
+      batch_size)`` rows per pass: short rows in large batches (both cores busy), long rows
+      in small ones (bounded [rows, L, vocab] logits).
+    buckets: explicit bucket lengths (sorted; ``max_len`` is added), instead of powers of two.
+    window_head: run the vocabulary head only on a window holding the completions
+      (``_score_window``; same sums) when the model is a plain ``Transformer``.
     progress: show a tqdm bar over sequences.
 
   Returns:
     ``Scores`` with ``[N]`` arrays in input order.
   """
   n = len(prompt_ids)
-  buckets = bucket_lengths(max_len, smallest_bucket)
+  window_head = window_head and _window_ok(graphdef)
+  if buckets is None:
+    buckets = bucket_lengths(max_len, smallest_bucket)
+  else:
+    buckets = sorted({int(b) for b in buckets if 0 < b < max_len} | {max_len})
   groups: dict[int, list[int]] = {}
   for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
     need = packed_length(p, c)
@@ -98,15 +160,27 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
   for length in sorted(groups):
     idx = groups[length]
     shapes += 1
-    for s in range(0, len(idx), batch_size):
-      chunk = idx[s:s + batch_size]
-      rows = []
+    rows_per_pass = (batch_size if batch_tokens is None
+                     else max(1, min(batch_size, batch_tokens // length)))
+    # one head window per bucket (its longest completion), so still one shape per bucket
+    width = _window_width(max(len(completion_ids[i]) for i in idx), length)
+    windowed = window_head and width < length
+    for s in range(0, len(idx), rows_per_pass):
+      chunk = idx[s:s + rows_per_pass]
+      rows, starts = [], []
       for i in chunk:
         row, cut = pack(prompt_ids[i], completion_ids[i], length, where=f"sequence {i}")
         rows.append(row)
         truncated[i] = cut
-      rows += [rows[-1]] * (batch_size - len(rows))  # fixed shape: pad by repeating a row
-      lp, ln = _score(graphdef, params, stack(rows))
+        first = int(np.argmax(row["loss_mask"] > 0))
+        starts.append(min(first, length - width))
+      rows += [rows[-1]] * (rows_per_pass - len(rows))  # fixed shape: repeat a row
+      starts += [starts[-1]] * (rows_per_pass - len(starts))
+      if windowed:
+        lp, ln = _score_window(graphdef, params, stack(rows), np.asarray(starts, np.int32),
+                               width)
+      else:
+        lp, ln = _score(graphdef, params, stack(rows))
       sums[chunk] = np.asarray(lp)[:len(chunk)]
       lengths[chunk] = np.asarray(ln)[:len(chunk)]
       bar.update(len(chunk))
@@ -118,18 +192,25 @@ def encode_pairs(tokenizer, pairs: Sequence[dict], *, max_len: int):
   """Tokenises pairs ``{"prompt" | "chat", "chosen", "rejected"}``; drops what can't fit.
 
   The prompt goes through ``tokenizer.encode_prompt`` (given the chat messages when the
-  pair has them and the tokenizer takes messages, else the prompt text).
+  pair has them and the tokenizer takes messages, else the prompt text, which a chat
+  template wraps as one user turn). With a chat template the completions are stripped of
+  surrounding whitespace, as the turns of ``chat`` are (HH-RLHF responses start with a
+  space after ``Assistant:``); without one they are encoded as given.
 
   Returns:
     ``(prompts, chosen, rejected, kept, dropped)``: id lists of the kept pairs, their
     indices into ``pairs``, and ``(index, reason)`` for pairs that cannot be scored (a
     completion longer than ``max_len``, a character the tokenizer rejects).
   """
+  templated = bool(getattr(tokenizer, "chat_template", None))
   prompts, chosen, rejected, kept, dropped = [], [], [], [], []
   for i, ex in enumerate(pairs):
     try:
       prompt = tokenizer.encode_prompt(ex.get("chat") or ex["prompt"])
-      ids = [tokenizer.encode_completion(ex[side]) for side in ("chosen", "rejected")]
+      sides = [ex[side] for side in ("chosen", "rejected")]
+      if templated:  # the template writes an assistant turn's content stripped, as in ex["chat"]
+        sides = [s.strip() for s in sides]
+      ids = [tokenizer.encode_completion(s) for s in sides]
     except (ValueError, KeyError, TypeError, PrefjaxError) as e:
       dropped.append((i, f"cannot tokenise: {e}"))
       continue

@@ -98,6 +98,7 @@ class Pairs:
   format: str
   unit: str = "line"
   alpha_note: str = ""
+  num_parsed: int | None = None  # parsed pairs before --limit (None: same as len(pairs))
 
 
 def _testbed_pairs(spec: str, config, limit: int | None) -> Pairs:
@@ -148,8 +149,9 @@ def load_pairs(spec: str, *, config=None, limit: int | None = None,
       alpha, defaulted = default_alpha, defaulted + 1
     pairs.append(dict(prompt=ex.prompt, chat=ex.chat, chosen=ex.responses[0],
                       rejected=ex.responses[1], alpha=float(alpha), id=ex.id))
+  num_parsed = len(pairs)
   if limit:
     pairs = pairs[:limit]
   note = (f"{defaulted} single-label rows use alpha={default_alpha}" if defaulted
           else "alpha from the data")
-  return Pairs(pairs, skipped, res.source, res.format, res.unit, note)
+  return Pairs(pairs, skipped, res.source, res.format, res.unit, note, num_parsed)

@@ -129,6 +129,9 @@ def test_generic_jsonl_with_malformed_rows(workdir, tmp_path):
   assert [s[0] for s in res["skipped"]][:2] == ["3", "5"]
   assert res["alpha"] == "6 single-label rows use alpha=0.75"  # 5 scored + 1 unscorable
   assert (out / "table1.md").exists() and (out / "difficulty_hist.png").exists()
+  from prefjax.eval import ranking_sources
+  limited = ranking_sources.load_pairs(f"jsonl:{data}", limit=2)
+  assert (len(limited.pairs), limited.num_parsed, len(limited.skipped)) == (2, 6, 2)
 
 
 def test_bad_model_path_is_one_line(tmp_path):
