@@ -62,25 +62,40 @@ class DataSource:
   def _file_examples(self, spec, kind, split):
     from prefjax.data import sources
     c = self.c
-    res = sources.load_examples(spec, kind, seed=c.seed)
-    if kind == "multi":                 # at most group_size responses per side
-      k = self.group_size()
-      res.examples[:] = [dict(e, chosen=list(e["chosen"])[:k], rejected=list(e["rejected"])[:k])
-                         for e in res.examples]
-    self.reports[f"{spec} ({kind})"] = {"examples": len(res.examples), "skipped": res.skipped}
-    eval_spec = c.data.get("eval", "") or None
-    if eval_spec:
-      ev = sources.load_examples(eval_spec, kind, seed=c.seed).examples
-      train = res.examples
-    else:
-      train, ev = sources.split_heldout(res.examples, n_eval=c.data.get("n_eval", 0) or None,
-                                        fraction=c.data.get("eval_fraction", 0.1),
-                                        seed=c.seed)
+    key = (spec, kind)
+    if key not in self._cache:
+      res = sources.load_examples(spec, kind, seed=c.seed, chat=self._chat,
+                                  group_size=self.group_size() if kind == "multi" else None)
+      self._check_chat(spec, res.examples)
+      self.reports[f"{spec} ({kind})"] = {
+          "examples": len(res.examples), "skipped": res.skipped,
+          "first_skipped": [f"{loc}: {r}" for loc, r in res.skipped_rows[:5]]}
+      eval_spec = c.data.get("eval", "") or None
+      n_eval = c.data.get("n_eval", 0) or None
+      if kind == "sft" and spec != self.train_spec:
+        split_ = (res.examples, [])
+      else:
+        split_ = sources.split_heldout(res.examples, eval_spec=eval_spec, n_eval=n_eval,
+                                       fraction=c.data.get("eval_fraction", 0.1), seed=c.seed,
+                                       kind=kind, chat=self._chat)
+      self._cache[key] = split_
+    train, ev = self._cache[key]
     if split == "train":
       n = c.data.get("n_train", 0)
       return train[:n] if n else train
-    n = c.data.get("n_eval", 0)
-    return ev[:n] if n else ev
+    return ev
+
+  @property
+  def _chat(self) -> bool:
+    """Chat prompts as messages for tokenizers that may have a template (real ones)."""
+    return hasattr(self.tokenizer, "chat_template")
+
+  def _check_chat(self, spec, examples):
+    if (self._chat and not getattr(self.tokenizer, "chat_template", None)
+        and any(not isinstance(e.get("prompt"), str) for e in examples[:100])):
+      raise ConfigError(f"{spec}: chat-format data (role/content turns) but the tokenizer of "
+                        f"{getattr(self.tokenizer, 'source', 'the model')} has no chat template "
+                        "(use a model with one, or plain-text prompt/response data)")
 
   def eval_pairs(self) -> list[dict]:
     return self.examples("pairwise", "eval")

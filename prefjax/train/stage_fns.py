@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from prefjax.errors import ConfigError
+from prefjax.errors import ConfigError, DataError
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import (Lora, RunContext, copy_params, preference_objective,
                                   register_stage, train_stage)
@@ -48,6 +48,15 @@ def _check_dpo(c):
   preference_objective(c.dpo)
 
 
+def _eval_pairs(ctx) -> list:
+  """Held-out pairs, or [] when the data holds none (unpaired rows, SFT files)."""
+  try:
+    return ctx.data.eval_pairs()
+  except DataError as e:
+    ctx.summary.setdefault("notes", []).append(f"no held-out pairs: {e}")
+    return []
+
+
 def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
   """Training-time hooks: ranking accuracy (testbed) and held-out preference metrics."""
   from prefjax.eval import heldout, ranking_monitor
@@ -60,8 +69,9 @@ def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
         every=rc.every or c.checkpoint.every, last_step=c.dpo.steps, batch_size=rc.batch_size,
         params_fn=params_fn))
   hc = c.get("heldout")
-  if hc is not None and hc.enabled:
-    pairs = ctx.data.eval_pairs()[:hc.n_pairs]
+  pairs = _eval_pairs(ctx) if hc is not None and hc.enabled else []
+  if pairs:
+    pairs = pairs[:hc.n_pairs]
     mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
                                  beta=_beta(c), max_len=c.data.max_len,
                                  batch_size=hc.batch_size)
@@ -144,7 +154,10 @@ def evaluate(ctx: RunContext, models: Models) -> None:
         beta=_beta(c), max_len=c.data.max_len))
     return
   from prefjax.eval import heldout
-  mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, ctx.data.eval_pairs(),
+  pairs = _eval_pairs(ctx)
+  if not pairs:
+    return
+  mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
                                beta=_beta(c), max_len=c.data.max_len,
                                batch_size=c.heldout.batch_size if "heldout" in c else 16)
   ctx.summary.update({f"eval/{k}": v for k, v in mon.metrics(models.policy).items()})

@@ -178,11 +178,7 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
 
 def filter_examples(examples, encode, stage: str):
   """(usable examples, {reason: count}); raises DataError when none is usable."""
-  filt = getattr(pipeline, "filter_examples", None)
-  if filt is None:                       # older pipeline: every row must encode
-    pipeline.check_examples(examples, encode)
-    return list(examples), {}
-  kept, counts, _ = filt(examples, encode)
+  kept, counts, _ = pipeline.filter_examples(examples, encode, source=f"the {stage} data")
   return kept, dict(counts)
 
 
