@@ -43,12 +43,14 @@ def _env_int(name: str) -> int | None:
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, local_device_ids=None,
                timeout_s: int = 300) -> bool:
-  """Calls ``jax.distributed.initialize`` once; returns True if it did (False if already done).
+  """Calls ``jax.distributed.initialize`` once; True if it did, False when already done or
+  when nothing is configured or detected (a plain single-process run).
 
   Arguments left None are read from ``$PREFJAX_COORDINATOR``, ``$PREFJAX_NUM_PROCESSES``,
   ``$PREFJAX_PROCESS_ID``; those still None are left to JAX's cluster auto-detection
-  (Cloud TPU pod slices, SLURM ``srun``, Open MPI, GKE), which fills all of them. Call it
-  before any other JAX function (an array, ``jax.devices()``).
+  (Cloud TPU pod slices, SLURM ``srun``, Open MPI, GKE; also ``$JAX_COORDINATOR_ADDRESS``),
+  which fills all of them. Call it before any other JAX function (an array,
+  ``jax.devices()``).
   """
   if jax.distributed.is_initialized():
     return False
@@ -65,10 +67,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except AttributeError:
     pass
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             local_device_ids=local_device_ids,
-                             initialization_timeout=timeout_s)
+  explicit = coordinator_address is not None or num_processes is not None
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=timeout_s)
+  except ValueError as e:
+    undefined = "should be defined" in str(e) or "must be defined" in str(e)
+    if undefined and not explicit:
+      return False   # nothing given and no cluster detected: a plain single-process run
+    if undefined:
+      raise ConfigError(f"distributed: {e} (set ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES} "
+                        f"and ${ENV_PROCESS_ID}, or the matching arguments)") from None
+    raise
   return True
 
 
