@@ -20,6 +20,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from prefjax.errors import DataError
+from prefjax.extras import require
 
 Messages = Sequence[Mapping[str, str]]
 _CONTROL, _USER_DEFINED = 3, 4   # llama.cpp token types
@@ -28,7 +29,7 @@ _CONTROL, _USER_DEFINED = 3, 4   # llama.cpp token types
 def _render(template: str, messages, *, add_generation_prompt: bool, bos_token: str,
             eos_token: str) -> str:
   """The chat template rendered with jinja2 as transformers does (trim_blocks, lstrip_blocks)."""
-  import jinja2
+  jinja2 = require("jinja2", "real", "rendering a chat template")
   import jinja2.ext
   from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -75,7 +76,7 @@ class Tokenizer:
   @classmethod
   def from_hf_dir(cls, path: str) -> "Tokenizer":
     """From a HF model directory: ``tokenizer.json`` and ``tokenizer_config.json``."""
-    from tokenizers import Tokenizer as Backend
+    Backend = require("tokenizers", "real", "a Hugging Face tokenizer").Tokenizer
     fn = os.path.join(path, "tokenizer.json")
     try:
       backend = Backend.from_file(fn)
@@ -200,6 +201,7 @@ class Tokenizer:
 
 def _byte_level_bpe(meta):
   """Byte-level BPE (GPT-2 style) from GGUF tokens/merges, as transformers' GPT2Tokenizer."""
+  require("tokenizers", "real", "a GGUF tokenizer")
   from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers
   tokens = list(meta["tokens"])
   vocab = {t: i for i, t in enumerate(tokens)}
@@ -217,11 +219,9 @@ def _byte_level_bpe(meta):
 
 def _via_transformers(meta, source):
   """Sentencepiece-style GGUF vocabularies through transformers' converter."""
-  try:
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
-  except ImportError:
-    raise DataError(f"{source}: a sentencepiece GGUF tokenizer needs transformers "
-                    f"(pip install transformers)") from None
+  convert_gguf_tokenizer = require(
+      "transformers.integrations.gguf.gguf_tokenizer_mapping", "real",
+      f"{source}: a sentencepiece GGUF tokenizer").convert_gguf_tokenizer
   d = {"tokenizer_type": meta.get("model"), "pre_tokenizer_type": meta.get("pre"),
        "tokens": list(meta["tokens"]), "token_type": list(meta.get("token_type") or [])}
   for k in ("scores", "merges"):

@@ -63,10 +63,13 @@ def reference_inputs(graphdef, objective: Objective, ref_params, batch):
 
 def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, schedule,
                     *, state_shardings, batch_sharding: NamedSharding, ref_shardings=None,
-                    donate: bool = True, compose=None):
+                    donate: bool = True, compose=None, skip_nonfinite: bool = False):
   """Builds and jit-compiles ``train_step`` with explicit input/output shardings.
 
   ``compose(trainable, frozen) -> full params`` (optional): see the module docstring.
+  ``skip_nonfinite``: when the loss or the gradient norm is NaN/inf, keep the old params and
+  optimizer state (the step counter still advances: the batch is consumed) and report
+  ``train/skipped`` = 1.0 (else 0.0) in the measurements.
   """
   loss_fn = make_loss_fn(graphdef, objective, compose)
 
@@ -81,6 +84,9 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
         loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
         **{"data/truncated_fraction": jnp.mean(batch["truncated"]),
            "data/tokens": sum((batch[k] != 0).sum() for k in batch if k.endswith("segment_ids"))})
+    if skip_nonfinite:
+      params, opt_state = _keep_if_nonfinite(loss, measurements["grad_norm"], state,
+                                             params, opt_state, measurements)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, measurements
 
@@ -91,6 +97,16 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
                  in_shardings=(state_shardings, batch_sharding, ref_sh),
                  out_shardings=(state_shardings, replicated),
                  donate_argnums=(0,) if donate else ())
+
+
+def _keep_if_nonfinite(loss, grad_norm, state, params, opt_state, measurements):
+  """(params, opt_state) of the update if loss and grad norm are finite, else the old ones;
+  selected per leaf by ``jnp.where`` so the step stays one branch-free program."""
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  measurements["train/skipped"] = 1.0 - ok.astype(jnp.float32)
+  keep = lambda new, old: jnp.where(ok, new, old)
+  return (jax.tree.map(keep, params, state["params"]),
+          jax.tree.map(keep, opt_state, state["opt_state"]))
 
 
 def make_eval_fn(graphdef, objective: Objective, *, batch_sharding: NamedSharding,
