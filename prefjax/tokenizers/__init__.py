@@ -2,6 +2,7 @@
 
     tok = Tokenizer.from_hf_dir("path/")            # tokenizer.json + tokenizer_config.json
     tok = Tokenizer.from_gguf_meta(meta)            # meta from prefjax.models.gguf.read_gguf
+    tok.save_pretrained("out/")    # tokenizer.json + config: transformers.AutoTokenizer loads it
     prompt_ids = tok.encode_prompt([{"role": "user", "content": "Hi"}])
     completion_ids = tok.encode_completion("Hello!")   # ends with the end-of-turn token, once
 
@@ -124,6 +125,46 @@ class Tokenizer:
     return cls(backend, bos_token=name("bos_token_id"), eos_token=name("eos_token_id"),
                pad_token=name("pad_token_id"), chat_template=meta.get("chat_template"),
                add_bos=bool(meta.get("add_bos_token", kind == "llama")), source=source)
+
+  # -------------------------------------------------------------------- saving
+  def special_tokens(self) -> dict[str, str]:
+    """{"bos_token", "eos_token", "pad_token"} for the tokens that exist."""
+    pad = self.backend.id_to_token(self.pad_id) if self.pad_id is not None else None
+    out = {"bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": pad}
+    return {k: v for k, v in out.items() if v is not None}
+
+  def save_pretrained(self, directory: str, *, model_max_length: int | None = None) -> list[str]:
+    """Writes an HF tokenizer directory that ``transformers.AutoTokenizer`` and
+    ``Tokenizer.from_hf_dir`` load with the same ids, chat template and special tokens.
+
+    Files: ``tokenizer.json`` (the backend; with ``add_bos`` a post-processor that prepends
+    BOS, so ``tokenizer(text)`` adds it as ``encode_prompt`` does), ``tokenizer_config.json``
+    (class, special tokens, ``chat_template``, ``add_bos_token``), ``special_tokens_map.json``.
+    Files are mode 0644. Returns the paths written.
+    """
+    from tokenizers import Tokenizer as Backend, processors
+    os.makedirs(directory, exist_ok=True)
+    backend = Backend.from_str(self.backend.to_str())     # a copy: the post-processor is ours
+    if self.add_bos and self.bos_id is not None:
+      bos = (self.bos_token, self.bos_id)
+      backend.post_processor = processors.TemplateProcessing(
+          single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos])
+    specials = self.special_tokens()
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self.add_bos,
+              "add_eos_token": False, "clean_up_tokenization_spaces": False, **specials}
+    if model_max_length:
+      config["model_max_length"] = int(model_max_length)
+    if self.chat_template:
+      config["chat_template"] = self.chat_template
+    paths = [os.path.join(directory, n) for n in
+             ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    backend.save(paths[0])
+    for path, obj in zip(paths[1:], (config, specials)):
+      with open(path, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+    for path in paths:
+      os.chmod(path, 0o644)
+    return paths
 
   # -------------------------------------------------------------------- text <-> ids
   def encode(self, text: str) -> list[int]:

@@ -12,6 +12,10 @@ outputs are computed once per step, under ``stop_gradient`` and outside ``value_
 and only when the objective's loss needs a reference (reference-free losses never run it).
 The loss is sum(per_example * w) / sum(w) with w = example mask (times completion lengths
 for per-token objectives), so padding examples never count.
+
+Gradient accumulation (``accum_steps=k``): the step still takes one ``[k*b, ...]`` batch and
+runs the model on k micro-batches of b rows, with the loss, metrics and gradient of the whole
+batch, exactly (prefjax/train/accumulation.py).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from prefjax.errors import ConfigError
+from prefjax.train.accumulation import make_accumulated_value_and_grad
 from prefjax.train.objective import Objective
 
 
@@ -38,20 +44,43 @@ def reduce_metrics(metrics, weights_b):
   return out
 
 
+def reduce_loss(objective: Objective, inputs, ref_inputs, batch):
+  """Forward outputs of a batch -> (loss, metrics): sum(per_example * mask) / sum(denominator)."""
+  per_example, metrics = objective.loss(inputs, ref_inputs)
+  mask = batch["example_mask"].astype(jnp.float32)
+  denom = objective.denominator_weights(inputs, mask)
+  loss = (per_example * mask).sum() / jnp.maximum(denom.sum(), 1.0)
+  return loss, reduce_metrics(metrics, mask)
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, objective: Objective, compose=None):
   """(params, batch, ref_inputs, frozen) -> (loss, metrics); pure, differentiable in params."""
 
   def loss_fn(params, batch, ref_inputs, frozen=None):
     full = params if compose is None else compose(params, frozen)
-    model = nnx.merge(graphdef, full)
-    inputs = objective.forward(model, batch)
-    per_example, metrics = objective.loss(inputs, ref_inputs)
-    mask = batch["example_mask"].astype(jnp.float32)
-    denom = objective.denominator_weights(inputs, mask)
-    loss = (per_example * mask).sum() / jnp.maximum(denom.sum(), 1.0)
-    return loss, reduce_metrics(metrics, mask)
+    inputs = objective.forward(nnx.merge(graphdef, full), batch)
+    return reduce_loss(objective, inputs, ref_inputs, batch)
 
   return loss_fn
+
+
+def make_value_and_grad(graphdef, objective: Objective, compose=None, accum_steps: int = 1):
+  """(params, batch, ref_params) -> ((loss, metrics), grads), with the reference run inside.
+
+  ``accum_steps > 1`` splits the batch into that many micro-batches (exact; see
+  accumulation.py); 1 is the plain single pass.
+  """
+  if accum_steps > 1:
+    return make_accumulated_value_and_grad(
+        graphdef, objective, lambda i, r, b: reduce_loss(objective, i, r, b), accum_steps,
+        compose)
+  loss_fn = make_loss_fn(graphdef, objective, compose)
+
+  def value_and_grad(params, batch, ref_params):
+    ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, ref_inputs, ref_params)
+
+  return value_and_grad
 
 
 def reference_inputs(graphdef, objective: Objective, ref_params, batch):
@@ -63,20 +92,22 @@ def reference_inputs(graphdef, objective: Objective, ref_params, batch):
 
 def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, schedule,
                     *, state_shardings, batch_sharding: NamedSharding, ref_shardings=None,
-                    donate: bool = True, compose=None, skip_nonfinite: bool = False):
+                    donate: bool = True, compose=None, accum_steps: int = 1,
+                    skip_nonfinite: bool = False):
   """Builds and jit-compiles ``train_step`` with explicit input/output shardings.
 
   ``compose(trainable, frozen) -> full params`` (optional): see the module docstring.
+  ``accum_steps``: micro-batches per step; the batch is ``[accum_steps * b, ...]`` as usual.
   ``skip_nonfinite``: when the loss or the gradient norm is NaN/inf, keep the old params and
   optimizer state (the step counter still advances: the batch is consumed) and report
   ``train/skipped`` = 1.0 (else 0.0) in the measurements.
   """
-  loss_fn = make_loss_fn(graphdef, objective, compose)
+  if accum_steps < 1:
+    raise ConfigError(f"accum_steps must be >= 1, got {accum_steps}")
+  value_and_grad = make_value_and_grad(graphdef, objective, compose, accum_steps)
 
   def train_step(state, batch, ref_params):
-    ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, ref_inputs, ref_params)
+    (loss, metrics), grads = value_and_grad(state["params"], batch, ref_params)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     measurements = dict(metrics)
