@@ -213,29 +213,19 @@ def make_source(kind: str, **kw) -> RewardSource:
 
 
 # ---------------------------------------------------------------------------------------------
-# The testbed behind the oracle: the only place in prefjax.rl that reads the world.
+# The testbed behind the oracle: the only place in prefjax.rl that reads the world (through
+# the run's testbed data source, so ``data.train = "testbed:TASK"`` selects the tasks).
 
-def testbed_world(testbed_cfg):
-  """``world.WorldConfig`` from a config's ``testbed`` section."""
-  from prefjax.testbed import world
-  t = testbed_cfg
-  return world.WorldConfig(tasks=tuple(t.tasks), seed=t.seed, sft_error_rate=t.sft_error_rate,
-                           proposal_correct_rate=t.proposal_correct_rate,
-                           bt_temperature=t.bt_temperature, label_noise=t.label_noise,
-                           group_size=t.group_size)
-
-
-def testbed_prompts(testbed_cfg, n: int, split: str = "train"):
+def testbed_prompts(c, n: int, split: str = "train"):
   """n (task name, prompt) pairs: training prompts (disjoint from the eval prompts)."""
-  from prefjax.testbed import world
-  wcfg = testbed_world(testbed_cfg)
+  from prefjax.testbed import source, world
   if split == "train":
-    return [(e["task"], e["prompt"]) for e in world.sft_examples(wcfg, n, split="train")]
-  return world.eval_prompts(wcfg, n)
+    return [(e["task"], e["prompt"]) for e in world.sft_examples(source.world_config(c), n,
+                                                                  split="train")]
+  return source.eval_prompts(c, n)
 
 
-def testbed_pairs(testbed_cfg, n: int, split: str = "train"):
+def testbed_pairs(c, n: int, split: str = "train"):
   """Labelled preference pairs, with the minimal edits and flaw masks of both sides."""
-  from prefjax.testbed import world
-  return world.preference_pairs(testbed_world(testbed_cfg), n,
-                                split="train" if split == "train" else "eval")
+  from prefjax.testbed import source
+  return source.examples(c, "pairwise", split, n)

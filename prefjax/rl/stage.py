@@ -174,10 +174,14 @@ def _reward_sources(ctx, r, policy_params, summary):
     if name == "oracle":
       sources.append((rw.make_source("oracle"), weight))
       continue
-    if name == "sequence_rm":
+    if name == "sequence_rm" and getattr(ctx, "reward", None) is not None:
+      graphdef, params = ctx.reward            # a reward stage of this run trained one
+      sources.append((rw.make_source("sequence_rm", graphdef=graphdef, params=params), weight))
+      critic_backbone = params["backbone"]
+    elif name == "sequence_rm":
       model = RewardModel(cfg, nnx.Rngs(c.seed))
       params = reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)), policy_params)
-      pairs = rw.testbed_pairs(c.testbed, r.reward_model.n_pairs)
+      pairs = rw.testbed_pairs(c, r.reward_model.n_pairs)
       graphdef, params = _train_sub_stage(
           ctx, f"{r.name}_reward_model", model, params,
           make_objective("bradley_terry"), pairs,
@@ -189,7 +193,7 @@ def _reward_sources(ctx, r, policy_params, summary):
       model = TokenRewardModel(cfg, nnx.Rngs(c.seed))
       params = token_reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)),
                                                  policy_params)
-      exs = edit_pairs(rw.testbed_pairs(c.testbed, t.n_pairs))
+      exs = edit_pairs(rw.testbed_pairs(c, t.n_pairs))
       encode = encode_edit_pair(tok, c.data.max_len, c.data.truncate)
       graphdef, params = _train_sub_stage(
           ctx, f"{r.name}_token_rm", model, params,
@@ -207,7 +211,7 @@ def _token_rewards(graphdef, params, batch):
 
 def token_rm_flaw_metrics(graphdef, params, c, t, encode) -> dict:
   """Precision / recall of flawed tokens (r_t < -threshold) on held-out edit pairs."""
-  exs = edit_pairs(rw.testbed_pairs(c.testbed, t.n_eval_pairs, split="eval"))
+  exs = edit_pairs(rw.testbed_pairs(c, t.n_eval_pairs, split="eval"))
   rs, fs, ms = [], [], []
   for b in pipeline.eval_batches(exs, encode, 64):
     rs.append(np.asarray(_token_rewards(graphdef, params, b)))
@@ -247,7 +251,7 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
                        temperature=r.temperature, top_p=r.top_p, eos_id=tok.eos_id,
                        pad_id=tok.pad_id, missing_eos=r.missing_eos,
                        missing_eos_penalty=r.missing_eos_penalty)
-  pool = rw.testbed_prompts(c.testbed, r.n_prompts)
+  pool = rw.testbed_prompts(c, r.n_prompts)
   pool_ids = [tok.encode_prompt(p) for _, p in pool]
   from prefjax.rl.rollout import check_prompts
   check_prompts(pool_ids, rcfg)        # fail before any training
@@ -357,3 +361,24 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
     with open(os.path.join(ctx.workdir, f"{r.name}_summary.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
   return state["params"]["lm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage as the run sees it (``prefjax.train.stages.register_stage("ppo", ...)``).
+
+def check_config(c) -> None:
+  """Raises ConfigError before anything is written when ``config.rl`` is absent or bad."""
+  if "rl" not in c:
+    raise ConfigError("config.stages has an RL stage but the config has no 'rl' section "
+                      "(see experiments/testbed/ppo.py)")
+  validate(c.rl)
+
+
+def rl_stage(ctx, models) -> None:
+  """Stage function ``(ctx, models)``: RL from the current policy; reference = that start."""
+  if not getattr(getattr(ctx, "data", None), "testbed", True):
+    raise ConfigError("the RL stage's prompts and edit pairs come from the testbed for now "
+                      "(config.data.train must be 'testbed' or 'testbed:TASK')")
+  reference = jax.tree.map(jnp.copy, models.policy)
+  models.policy = run_rl_stage(ctx, ctx.config.rl, models.policy, reference)
+  models.reference = reference
