@@ -342,7 +342,9 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
       raise NonFiniteLossError(f"[{r.name}] loss is {loss} at iteration {it + 1}; stopping "
                                f"(last good checkpoint: {ckpt.latest_step()})")
     coef_used = controller.coef
-    controller.update(observed_kl, n_steps=r.rollout_batch_size)
+    # Kept in float32, as checkpointed, so a resumed run continues with the same value.
+    controller.coef = float(np.float32(controller.update(observed_kl,
+                                                         n_steps=r.rollout_batch_size)))
     values = {k: float(np.mean([m[k] for m in ppo_m])) for k in ppo_m[-1]
               if k not in ("data/tokens",)}
     values.update(metrics)
