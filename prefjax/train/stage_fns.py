@@ -172,3 +172,16 @@ def write_outputs(ctx: RunContext, models: Models) -> None:
   out = outputs.write_run_outputs(ctx.workdir, ctx.model_cfg, models.policy, ctx.tokenizer,
                                  hf=ctx.config.get("export") is None or ctx.config.export.hf)
   ctx.summary.update(out)
+
+
+# ----------------------------------------------------------------------------- rl
+def _check_rl(c):
+  from prefjax.rl.stage import check_config
+  check_config(c)
+
+
+@register_stage("ppo", check=_check_rl)
+def ppo(ctx: RunContext, models: Models) -> None:
+  """PPO / fine-grained PPO / GRPO / RLOO / REINFORCE++ (``config.rl``; prefjax.rl.stage)."""
+  from prefjax.rl.stage import rl_stage
+  rl_stage(ctx, models)
