@@ -60,7 +60,7 @@ def kernel_env(tmp_path_factory):
   (spec / "kernel.json").write_text(json.dumps({
       "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "prefjax test", "language": "python"}))
-  return {"JUPYTER_PATH": str(root), "PREFJAX_NB_QUICK": "1", "MPLBACKEND": "agg"}
+  return {"JUPYTER_PATH": str(root), "PREFJAX_NB_QUICK": "1"}
 
 
 @pytest.mark.slow
@@ -70,6 +70,7 @@ def test_notebook_executes(name, kernel_env, monkeypatch):
   import nbformat
   for k, v in kernel_env.items():
     monkeypatch.setenv(k, v)
+  monkeypatch.delenv("MPLBACKEND", raising=False)   # the kernel's inline backend draws the plots
   nb = nbformat.read(os.path.join(NB_DIR, name), as_version=4)
   client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
                                    resources={"metadata": {"path": NB_DIR}})
