@@ -183,6 +183,26 @@ def _detect(path: Path, rows) -> str:
   return fmt
 
 
+def read_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, object]],
+                                                list[tuple[int, str]]]:
+  """The decoded rows of a JSON array or JSON Lines file (optionally gzipped), any schema.
+
+  Returns ``(unit, rows, bad)``: ``unit`` as in ``ReadResult``, ``rows`` the ``(location,
+  value)`` of every decoded row, ``bad`` the ``(location, reason)`` of rows that are not
+  JSON (bad JSON, not UTF-8, blank line). Raises ``PreferenceFileError`` as
+  ``read_preferences`` does for a file that cannot be read at all.
+  """
+  path = Path(path)
+  data = _read_bytes(path)
+  if data.lstrip()[:1] == b"[":
+    unit, rows = "index", _json_array_rows(path, data)
+  else:
+    unit, rows = "line", _json_lines_rows(data)
+  good = [(loc, row) for loc, row in rows if not isinstance(row, _BadRow)]
+  bad = [(loc, row.reason) for loc, row in rows if isinstance(row, _BadRow)]
+  return unit, good, bad
+
+
 def read_preferences(spec: str | os.PathLike) -> ReadResult:
   """Read one preference file (see the module docstring for SPEC) into a ``ReadResult``.
 

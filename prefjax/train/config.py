@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   # drop skips the row, error stops); rows that cannot be used are counted, never fatal.
   c.data = ml_collections.ConfigDict(dict(
       train="testbed", sft="", eval="", max_len=32, truncate="prompt_left",
-      completion="truncate", n_train=0, n_eval=0, eval_fraction=0.1, group_size=4))
+      completion="truncate", n_train=0, n_eval=0, eval_fraction=0.1, group_size=4,
+      shuffle=True))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.sft = _stage(steps=400, batch_size=64, lr=3e-3, warmup=40)

@@ -49,12 +49,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(c)
   for name in c.stages:                        # fail fast: bad loss names / hyper-parameters
     STAGES[name].check(c)
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+  model = sources.load(c, mesh)                # a bad model source stops before any output
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(c.to_json_best_effort(indent=2))
-
-  mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-  model = sources.load(c, mesh)
   data = DataSource(c, model.tokenizer)
   writer = MetricsWriter(workdir, tensorboard=c.tensorboard)
   summary = {"num_params": model.num_params, "devices": len(jax.devices()),

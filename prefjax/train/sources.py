@@ -54,6 +54,16 @@ def default_tokenizer(data_spec: str):
   return ByteTokenizer()
 
 
+def _tokenizer_data(c) -> str:
+  """The data a preset's tokenizer must read: the run's, or a reward-only run's file."""
+  spec = c.data.get("train", "testbed")
+  reward_data = c.reward.get("data", "") if "reward" in c else ""
+  if (set(c.stages) <= {"reward", "eval_reward"} and reward_data
+      and reward_data not in ("world", "length_bias")):
+    return reward_data
+  return spec
+
+
 def is_preset(init_from: str) -> bool:
   return not init_from or init_from in PRESETS
 
@@ -102,7 +112,7 @@ def load(c, mesh) -> ModelSource:
   init_from = c.model.get("init_from", "") or ""
   if is_preset(init_from):
     preset = init_from or c.model.preset
-    tok = default_tokenizer(c.data.get("train", "testbed"))
+    tok = default_tokenizer(_tokenizer_data(c))
     mcfg = make_config(preset, vocab_size=tok.vocab_size, overrides=_overrides(c))
     model = Transformer(mcfg, nnx.Rngs(c.seed))
     graphdef, state = nnx.split(model)

@@ -151,7 +151,7 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                                 clip_norm=section.clip_norm,
                                 final_lr_fraction=section.final_lr_fraction)
   batches = pipeline.batched(examples, encode, section.batch_size * accum, seed=c.seed,
-                             num_steps=section.steps)
+                             num_steps=section.steps, shuffle=c.data.get("shuffle", True))
   trainable_sh = param_sh
   compose = None
   if lora is not None:
