@@ -97,6 +97,13 @@ def apply_open_overrides(config):
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL (sysexits.h): "try again later" -- re-run to resume
 
 
+def _compile_cache() -> None:
+  """The persistent JAX compilation cache (``prefjax.compile_cache``; PREFJAX_COMPILE_CACHE=0
+  disables it) for every CLI."""
+  from prefjax import compile_cache
+  compile_cache.enable()
+
+
 def main_guard(fn, argv=None) -> None:
   """Runs ``fn``; a PrefjaxError (e.g. a misspelt config field) exits 1 with one line.
 
@@ -106,6 +113,7 @@ def main_guard(fn, argv=None) -> None:
   """
   try:
     check_config_overrides(sys.argv if argv is None else argv)
+    _compile_cache()
     fn()
   except PrefjaxError as e:
     loop = sys.modules.get("prefjax.train.loop")   # loaded if it raised Preempted

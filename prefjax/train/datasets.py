@@ -16,18 +16,9 @@ n_eval_pairs).
 """
 from __future__ import annotations
 
-import inspect
-
-from prefjax.data import pipeline
+from prefjax.data import layout
 from prefjax.errors import ConfigError
 from prefjax.testbed import source as testbed_source
-
-
-def _encoder_kw(fn, c):
-  kw = {"truncate": c.data.truncate}
-  if "completion" in inspect.signature(fn).parameters:
-    kw["completion"] = c.data.get("completion", "truncate")
-  return kw
 
 
 class DataSource:
@@ -101,20 +92,21 @@ class DataSource:
     return self.examples("pairwise", "eval")
 
   # ------------------------------------------------------------------ encoders
-  def encoder(self, kind: str, tokenizer=None, max_len: int | None = None):
-    """The row encoder of ``kind`` (``prefjax.data.pipeline``)."""
+  def encoder(self, kind: str, tokenizer=None, max_len: int | None = None,
+              batch_size: int | None = None):
+    """The row encoder of ``kind`` in ``config.data.layout`` ("plain" | "prefix" | "packed",
+    ``prefjax.data.layout``); reward models always read plain rows."""
     c, tok = self.c, tokenizer or self.tokenizer
     max_len = max_len or c.data.max_len
-    if kind == "sft":
-      return pipeline.encode_sft(tok, max_len, **_encoder_kw(pipeline.encode_sft, c))
-    if kind in ("pairwise", "reward"):
-      return pipeline.encode_pair(tok, max_len, **_encoder_kw(pipeline.encode_pair, c))
-    if kind == "unpaired":
-      return pipeline.encode_unpaired(tok, max_len, **_encoder_kw(pipeline.encode_unpaired, c))
-    if kind == "multi":
-      return pipeline.encode_group(tok, max_len, self.group_size(),
-                                   **_encoder_kw(pipeline.encode_group, c))
-    raise ConfigError(f"no row encoder for batch kind {kind!r}")
+    lay = c.data.get("layout", "plain")
+    if kind == "reward" or batch_size is None:
+      lay, kind = "plain", ("pairwise" if kind == "reward" else kind)
+    if kind not in ("sft", "pairwise", "unpaired", "multi"):
+      raise ConfigError(f"no row encoder for batch kind {kind!r}")
+    return layout.make_encoder(kind, tok, max_len, layout=lay, group_size=self.group_size(),
+                               truncate=c.data.truncate,
+                               completion=c.data.get("completion", "truncate"),
+                               batch_size=batch_size)
 
   def group_size(self) -> int:
     if self.testbed:

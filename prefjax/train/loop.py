@@ -164,21 +164,27 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
         m.pop("train/skipped")
         m["train/skipped_steps"] = skipped    # since the previous metrics line
         skipped = 0
-      elapsed = time.perf_counter() - t0
+      elapsed = time.perf_counter() - t0      # train steps only: hooks and saves excluded
       m["tokens_per_sec"] = tokens / max(elapsed, 1e-9)
-      last_log, t0 = done, time.perf_counter()
+      m["seconds_per_step"] = elapsed / (done - last_log)
+      last_log = done
       values = {k: float(np.asarray(v)) for k, v in m.items()}
       if on_log is not None:
         values.update(on_log(state, done))
       if main:
         writer.write(stage, done, values)
       bar.set_postfix(loss=f"{values['loss']:.4f}")
+      logged = True
+    else:
+      logged = False
     saving = checkpointer.should_save(done, last)
     preempted = stop.agreed()           # the same answer on every process
     if preempted and not saving and nonfinite == "stop":   # never checkpoint a NaN state
       _check_finite(stage, jax.device_get({"loss": m["loss"]}), done, checkpointer)
     if saving or preempted:
       checkpointer.save(done, state, wait=True if (last or preempted) else None)
+    if logged or saving:
+      t0 = time.perf_counter()
     if preempted:
       bar.close()
       raise Preempted(stage, done, stop.signal_name, checkpointer.directory)

@@ -10,8 +10,8 @@ import os
 
 from prefjax.errors import ConfigError, DataError
 from prefjax.train.objective import make_objective
-from prefjax.train.stages import (Lora, RunContext, copy_params, preference_objective,
-                                  register_stage, train_stage)
+from prefjax.train.stages import (Lora, RunContext, accum, copy_params, logps_chunk,
+                                  preference_objective, register_stage, train_stage)
 
 
 @dataclasses.dataclass
@@ -37,9 +37,9 @@ def sft(ctx: RunContext, models: Models) -> None:
   if _skips_sft(ctx):
     return
   c = ctx.config
-  params = train_stage(ctx, "sft", c.sft, make_objective("sft"),
+  params = train_stage(ctx, "sft", c.sft, make_objective("sft", logps_chunk=logps_chunk(c)),
                        params=copy_params(models.policy), examples=ctx.data.examples("sft"),
-                       encode=ctx.data.encoder("sft"))
+                       encode=ctx.data.encoder("sft", batch_size=c.sft.batch_size * accum(c.sft)))
   models.policy = models.sft = params
 
 
@@ -96,7 +96,7 @@ def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
 def dpo(ctx: RunContext, models: Models) -> None:
   """Any registered preference loss from the current policy; reference = that start."""
   c = ctx.config
-  objective = preference_objective(c.dpo)
+  objective = preference_objective(c.dpo, c)
   kind = objective.spec.kind
   reference = copy_params(models.policy)
   examples = ctx.data.examples(kind)
@@ -107,7 +107,8 @@ def dpo(ctx: RunContext, models: Models) -> None:
     from prefjax.models import lora as lora_lib
     ctx.summary["lora/num_params"] = lora_lib.num_lora_params(start)
   trained = train_stage(ctx, "dpo", c.dpo, objective, params=start, examples=examples,
-                        encode=ctx.data.encoder(kind), reference=reference, lora=lora,
+                        encode=ctx.data.encoder(kind, batch_size=c.dpo.batch_size * accum(c.dpo)),
+                        reference=reference, lora=lora,
                         on_log=_monitors(ctx, reference, examples, kind, params_fn))
   models.policy = lora.merge(reference, trained) if lora else trained
   models.reference = reference

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from prefjax.data.pipeline import BATCH_METRICS
 from prefjax.errors import ConfigError
 from prefjax.train.accumulation import make_accumulated_value_and_grad
 from prefjax.train.objective import Objective
@@ -113,8 +114,7 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
     measurements = dict(metrics)
     measurements.update(
         loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
-        **{"data/truncated_fraction": jnp.mean(batch["truncated"]),
-           "data/tokens": sum((batch[k] != 0).sum() for k in batch if k.endswith("segment_ids"))})
+        **_data_metrics(batch))
     if skip_nonfinite:
       params, opt_state = _keep_if_nonfinite(loss, measurements["grad_norm"], state,
                                              params, opt_state, measurements)
@@ -128,6 +128,15 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
                  in_shardings=(state_shardings, batch_sharding, ref_sh),
                  out_shardings=(state_shardings, replicated),
                  donate_argnums=(0,) if donate else ())
+
+
+def _data_metrics(batch) -> dict:
+  """Truncation fractions, real tokens and (row layouts) the padding fraction of a batch."""
+  seg = [batch[k] for k in batch if k.endswith("segment_ids")]
+  out = {name: jnp.mean(batch[field]) for name, field in BATCH_METRICS.items() if field in batch}
+  out["data/tokens"] = sum((s != 0).sum() for s in seg)
+  out["data/padding_fraction"] = 1.0 - out["data/tokens"] / sum(s.size for s in seg)
+  return out
 
 
 def _keep_if_nonfinite(loss, grad_norm, state, params, opt_state, measurements):
