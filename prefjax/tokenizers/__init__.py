@@ -16,6 +16,7 @@ or by EOS when there is no template. The text the template writes after the end-
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -27,9 +28,9 @@ Messages = Sequence[Mapping[str, str]]
 _CONTROL, _USER_DEFINED = 3, 4   # llama.cpp token types
 
 
-def _render(template: str, messages, *, add_generation_prompt: bool, bos_token: str,
-            eos_token: str) -> str:
-  """The chat template rendered with jinja2 as transformers does (trim_blocks, lstrip_blocks)."""
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str):
+  """The jinja2 template compiled once (compiling costs ~10 ms, rendering ~1 ms)."""
   jinja2 = require("jinja2", "real", "rendering a chat template")
   import jinja2.ext
   from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -42,9 +43,15 @@ def _render(template: str, messages, *, add_generation_prompt: bool, bos_token: 
   env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
       x, indent=indent, ensure_ascii=ensure_ascii)
   env.globals["raise_exception"] = raise_exception
-  return env.from_string(template).render(messages=list(messages), bos_token=bos_token,
-                                          eos_token=eos_token,
-                                          add_generation_prompt=add_generation_prompt)
+  return env.from_string(template)
+
+
+def _render(template: str, messages, *, add_generation_prompt: bool, bos_token: str,
+            eos_token: str) -> str:
+  """The chat template rendered with jinja2 as transformers does (trim_blocks, lstrip_blocks)."""
+  return _compiled(template).render(messages=list(messages), bos_token=bos_token,
+                                    eos_token=eos_token,
+                                    add_generation_prompt=add_generation_prompt)
 
 
 class Tokenizer:
