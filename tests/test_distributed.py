@@ -64,3 +64,53 @@ def test_two_processes_match_one_process(tmp_path):
   assert drift <= 1e-5, (a, b)
   assert abs(multi[0]["param_checksum"] - multi[1]["param_checksum"]) == 0
   np.testing.assert_allclose(multi[0]["param_checksum"], single[0]["param_checksum"], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- single-process helpers
+
+
+def test_single_process_helpers_and_local_encoding():
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from prefjax import distributed, sharding
+  from prefjax.data import pipeline
+  from prefjax.testbed import world
+  from tests.train import helpers
+
+  assert distributed.initialize() is False     # no coordinator, no cluster: single process
+  assert distributed.is_main()
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  batch_sh = sharding.batch_sharding(mesh)
+  assert distributed.process_rows(8, batch_sh) == (0, 8)
+  assert distributed.process_rows(8, NamedSharding(mesh, P())) == (0, 8)
+
+  pairs = world.preference_pairs(world.WorldConfig(tasks=("sort",)), 40)
+  enc = pipeline.encode_pair(helpers.TOK, 32)
+  full = pipeline.batched(pairs, enc, 8, seed=3, num_steps=9)
+  batches, n = distributed.local_batches(pairs, enc, 8, seed=3, num_steps=9, sharding=batch_sh)
+  assert n == 8 and batches is not None
+  placed = distributed.host_batch(full[6], batch_sh)
+  for k, v in full[6].items():
+    np.testing.assert_array_equal(np.asarray(placed[k]), v)
+  # What a host holding rows [2, 6) encodes: exactly those rows of the same global batch.
+  import grain
+  raw = grain.MapDataset.source(list(pairs)).repeat(2).shuffle(seed=3).batch(
+      8, drop_remainder=True, batch_fn=list)
+  part = distributed.LocalBatches(raw, enc, (2, 6))
+  for step in (0, 4, 8):
+    for k, v in full[step].items():
+      np.testing.assert_array_equal(part[step][k], v[2:6])
+
+
+def test_bad_distributed_settings_are_one_line(monkeypatch):
+  from prefjax import distributed
+  from prefjax.errors import ConfigError
+  monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setenv("PREFJAX_NUM_PROCESSES", "two")
+  with pytest.raises(ConfigError, match=r"\$PREFJAX_NUM_PROCESSES='two' is not an integer"):
+    distributed.initialize()
+  with pytest.raises(ConfigError, match=r"process_id=3 is not in \[0, 2\)"):
+    distributed.initialize(num_processes=2, process_id=3)
+  with pytest.raises(ConfigError, match=r"needs a port"):
+    distributed.initialize(coordinator_address="10.0.0.1", num_processes=2, process_id=0)

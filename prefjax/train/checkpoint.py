@@ -17,6 +17,7 @@ import sys
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 BAD_SUFFIX = ".unreadable"   # bad step folders are renamed <step>.unreadable (not a step name)
 
@@ -33,7 +34,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every: int, keep: int,
                async_checkpointing: bool = False):
-    self.directory = os.path.abspath(directory)
+    # Object-store paths (gs://...) go to Orbax as they are; local ones are made absolute.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.every = every
     self.async_checkpointing = async_checkpointing
     self._mngr = ocp.CheckpointManager(
@@ -118,12 +120,11 @@ class Checkpointer:
       return
     if jax.process_index() == 0:
       for step in steps:
-        src = os.path.join(self.directory, str(step))
-        dst = src + BAD_SUFFIX
-        n = 1
-        while os.path.exists(dst):
-          dst, n = f"{src}{BAD_SUFFIX}{n}", n + 1
-        os.rename(src, dst)
+        src = epath.Path(self.directory) / str(step)
+        dst, n = epath.Path(f"{src}{BAD_SUFFIX}"), 1
+        while dst.exists():
+          dst, n = epath.Path(f"{src}{BAD_SUFFIX}{n}"), n + 1
+        src.rename(dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("prefjax_checkpoint_set_aside")

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefjax import distributed
-from prefjax.errors import PrefjaxError
+from prefjax.errors import ConfigError, PrefjaxError
 from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.metrics_writer import MetricsWriter
 
@@ -52,6 +52,8 @@ class _StopFlag:
 
   def __call__(self, signum, frame):
     del frame
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt   # a second Ctrl-C: stop now, without the checkpoint
     self.signal_name = signal.Signals(signum).name
 
   @contextlib.contextmanager
@@ -108,7 +110,7 @@ def run_stage(stage: str, *, train_step: Callable, state, state_shardings, ref_p
     (``distributed.local_batches``); give the global batch size then.
   """
   if nonfinite not in NONFINITE_POLICIES:
-    raise PrefjaxError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE_POLICIES}")
+    raise ConfigError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE_POLICIES}")
   start, state = resume(stage, checkpointer, state, state_shardings)
   if distributed.is_main():
     writer.truncate(stage, start)

@@ -75,6 +75,20 @@ def test_signal_checkpoints_the_current_step_and_resume_matches(setup, tmp_path,
   assert [x["loss"] for x in lines] == [x["loss"] for x in ref_lines]
 
 
+class DoubleCtrlC(SignalAt):
+
+  def __getitem__(self, i):
+    if i == self.at:
+      os.kill(os.getpid(), signal.SIGINT)
+    return super().__getitem__(i)
+
+
+def test_a_second_ctrl_c_stops_at_once(setup, tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    _stage(setup, str(tmp_path / "w"), DoubleCtrlC(setup[4], 2, signal.SIGINT))
+  assert not os.path.exists(tmp_path / "w" / "ck" / "3")
+
+
 # ---------------------------------------------------------------- the command line, end to end
 
 CONFIG = os.path.join(REPO, "experiments", "testbed", "dpo.py") + ":quick"
