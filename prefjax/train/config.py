@@ -55,11 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
   # each response a branch attending to it) or "packed" (prefix-shared units packed into
   # rows; prefjax/data/layout.py). Losses see the same per-example log-probs either way.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Multi-host (prefjax/distributed.py): empty/0/-1 = read $PREFJAX_COORDINATOR,
-  # $PREFJAX_NUM_PROCESSES, $PREFJAX_PROCESS_ID, else JAX's auto-detection (TPU pods, SLURM);
-  # a plain single-process run when nothing is configured.
-  c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0,
-                                                 process_id=-1))
+  # Multi-host (prefjax/distributed.py), on with enabled=True or $PREFJAX_COORDINATOR:
+  # empty/0/-1 fields are read from $PREFJAX_COORDINATOR, $PREFJAX_NUM_PROCESSES,
+  # $PREFJAX_PROCESS_ID, else left to JAX's auto-detection (TPU pod slices, SLURM).
+  c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
+                                                 num_processes=0, process_id=-1))
 
   c.sft = _stage(steps=400, batch_size=64, lr=3e-3, warmup=40)
   c.dpo = _stage(steps=150, batch_size=32, lr=3e-4, warmup=10)
@@ -75,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
-  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
+  # async_save: a checkpoint write overlaps the next steps (Orbax; writes are atomic).
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
   # Ranking accuracy of the policy on n_train training pairs and the held-out pairs, logged
   # during DPO every `every` steps (0: at the checkpoint interval).
   c.ranking = ml_collections.ConfigDict(dict(enabled=True, every=0, n_train=256,

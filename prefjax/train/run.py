@@ -47,9 +47,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured stages and writes ``workdir/summary.json``; returns the summary."""
   t0 = time.perf_counter()
   dc = c.get("distributed")                    # multi-host: before any other JAX call
-  distributed.initialize(dc.coordinator_address or None, dc.num_processes or None,
-                         None if dc.process_id < 0 else dc.process_id) if dc else \
-      distributed.initialize()
+  if dc is not None and (dc.enabled or os.environ.get(distributed.ENV_COORDINATOR)):
+    distributed.initialize(dc.coordinator_address or None, dc.num_processes or None,
+                           None if dc.process_id < 0 else dc.process_id)
   config_lib.validate(c)
   for name in c.stages:                        # fail fast: bad loss names / hyper-parameters
     STAGES[name].check(c)

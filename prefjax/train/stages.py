@@ -176,7 +176,8 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                          **_step_kwargs(make_train_step, accum_steps=n_accum if n_accum > 1 else None,
                                         skip_nonfinite=c.get("nonfinite", "stop") == "skip"))
   ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name), every=c.checkpoint.every,
-                      keep=c.checkpoint.keep)
+                      keep=c.checkpoint.keep,
+                      async_checkpointing=c.checkpoint.get("async_save", False))
   needs_ref = objective.needs_reference or lora is not None
   state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
                     ref_params=reference if needs_ref else None, batches=batches,
