@@ -90,7 +90,8 @@ class Transformer(nnx.Module):
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dtype=pd)
 
-  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache=None, return_hidden=False):
+  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache=None, return_hidden=False,
+               branch_ids_bt=None):
     """Logits (B, T, V) in float32, and the new cache (None without one).
 
     With ``return_hidden=True`` the first output is the final-norm hidden state (B, T, D)
@@ -102,6 +103,8 @@ class Transformer(nnx.Module):
       segment_ids_bt: (B, T) int; 0 = padding, equal ids attend to each other.
       cache: optional dict from ``init_cache``; the T new tokens are written at
         ``cache["index"]`` and may attend to every earlier non-padding slot.
+      branch_ids_bt: optional (B, T) int, prefix-shared rows (prefjax/data/layout.py):
+        0 = shared prompt; a token of branch j > 0 sees branch 0 and branch j only.
     """
     dtype = jnp.dtype(self.cfg.dtype)
     cfg = self.cfg
@@ -111,7 +114,7 @@ class Transformer(nnx.Module):
     if cfg.pos_emb == "learned":
       x = x + jnp.take(self.pos_embed[...], positions_bt, axis=0).astype(dtype)
     if cache is None:
-      mask = causal_segment_mask(segment_ids_bt)
+      mask = causal_segment_mask(segment_ids_bt, branch_ids_bt)
       index, seg = None, None
     else:
       index = cache["index"]

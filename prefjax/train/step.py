@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from prefjax.data.pipeline import BATCH_METRICS
 from prefjax.errors import ConfigError
 from prefjax.train.accumulation import make_accumulated_value_and_grad
 from prefjax.train.objective import Objective
@@ -92,11 +93,15 @@ def reference_inputs(graphdef, objective: Objective, ref_params, batch):
 
 def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, schedule,
                     *, state_shardings, batch_sharding: NamedSharding, ref_shardings=None,
-                    donate: bool = True, compose=None, accum_steps: int = 1):
+                    donate: bool = True, compose=None, accum_steps: int = 1,
+                    skip_nonfinite: bool = False):
   """Builds and jit-compiles ``train_step`` with explicit input/output shardings.
 
   ``compose(trainable, frozen) -> full params`` (optional): see the module docstring.
   ``accum_steps``: micro-batches per step; the batch is ``[accum_steps * b, ...]`` as usual.
+  ``skip_nonfinite``: when the loss or the gradient norm is NaN/inf, keep the old params and
+  optimizer state (the step counter still advances: the batch is consumed) and report
+  ``train/skipped`` = 1.0 (else 0.0) in the measurements.
   """
   if accum_steps < 1:
     raise ConfigError(f"accum_steps must be >= 1, got {accum_steps}")
@@ -109,8 +114,10 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
     measurements = dict(metrics)
     measurements.update(
         loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
-        **{"data/truncated_fraction": jnp.mean(batch["truncated"]),
-           "data/tokens": sum((batch[k] != 0).sum() for k in batch if k.endswith("segment_ids"))})
+        **_data_metrics(batch))
+    if skip_nonfinite:
+      params, opt_state = _keep_if_nonfinite(loss, measurements["grad_norm"], state,
+                                             params, opt_state, measurements)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, measurements
 
@@ -121,6 +128,25 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
                  in_shardings=(state_shardings, batch_sharding, ref_sh),
                  out_shardings=(state_shardings, replicated),
                  donate_argnums=(0,) if donate else ())
+
+
+def _data_metrics(batch) -> dict:
+  """Truncation fractions, real tokens and (row layouts) the padding fraction of a batch."""
+  seg = [batch[k] for k in batch if k.endswith("segment_ids")]
+  out = {name: jnp.mean(batch[field]) for name, field in BATCH_METRICS.items() if field in batch}
+  out["data/tokens"] = sum((s != 0).sum() for s in seg)
+  out["data/padding_fraction"] = 1.0 - out["data/tokens"] / sum(s.size for s in seg)
+  return out
+
+
+def _keep_if_nonfinite(loss, grad_norm, state, params, opt_state, measurements):
+  """(params, opt_state) of the update if loss and grad norm are finite, else the old ones;
+  selected per leaf by ``jnp.where`` so the step stays one branch-free program."""
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  measurements["train/skipped"] = 1.0 - ok.astype(jnp.float32)
+  keep = lambda new, old: jnp.where(ok, new, old)
+  return (jax.tree.map(keep, params, state["params"]),
+          jax.tree.map(keep, opt_state, state["opt_state"]))
 
 
 def make_eval_fn(graphdef, objective: Objective, *, batch_sharding: NamedSharding,
