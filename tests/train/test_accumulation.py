@@ -107,6 +107,15 @@ def test_kto_reference_point_is_the_whole_batch_mean():
   np.testing.assert_allclose(float(m["kl"]), z0, rtol=1e-5)
 
 
+def test_row_layout_batches_are_a_config_error():
+  from prefjax.errors import ConfigError
+  objective = make_objective("dpo", {"beta": 0.1})
+  graphdef, params = _model("pairwise")
+  batch = {"rows_input_ids": jnp.zeros((4, T), jnp.int32), "example_mask": jnp.ones(4)}
+  with pytest.raises(ConfigError, match="layout='plain'"):
+    make_value_and_grad(graphdef, objective, accum_steps=K)(params, batch, params)
+
+
 def test_split_and_merge_are_inverse_and_strided():
   x = jnp.arange(12).reshape(12, 1)
   s = split_micro({"x": x}, 3)["x"]
