@@ -136,10 +136,9 @@ win = summary["win_rate_vs_reference"]
 README_WIN = 0.666
 print(f"win rate {win:.3f} +- {se:.3f} (1 SE, {n_cmp} comparisons); README (full settings): "
       f"{README_WIN}")
-if not QUICK:
-  verdict = "within" if abs(win - README_WIN) <= 2 * np.hypot(se, 0.02) else "OUTSIDE"
-  print(f"{verdict} 2 standard errors of the README number")
-else:
+verdict = "within" if abs(win - README_WIN) <= 2 * np.hypot(se, 0.02) else "OUTSIDE"
+print(f"{verdict} 2 standard errors of the difference from the README number")
+if QUICK:
   print("QUICK: shorter SFT (200 x 32 vs 400 x 64) and DPO (60 vs 150 steps) schedules; "
         f"DPO {'beats' if win - 2 * se > 0.5 else 'does not clearly beat'} its reference "
         f"(win rate - 2 SE = {win - 2 * se:.3f} vs 0.5)")
