@@ -10,9 +10,11 @@ Length policies (explicit, counted), applied in this order when a row does not f
 
 1. ``completion`` in ``"error"`` / ``"drop"``: a completion of more than ``max_len`` tokens
    (it would not fit even after a one-token prompt) raises ``PolicyError`` / ``CompletionTooLong``.
-2. The prompt's budget is ``max(max_len + 1 - C, floor)`` tokens, ``floor = min(P, max_len // 2)``
-   under ``completion="truncate"`` (a long completion never pushes the prompt below half the
-   row) and 1 otherwise. A longer prompt is handled by ``truncate``: ``"prompt_left"``
+2. The prompt's budget is ``max(max_len + 1 - C, floor)`` tokens: ``floor = 1`` when the
+   completion fits the row with a one-token prompt (``C <= max_len``: the row is packed
+   exactly as before completion policies existed), else ``floor = min(P, max_len // 2)`` (a
+   completion longer than the row never pushes the prompt below half of it). A prompt over
+   its budget is handled by ``truncate``: ``"prompt_left"``
    (default) drops prompt tokens from the left, keeping the first token (BOS) and the end
    (the turn that asks for the completion); ``"drop"`` raises ``PromptTooLong``; ``"error"``
    raises ``PolicyError``.
@@ -91,7 +93,8 @@ def fit_lengths(n_prompt: int, n_completion: int, max_len: int, *,
     if completion == "drop":
       raise CompletionTooLong(msg)
     raise PolicyError(msg + " (set the completion policy to 'truncate' or 'drop')")
-  floor = min(n_prompt, max(1, max_len // 2)) if completion == "truncate" else 1
+  # a completion longer than the row (only "truncate" gets here) leaves the prompt half of it
+  floor = min(n_prompt, max(1, max_len // 2)) if n_completion > max_len else 1
   budget = max(max_len + 1 - n_completion, floor)
   p = n_prompt
   if p > budget:

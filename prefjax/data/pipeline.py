@@ -17,6 +17,7 @@ them by reason instead of stopping the run (``check_examples`` is the strict var
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import re
@@ -321,7 +322,7 @@ def batched(examples: Sequence[dict], encode: Callable, batch_size: int, *, seed
   else:
     ds = ds.map(encode).batch(batch_size, drop_remainder=True)
   if bucket:
-    ds = ds.map(lambda b: bucket_batch(b, buckets))
+    ds = ds.map(functools.partial(bucket_batch, buckets=buckets))   # picklable for workers
   return ds
 
 

@@ -134,6 +134,8 @@ def _json_array_rows(path: Path, data: bytes):
   except json.JSONDecodeError as e:
     raise PreferenceFileError(
         path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+  except RecursionError:   # json's decoder recurses once per nesting level
+    raise PreferenceFileError(path, "not valid JSON (nested too deeply)") from None
   if not isinstance(rows, list):
     raise PreferenceFileError(path, f"top-level JSON {type(rows).__name__}, expected a list")
   if not rows:
@@ -159,6 +161,8 @@ def _json_lines_rows(data: bytes):
       rows.append((lineno, json.loads(text)))
     except json.JSONDecodeError as e:
       rows.append((lineno, _BadRow(f"bad JSON: {e.msg} (column {e.colno})")))
+    except RecursionError:   # json's decoder recurses once per nesting level
+      rows.append((lineno, _BadRow("bad JSON: nested too deeply")))
   return rows
 
 

@@ -119,7 +119,7 @@ def _read_each(path: str, native: str, parse) -> Raw:
 
 def read_sft(path: str, *, chat: bool = True) -> Raw:
   """``{"prompt", "response" | "completion"}`` or ``{"messages": [...]}`` rows -> sft."""
-  stem = path.rsplit("/", 1)[-1].split(".")[0]
+  stem = os.path.basename(path).split(".")[0]
 
   def parse(row, loc):
     if isinstance(row, dict) and "messages" in row and "prompt" not in row:
@@ -141,7 +141,7 @@ _LABELS = {True: 1, False: 0, 1: 1, 0: 0}
 
 def read_unpaired(path: str, *, chat: bool = True) -> Raw:
   """``{"prompt", "response" | "completion", "label"}`` rows; label a bool or 0/1."""
-  stem = path.rsplit("/", 1)[-1].split(".")[0]
+  stem = os.path.basename(path).split(".")[0]
 
   def parse(row, loc):
     prompt, response = prompt_field(row, chat), _response_field(row, chat)

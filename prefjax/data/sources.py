@@ -190,6 +190,12 @@ def load_examples(spec: str, kind: str, *, seed: int, limit: int | None = None,
                       skipped_rows=list(raw.skipped_rows), source=str(spec), native=raw.native)
 
 
+def wants_chat(tokenizer) -> bool:
+  """``chat=`` for ``load_examples``: True when the tokenizer has a chat template (message
+  prompts, stripped responses), False for raw-text tokenizers (testbed, byte-level)."""
+  return bool(getattr(tokenizer, "chat_template", None))
+
+
 # ------------------------------------------------------------------------------ held out
 def prompt_key(example: dict) -> str:
   p = example["prompt"]

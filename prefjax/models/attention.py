@@ -1,8 +1,16 @@
 """Grouped-query causal self-attention with segment/padding masking and a functional KV cache.
 
 Masking rule (training, no cache): query q may attend to key k iff
-  k <= q  and  segment[k] == segment[q]  and  segment[k] != 0,
-where segment id 0 marks padding. Packed sequences get distinct segment ids.
+  k <= q  and  segment[k] == segment[q]  and  segment[k] != 0
+  [and (branch[k] == 0 or branch[k] == branch[q])   with prefix-shared rows],
+where segment id 0 marks padding. Packed sequences get distinct segment ids. In a
+prefix-shared row [prompt | r1 | r2 ...] (prefjax/data/layout.py) the prompt has branch 0
+and response j branch j, so each response sees the prompt and itself only.
+
+Kernels (``select_kernel``): "dense" computes the (B, G, R, T, S) scores with einsums (CPU,
+TPU, softcapped Gemma 2, float32); "cudnn" calls ``jax.nn.dot_product_attention`` (cuDNN
+flash attention, no T x T scores per head) on GPU in bfloat16/float16. Both take the same
+boolean mask; ``attend`` is the one entry point.
 
 With a cache (generation), keys live in a fixed buffer of length S; a query written at
 buffer slot ``index + t`` may attend to slot s iff s <= index + t and the slot's segment
@@ -23,13 +31,53 @@ from prefjax.models.layers import RMSNorm, param, rope, rope_inv_freq
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays finite (it is never read).
 
 
-def causal_segment_mask(segment_ids_bt):
-  """(B, 1, T, T) boolean mask for training-time attention."""
+def causal_segment_mask(segment_ids_bt, branch_ids_bt=None):
+  """(B, 1, T, T) boolean mask for training-time attention (see the module docstring)."""
   t = segment_ids_bt.shape[1]
   causal = jnp.tril(jnp.ones((t, t), dtype=bool))
   same = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
   valid_key = (segment_ids_bt != 0)[:, None, :]
-  return (causal[None] & same & valid_key)[:, None]                                 # (B, 1, T, T)
+  mask = causal[None] & same & valid_key                                            # (B, T, T)
+  if branch_ids_bt is not None:
+    key_branch = branch_ids_bt[:, None, :]
+    mask = mask & ((key_branch == 0) | (key_branch == branch_ids_bt[:, :, None]))
+  return mask[:, None]                                                              # (B, 1, T, T)
+
+
+def select_kernel(backend: str, dtype, *, softcap=None, head_dim: int = 64) -> str:
+  """"cudnn" where cuDNN flash attention applies (GPU, 16-bit, no softcap), else "dense"."""
+  ok = (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        and softcap is None and head_dim % 8 == 0 and head_dim <= 128)
+  return "cudnn" if ok else "dense"
+
+
+def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
+           kernel: str = "dense"):
+  """softmax(softcap(scale * q k^T) masked) v with grouped-query heads; (B, T, H, K).
+
+  ``kernel``: "dense" (einsum scores), "xla" or "cudnn" (``jax.nn.dot_product_attention``
+  with that implementation; "xla" exists to test this glue on CPU). Softcapping needs
+  "dense". In the kernel paths every query also sees itself, so padding queries (whose
+  mask row is empty) stay finite; real queries already see themselves.
+  """
+  b, t, h, hd = q_bthk.shape
+  g = k_bsgk.shape[2]
+  dtype = q_bthk.dtype
+  if kernel == "dense":
+    q = q_bthk.reshape(b, t, g, h // g, hd)                                         # (B, T, G, R, K)
+    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k_bsgk).astype(jnp.float32) * scale
+    if softcap is not None:
+      scores = softcap * jnp.tanh(scores / softcap)
+    scores = jnp.where(mask_b1ts[:, :, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bgrts,bsgk->btgrk", probs, v_bsgk).reshape(b, t, h, hd)
+  if softcap is not None:
+    raise ValueError("attention softcapping needs the dense kernel")
+  s = k_bsgk.shape[1]
+  diag = (jnp.arange(t)[:, None] == jnp.arange(s)[None, :]) if t == s else False
+  mask = mask_b1ts | diag
+  return jax.nn.dot_product_attention(q_bthk, k_bsgk, v_bsgk, mask=mask, scale=scale,
+                                      implementation=kernel)
 
 
 def sliding_window_mask(mask_b1ts, window: int, index=0):
@@ -66,6 +114,7 @@ class Attention(nnx.Module):
         hd, self.rope_theta, None if local else cfg.rope_scaling))
     self.logit_scale = cfg.query_scale if cfg.query_scale is not None else hd ** -0.5
     self.softcap = cfg.attn_softcap
+    self.kernel = None   # None: ``select_kernel`` at trace time; "dense"/"xla"/"cudnn" forces one
     self.q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), dtype=pd)
     self.k = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dtype=pd)
     self.v = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dtype=pd)
@@ -107,15 +156,10 @@ class Attention(nnx.Module):
       cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
       k, v, new_cache = ck.astype(dtype), cv.astype(dtype), (ck, cv)
 
-    b, t, h, hd = q.shape
-    g = self.n_kv_heads
-    q = q.reshape(b, t, g, h // g, hd)                                              # (B, T, G, R, K)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k).astype(jnp.float32) * self.logit_scale  # (B, G, R, T, S)
-    if self.softcap is not None:
-      scores = self.softcap * jnp.tanh(scores / self.softcap)
-    scores = jnp.where(mask_b1ts[:, :, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(b, t, h, hd)            # (B, T, H, K)
+    kernel = self.kernel or select_kernel(jax.default_backend(), dtype, softcap=self.softcap,
+                                          head_dim=self.head_dim)
+    out = attend(q, k, v, mask_b1ts, scale=self.logit_scale, softcap=self.softcap,
+                 kernel=kernel)                                                     # (B, T, H, K)
     out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))                # (B, T, D)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dtype)

@@ -1,5 +1,19 @@
-"""Log-probabilities of given targets: per token, and summed over the completion only."""
+"""Log-probabilities of given targets: per token, and summed over the completion only.
+
+Two equal ways to get per-token log-probs ``log softmax(h W)[y]``:
+  * plain: the model returns logits [B, T, V] in float32 and ``token_logprobs`` reads them;
+  * chunked (``chunk_size=C``): the model returns its final-norm hidden state [B, T, D] and
+    ``chunked_token_logprobs`` multiplies it by the unembedding C tokens at a time inside a
+    ``lax.scan`` with a custom VJP that recomputes each chunk's logits in the backward pass,
+    so neither pass holds more than [C, V] logits (the plain path holds [B, T, V] float32
+    logits and as much again for their cotangent).
+
+Rows in the prefix-shared / packed layouts (prefjax/data/layout.py) are reduced per
+(example, response) slot with a segment sum (``slot_logps``).
+"""
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +27,102 @@ def token_logprobs(logits_btv, targets_bt):
   return picked - lse
 
 
+def _chunk_logits(h_cd, w, vocab_major: bool, softcap):
+  """float32 [C, V] logits as the model computes them (W cast to the hidden dtype)."""
+  spec = "cd,vd->cv" if vocab_major else "cd,dv->cv"
+  logits = jnp.einsum(spec, h_cd, w.astype(h_cd.dtype)).astype(jnp.float32)
+  return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked(h_ncd, w, y_nc, vocab_major, softcap):
+  return _chunked_fwd(h_ncd, w, y_nc, vocab_major, softcap)[0]
+
+
+def _chunked_fwd(h_ncd, w, y_nc, vocab_major, softcap):
+  def body(_, xs):
+    h_cd, y_c = xs
+    logits = _chunk_logits(h_cd, w, vocab_major, softcap)                         # (C, V)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return None, (jnp.take_along_axis(logits, y_c[:, None], axis=-1)[:, 0] - lse, lse)
+
+  _, (out_nc, lse_nc) = jax.lax.scan(body, None, (h_ncd, y_nc))
+  return out_nc, (h_ncd, w, y_nc, lse_nc)
+
+
+def _chunked_bwd(vocab_major, softcap, res, g_nc):
+  """d/dlogits (logits[y] - lse) = onehot(y) - softmax; the chunk's logits are recomputed."""
+  h_ncd, w, y_nc, lse_nc = res
+  dtype = h_ncd.dtype
+  wc = w.astype(dtype)
+
+  def body(dw, xs):
+    h_cd, y_c, lse_c, g_c = xs
+    logits = _chunk_logits(h_cd, w, vocab_major, softcap)                         # (C, V)
+    g_cv = -g_c[:, None] * jnp.exp(logits - lse_c[:, None])
+    g_cv = g_cv.at[jnp.arange(y_c.shape[0]), y_c].add(g_c)
+    if softcap is not None:                   # d/dx softcap*tanh(x/softcap) = 1 - tanh^2
+      g_cv = g_cv * (1.0 - jnp.square(logits / softcap))
+    g_cv = g_cv.astype(dtype)
+    if vocab_major:
+      dh = jnp.einsum("cv,vd->cd", g_cv, wc)
+      dw = dw + jnp.einsum("cv,cd->vd", g_cv, h_cd).astype(jnp.float32)
+    else:
+      dh = jnp.einsum("cv,dv->cd", g_cv, wc)
+      dw = dw + jnp.einsum("cd,cv->dv", h_cd, g_cv).astype(jnp.float32)
+    return dw, dh
+
+  dw, dh_ncd = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (h_ncd, y_nc, lse_nc, g_nc))
+  return dh_ncd, dw.astype(w.dtype), None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def chunked_token_logprobs(hidden_btd, w, targets_bt, *, chunk_size: int,
+                           softcap: float | None = None, vocab_major: bool = False):
+  """log softmax(softcap(h @ W))[y] per token, without materialising [B, T, V] logits.
+
+  logits_n = float32(h_n @ W), optionally ``softcap * tanh(logits / softcap)`` (Gemma),
+  exactly as ``Transformer.__call__`` computes them; tokens are flattened to N = B * T,
+  padded to a multiple of ``chunk_size`` and scanned C at a time. A custom VJP saves only
+  h, W and the per-token log-sum-exp; the backward pass recomputes each chunk's logits and
+  accumulates dW = sum_n h_n (g_n (onehot(y_n) - softmax_n)) in one float32 buffer.
+
+  Args:
+    hidden_btd: [B, T, D] final-norm hidden state (compute dtype).
+    w: the unembedding, [D, V], or [V, D] with ``vocab_major=True`` (a tied embedding table,
+      used without a transposed copy); cast to the hidden state's dtype, as the model does.
+    targets_bt: [B, T] int target ids.
+    chunk_size: tokens per chunk C (peak logits memory is a few C * V float32).
+    softcap: the model's ``final_softcap`` or None.
+
+  Returns:
+    [B, T] float32 log-probs, equal to ``token_logprobs(model logits, targets)``.
+  """
+  b, t, d = hidden_btd.shape
+  n = b * t
+  c = max(1, min(int(chunk_size), n))
+  n_chunks = -(-n // c)
+  pad = n_chunks * c - n
+  h_ncd = jnp.pad(hidden_btd.reshape(n, d), ((0, pad), (0, 0))).reshape(n_chunks, c, d)
+  y_nc = jnp.pad(targets_bt.reshape(n), (0, pad)).reshape(n_chunks, c)
+  out_nc = _chunked(h_ncd, w, y_nc, bool(vocab_major),
+                    None if softcap is None else float(softcap))
+  return out_nc.reshape(-1)[:n].reshape(b, t)
+
+
+def unembedding(model):
+  """(W, vocab_major, final softcap or None) of a prefjax ``Transformer``.
+
+  Tied models return the embedding table [V, D] itself (vocab_major=True), untied ones the
+  unembedding [D, V].
+  """
+  if model.cfg.tie_embeddings:
+    return model.embed[...], True, model.cfg.final_softcap
+  return model.unembed[...], False, model.cfg.final_softcap
+
+
 def sequence_logps(logits_btv, targets_bt, loss_mask_bt):
   """Per-sequence sums over the completion (prompt and padding excluded).
 
@@ -24,16 +134,61 @@ def sequence_logps(logits_btv, targets_bt, loss_mask_bt):
   return tok.sum(-1), mask.sum(-1), tok
 
 
-def forward_logps(model, batch, prefix: str = ""):
+def model_token_logps(model, ids_bt, positions_bt, segment_ids_bt, targets_bt, *,
+                      chunk_size: int | None = None, branch_ids_bt=None):
+  """[B, T] float32 log-probs of ``targets`` under ``model`` (plain or chunked).
+
+  ``branch_ids_bt`` (prefix-shared rows) is passed to the model only when given, so
+  models without that argument keep working on plain rows.
+  """
+  kw = {} if branch_ids_bt is None else {"branch_ids_bt": branch_ids_bt}
+  if chunk_size:
+    hidden, _ = model(ids_bt, positions_bt, segment_ids_bt, return_hidden=True, **kw)
+    w, vocab_major, softcap = unembedding(model)
+    return chunked_token_logprobs(hidden, w, targets_bt, chunk_size=chunk_size,
+                                  softcap=softcap, vocab_major=vocab_major)
+  logits, _ = model(ids_bt, positions_bt, segment_ids_bt, **kw)
+  return token_logprobs(logits, targets_bt)
+
+
+def forward_logps(model, batch, prefix: str = "", *, chunk_size: int | None = None):
   """Runs ``model`` on a packed batch and returns completion log-prob sums and lengths.
 
   ``batch`` holds ``{prefix}input_ids, {prefix}target_ids, {prefix}loss_mask,
   {prefix}positions, {prefix}segment_ids`` of shape [..., T]; leading axes are flattened
   for the forward pass and restored after (so [B, K, T] groups work unchanged).
+  ``chunk_size``: None computes full logits; an int uses ``chunked_token_logprobs``.
   """
   ids = batch[prefix + "input_ids"]
   lead, t = ids.shape[:-1], ids.shape[-1]
   flat = lambda k: batch[prefix + k].reshape(-1, t)
-  logits, _ = model(flat("input_ids"), flat("positions"), flat("segment_ids"))
-  logps, lengths, tok = sequence_logps(logits, flat("target_ids"), flat("loss_mask"))
-  return logps.reshape(lead), lengths.reshape(lead), tok.reshape(*lead, t)
+  mask = flat("loss_mask").astype(jnp.float32)
+  tok = model_token_logps(model, flat("input_ids"), flat("positions"), flat("segment_ids"),
+                          flat("target_ids"), chunk_size=chunk_size) * mask
+  return tok.sum(-1).reshape(lead), mask.sum(-1).reshape(lead), tok.reshape(*lead, t)
+
+
+def slot_logps(model, batch, n_examples: int, n_slots: int, *, chunk_size: int | None = None):
+  """Completion log-prob sums per (example, response slot) of a ``rows_*`` batch.
+
+  sum_t tok[r, t] * loss_mask[r, t] grouped by slot id ``rows_slot_ids[r, t] =
+  example * S + slot`` (-1 outside completions), a segment sum over all rows; slots whose
+  responses are copies (padded group samples) read their source slot via
+  ``slot_source`` [B, S].
+
+  Returns:
+    (logps [B, S], lengths [B, S] float).
+  """
+  mask = batch["rows_loss_mask"].astype(jnp.float32)                                # (R, T)
+  tok = model_token_logps(model, batch["rows_input_ids"], batch["rows_positions"],
+                          batch["rows_segment_ids"], batch["rows_target_ids"],
+                          chunk_size=chunk_size, branch_ids_bt=batch["rows_branch_ids"])
+  ids = batch["rows_slot_ids"].reshape(-1)
+  n = n_examples * n_slots
+  ids = jnp.where(ids < 0, n, ids)                    # non-completion tokens -> a dump slot
+  sums = jax.ops.segment_sum((tok * mask).reshape(-1), ids, num_segments=n + 1)[:n]
+  lens = jax.ops.segment_sum(mask.reshape(-1), ids, num_segments=n + 1)[:n]
+  src = batch["slot_source"]                                                       # (B, S)
+  logps = jnp.take_along_axis(sums.reshape(n_examples, n_slots), src, axis=1)
+  lengths = jnp.take_along_axis(lens.reshape(n_examples, n_slots), src, axis=1)
+  return logps, lengths

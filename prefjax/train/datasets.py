@@ -16,18 +16,9 @@ n_eval_pairs).
 """
 from __future__ import annotations
 
-import inspect
-
-from prefjax.data import pipeline
+from prefjax.data import layout
 from prefjax.errors import ConfigError
 from prefjax.testbed import source as testbed_source
-
-
-def _encoder_kw(fn, c):
-  kw = {"truncate": c.data.truncate}
-  if "completion" in inspect.signature(fn).parameters:
-    kw["completion"] = c.data.get("completion", "truncate")
-  return kw
 
 
 class DataSource:
@@ -62,44 +53,60 @@ class DataSource:
   def _file_examples(self, spec, kind, split):
     from prefjax.data import sources
     c = self.c
-    res = sources.load_examples(spec, kind, seed=c.seed)
-    if kind == "multi":                 # at most group_size responses per side
-      k = self.group_size()
-      res.examples[:] = [dict(e, chosen=list(e["chosen"])[:k], rejected=list(e["rejected"])[:k])
-                         for e in res.examples]
-    self.reports[f"{spec} ({kind})"] = {"examples": len(res.examples), "skipped": res.skipped}
-    eval_spec = c.data.get("eval", "") or None
-    if eval_spec:
-      ev = sources.load_examples(eval_spec, kind, seed=c.seed).examples
-      train = res.examples
-    else:
-      train, ev = sources.split_heldout(res.examples, n_eval=c.data.get("n_eval", 0) or None,
-                                        fraction=c.data.get("eval_fraction", 0.1),
-                                        seed=c.seed)
+    key = (spec, kind)
+    if key not in self._cache:
+      res = sources.load_examples(spec, kind, seed=c.seed, chat=self._chat,
+                                  group_size=self.group_size() if kind == "multi" else None)
+      self._check_chat(spec, res.examples)
+      self.reports[f"{spec} ({kind})"] = {
+          "examples": len(res.examples), "skipped": res.skipped,
+          "first_skipped": [f"{loc}: {r}" for loc, r in res.skipped_rows[:5]]}
+      eval_spec = c.data.get("eval", "") or None
+      n_eval = c.data.get("n_eval", 0) or None
+      if kind == "sft" and spec != self.train_spec:
+        split_ = (res.examples, [])
+      else:
+        split_ = sources.split_heldout(res.examples, eval_spec=eval_spec, n_eval=n_eval,
+                                       fraction=c.data.get("eval_fraction", 0.1), seed=c.seed,
+                                       kind=kind, chat=self._chat)
+      self._cache[key] = split_
+    train, ev = self._cache[key]
     if split == "train":
       n = c.data.get("n_train", 0)
       return train[:n] if n else train
-    n = c.data.get("n_eval", 0)
-    return ev[:n] if n else ev
+    return ev
+
+  @property
+  def _chat(self) -> bool:
+    """Chat prompts as messages for tokenizers that may have a template (real ones)."""
+    return hasattr(self.tokenizer, "chat_template")
+
+  def _check_chat(self, spec, examples):
+    if (self._chat and not getattr(self.tokenizer, "chat_template", None)
+        and any(not isinstance(e.get("prompt"), str) for e in examples[:100])):
+      raise ConfigError(f"{spec}: chat-format data (role/content turns) but the tokenizer of "
+                        f"{getattr(self.tokenizer, 'source', 'the model')} has no chat template "
+                        "(use a model with one, or plain-text prompt/response data)")
 
   def eval_pairs(self) -> list[dict]:
     return self.examples("pairwise", "eval")
 
   # ------------------------------------------------------------------ encoders
-  def encoder(self, kind: str, tokenizer=None, max_len: int | None = None):
-    """The row encoder of ``kind`` (``prefjax.data.pipeline``)."""
+  def encoder(self, kind: str, tokenizer=None, max_len: int | None = None,
+              batch_size: int | None = None):
+    """The row encoder of ``kind`` in ``config.data.layout`` ("plain" | "prefix" | "packed",
+    ``prefjax.data.layout``); reward models always read plain rows."""
     c, tok = self.c, tokenizer or self.tokenizer
     max_len = max_len or c.data.max_len
-    if kind == "sft":
-      return pipeline.encode_sft(tok, max_len, **_encoder_kw(pipeline.encode_sft, c))
-    if kind in ("pairwise", "reward"):
-      return pipeline.encode_pair(tok, max_len, **_encoder_kw(pipeline.encode_pair, c))
-    if kind == "unpaired":
-      return pipeline.encode_unpaired(tok, max_len, **_encoder_kw(pipeline.encode_unpaired, c))
-    if kind == "multi":
-      return pipeline.encode_group(tok, max_len, self.group_size(),
-                                   **_encoder_kw(pipeline.encode_group, c))
-    raise ConfigError(f"no row encoder for batch kind {kind!r}")
+    lay = c.data.get("layout", "plain")
+    if kind == "reward" or batch_size is None:
+      lay, kind = "plain", ("pairwise" if kind == "reward" else kind)
+    if kind not in ("sft", "pairwise", "unpaired", "multi"):
+      raise ConfigError(f"no row encoder for batch kind {kind!r}")
+    return layout.make_encoder(kind, tok, max_len, layout=lay, group_size=self.group_size(),
+                               truncate=c.data.truncate,
+                               completion=c.data.get("completion", "truncate"),
+                               batch_size=batch_size)
 
   def group_size(self) -> int:
     if self.testbed:

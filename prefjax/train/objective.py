@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from prefjax import losses
 from prefjax.errors import ConfigError
-from prefjax.models.logprobs import forward_logps
+from prefjax.models.logprobs import forward_logps, slot_logps
 
 _FORWARDS: dict[str, Callable] = {}
 
@@ -33,40 +33,63 @@ def register_forward(kind: str):
   return deco
 
 
+def is_rows_batch(batch) -> bool:
+  """True for prefix-shared / packed batches (prefjax/data/layout.py), False for plain."""
+  return "rows_input_ids" in batch
+
+
+def _slots(model, batch, chunk_size):
+  """[B, S] completion log-prob sums and lengths of a rows_* batch."""
+  b, s = batch["slot_source"].shape
+  return slot_logps(model, batch, b, s, chunk_size=chunk_size)
+
+
 @register_forward("sft")
-def forward_sft(model, batch):
-  logps, lengths, _ = forward_logps(model, batch)
+def forward_sft(model, batch, chunk_size=None):
+  if is_rows_batch(batch):
+    logps, lengths = _slots(model, batch, chunk_size)
+    return {"policy_logps": logps[:, 0], "lengths": lengths[:, 0]}
+  logps, lengths, _ = forward_logps(model, batch, chunk_size=chunk_size)
   return {"policy_logps": logps, "lengths": lengths}
 
 
-def _two_sided(model, batch, a: str, b: str):
-  """One forward pass over both sides: rows ``a_*`` and ``b_*`` concatenated on axis 0."""
+def _two_sided(model, batch, a: str, b: str, chunk_size=None, grouped: bool = False):
+  """One forward pass over both sides: rows ``a_*`` and ``b_*`` concatenated on axis 0.
+
+  A rows_* batch holds both sides in its slots: side a = slots [0, S/2), b = [S/2, S);
+  ``grouped`` keeps the [B, K] axis (K = S/2), else each side is [B].
+  """
+  if is_rows_batch(batch):
+    logps, lengths = _slots(model, batch, chunk_size)
+    h = logps.shape[1] // 2
+    pick = (lambda x, j: x[:, j * h:(j + 1) * h]) if grouped else (lambda x, j: x[:, j])
+    return pick(logps, 0), pick(logps, 1), pick(lengths, 0), pick(lengths, 1)
   keys = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids")
   joint = {k: jnp.concatenate([batch[f"{a}_{k}"], batch[f"{b}_{k}"]], axis=0) for k in keys}
-  logps, lengths, _ = forward_logps(model, joint)
+  logps, lengths, _ = forward_logps(model, joint, chunk_size=chunk_size)
   n = batch[f"{a}_input_ids"].shape[0]
   return logps[:n], logps[n:], lengths[:n], lengths[n:]
 
 
 @register_forward("pairwise")
-def forward_pairwise(model, batch):
-  c, r, lc, lr = _two_sided(model, batch, "chosen", "rejected")
+def forward_pairwise(model, batch, chunk_size=None, grouped=False):
+  c, r, lc, lr = _two_sided(model, batch, "chosen", "rejected", chunk_size, grouped)
   return {"policy_chosen_logps": c, "policy_rejected_logps": r,
           "chosen_lengths": lc, "rejected_lengths": lr}
 
 
 @register_forward("multi")
-def forward_multi(model, batch):
+def forward_multi(model, batch, chunk_size=None):
   """Groups: chosen_* / rejected_* rows of shape [B, K, T]; masks [B, K]."""
-  out = forward_pairwise(model, batch)
+  out = forward_pairwise(model, batch, chunk_size, grouped=True)
   out.update(chosen_mask=batch["chosen_mask"], rejected_mask=batch["rejected_mask"])
   return out
 
 
 @register_forward("unpaired")
-def forward_unpaired(model, batch):
+def forward_unpaired(model, batch, chunk_size=None):
   """KTO: one response per example plus a mismatched (prompt, response) row for z0."""
-  p, kl, lp, _ = _two_sided(model, batch, "response", "kl")
+  p, kl, lp, _ = _two_sided(model, batch, "response", "kl", chunk_size)
   return {"policy_logps": p, "policy_kl_logps": kl, "lengths": lp, "labels": batch["labels"]}
 
 
@@ -99,13 +122,17 @@ class Objective:
   spec: losses.LossSpec
   hparams: tuple[tuple[str, Any], ...] = ()
   per_token: bool = False   # divide by completion tokens instead of examples (SFT)
+  logps_chunk: int | None = None   # chunked vocabulary log-probs (forwards that take chunk_size)
 
   @property
   def needs_reference(self) -> bool:
     return self.spec.needs_reference
 
   def forward(self, model, batch):
-    return _FORWARDS[self.spec.kind](model, batch)
+    fn = _FORWARDS[self.spec.kind]
+    if self.logps_chunk and "chunk_size" in inspect.signature(fn).parameters:
+      return fn(model, batch, chunk_size=self.logps_chunk)
+    return fn(model, batch)
 
   def reference(self, model, batch):
     return _as_reference(self.forward(model, batch))
@@ -120,8 +147,11 @@ class Objective:
 
 
 def make_objective(loss_name: str, hparams: Mapping[str, Any] | None = None, *,
-                   per_token: bool | None = None) -> Objective:
-  """An objective from a registered loss name (unknown names list the registered ones)."""
+                   per_token: bool | None = None, logps_chunk: int | None = None) -> Objective:
+  """An objective from a registered loss name (unknown names list the registered ones).
+
+  ``logps_chunk``: tokens per chunk of the vocabulary log-softmax (None: full logits).
+  """
   spec = losses.get_spec(loss_name)
   if spec.kind not in _FORWARDS:
     raise ConfigError(f"loss {loss_name!r} consumes {spec.kind!r} batches, for which no forward "
@@ -139,4 +169,49 @@ def make_objective(loss_name: str, hparams: Mapping[str, Any] | None = None, *,
   if per_token is None:
     per_token = spec.kind == "sft"
   return Objective(spec=spec, hparams=tuple(sorted(hparams.items())),
-                   per_token=per_token)
+                   per_token=per_token, logps_chunk=logps_chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# RL and token-level reward models (prefjax.rl, prefjax.rewards.token_model).
+
+@register_forward("ppo")
+def forward_ppo(model, batch):
+  """PPO minibatches: per-token log-probs, entropies and values of the current model.
+
+  ``model`` is a ``prefjax.rl.actor_critic.ActorCritic`` (or a plain Transformer: values 0).
+  Rollout fields travel as batch fields [B, T]: ``old_token_logps``, ``old_values``,
+  ``ref_token_logps`` (reference log-probs computed once at rollout, outside the gradient),
+  ``advantages``, ``returns``; ``kl_coefs`` [B] is the KL-in-loss coefficient.
+  """
+  if hasattr(model, "evaluate"):
+    logps, entropy, values = model.evaluate(batch)
+  else:
+    from prefjax.rl.actor_critic import entropy_from_logits
+    from prefjax.models.logprobs import token_logprobs
+    logits, _ = model(batch["input_ids"], batch["positions"], batch["segment_ids"])
+    logps, entropy = token_logprobs(logits, batch["target_ids"]), entropy_from_logits(logits)
+    values = jnp.zeros(logps.shape, jnp.float32)
+  mask = batch["loss_mask"].astype(jnp.float32)
+  return {"policy_token_logps": logps * mask, "policy_values": values * mask,
+          "policy_entropy": entropy * mask, "old_token_logps": batch["old_token_logps"],
+          "old_values": batch["old_values"], "ref_token_logps": batch["ref_token_logps"],
+          "advantages": batch["advantages"], "returns": batch["returns"],
+          "completion_mask": mask, "kl_coefs": batch["kl_coefs"], "lengths": mask.sum(-1)}
+
+
+@register_forward("token")
+def forward_token(model, batch):
+  """Token-level reward model (``TokenRewardModel``) on edited (chosen_*) and original
+  (rejected_*) rows, one call over both; ``rejected_flaw_labels`` [B, T] (zeros if absent)."""
+  keys = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids")
+  joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+           for k in keys}
+  r = model.token_rewards(joint)
+  n = batch["chosen_input_ids"].shape[0]
+  labels = batch.get("rejected_flaw_labels")
+  if labels is None:
+    labels = jnp.zeros_like(r[n:])
+  return {"chosen_token_rewards": r[:n], "rejected_token_rewards": r[n:],
+          "chosen_mask": batch["chosen_loss_mask"], "rejected_mask": batch["rejected_loss_mask"],
+          "rejected_flaw_labels": labels}

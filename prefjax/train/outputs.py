@@ -18,25 +18,35 @@ def _export_hf(path, cfg, params, tokenizer):
     from prefjax.train.export import export_hf
   except ImportError:
     export_hf = None
+  if not hasattr(tokenizer, "save_pretrained"):   # the testbed's and byte tokenizers: code
+    tokenizer = None
   if export_hf is not None:
     export_hf(path, cfg, params, tokenizer)
     return
   from prefjax.models.hf import save_hf_dir
   save_hf_dir(path, cfg, params)
-  if tokenizer is not None and hasattr(tokenizer, "save"):
-    tokenizer.save(os.path.join(path, "tokenizer.json"))
 
 
 def write_run_outputs(workdir: str, cfg, params, tokenizer, *, hf: bool = True) -> dict:
-  """Writes the final policy; returns summary entries naming the outputs."""
+  """Writes the final policy; returns summary entries naming the outputs.
+
+  The Orbax checkpoint is written by every process together; the HF export (host numpy)
+  by process 0 from the gathered parameters.
+  """
+  import jax
+  from prefjax import distributed
   model_dir = os.path.join(workdir, "model")
   save_checkpoint(model_dir, cfg, params)
-  if tokenizer is not None and hasattr(tokenizer, "save"):
-    os.makedirs(os.path.join(model_dir, "tokenizer"), exist_ok=True)
-    tokenizer.save(os.path.join(model_dir, "tokenizer", "tokenizer.json"))
+  main = distributed.is_main()
+  if main and tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+    tokenizer.save_pretrained(os.path.join(model_dir, "tokenizer"))
   out = {"outputs/model": model_dir}
   if hf:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      params = multihost_utils.process_allgather(params, tiled=True)
     hf_dir = os.path.join(workdir, "export", "hf")
-    _export_hf(hf_dir, cfg, params, tokenizer)
+    if main:
+      _export_hf(hf_dir, cfg, params, tokenizer)
     out["outputs/hf"] = hf_dir
   return out

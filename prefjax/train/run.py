@@ -22,7 +22,7 @@ import time
 import jax
 import ml_collections
 
-from prefjax import sharding
+from prefjax import distributed, sharding
 from prefjax.train import config as config_lib
 from prefjax.train import sources
 from prefjax.train import stage_fns   # noqa: F401  (registers the built-in stages)
@@ -46,16 +46,21 @@ class Clock:
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured stages and writes ``workdir/summary.json``; returns the summary."""
   t0 = time.perf_counter()
+  dc = c.get("distributed")                    # multi-host: before any other JAX call
+  if dc is not None and (dc.enabled or os.environ.get(distributed.ENV_COORDINATOR)):
+    distributed.initialize(dc.coordinator_address or None, dc.num_processes or None,
+                           None if dc.process_id < 0 else dc.process_id)
   config_lib.validate(c)
   for name in c.stages:                        # fail fast: bad loss names / hyper-parameters
     STAGES[name].check(c)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
   model = sources.load(c, mesh)                # a bad model source stops before any output
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(c.to_json_best_effort(indent=2))
+  if distributed.is_main():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=2))
   data = DataSource(c, model.tokenizer)
-  writer = MetricsWriter(workdir, tensorboard=c.tensorboard)
+  writer = MetricsWriter(workdir, tensorboard=c.tensorboard and distributed.is_main())
   summary = {"num_params": model.num_params, "devices": len(jax.devices()),
              "mesh": dict(mesh.shape), "model/source": model.source}
   ctx = RunContext(config=c, graphdef=model.graphdef, model_cfg=model.cfg,
@@ -76,6 +81,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   if data.reports:
     summary["data/reports"] = data.reports
   summary["wall_seconds"] = time.perf_counter() - t0
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+  if distributed.is_main():                    # only process 0 writes logs and summaries
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
   return summary

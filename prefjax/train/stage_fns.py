@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from prefjax.errors import ConfigError
+from prefjax.errors import ConfigError, DataError
 from prefjax.train.objective import make_objective
-from prefjax.train.stages import (Lora, RunContext, copy_params, preference_objective,
-                                  register_stage, train_stage)
+from prefjax.train.stages import (Lora, RunContext, accum, copy_params, logps_chunk,
+                                  preference_objective, register_stage, train_stage)
 
 
 @dataclasses.dataclass
@@ -37,15 +37,24 @@ def sft(ctx: RunContext, models: Models) -> None:
   if _skips_sft(ctx):
     return
   c = ctx.config
-  params = train_stage(ctx, "sft", c.sft, make_objective("sft"),
+  params = train_stage(ctx, "sft", c.sft, make_objective("sft", logps_chunk=logps_chunk(c)),
                        params=copy_params(models.policy), examples=ctx.data.examples("sft"),
-                       encode=ctx.data.encoder("sft"))
+                       encode=ctx.data.encoder("sft", batch_size=c.sft.batch_size * accum(c.sft)))
   models.policy = models.sft = params
 
 
 # ----------------------------------------------------------------------------- dpo
 def _check_dpo(c):
   preference_objective(c.dpo)
+
+
+def _eval_pairs(ctx) -> list:
+  """Held-out pairs, or [] when the data holds none (unpaired rows, SFT files)."""
+  try:
+    return ctx.data.eval_pairs()
+  except DataError as e:
+    ctx.summary.setdefault("notes", []).append(f"no held-out pairs: {e}")
+    return []
 
 
 def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
@@ -60,8 +69,9 @@ def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
         every=rc.every or c.checkpoint.every, last_step=c.dpo.steps, batch_size=rc.batch_size,
         params_fn=params_fn))
   hc = c.get("heldout")
-  if hc is not None and hc.enabled:
-    pairs = ctx.data.eval_pairs()[:hc.n_pairs]
+  pairs = _eval_pairs(ctx) if hc is not None and hc.enabled else []
+  if pairs:
+    pairs = pairs[:hc.n_pairs]
     mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
                                  beta=_beta(c), max_len=c.data.max_len,
                                  batch_size=hc.batch_size)
@@ -86,7 +96,7 @@ def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
 def dpo(ctx: RunContext, models: Models) -> None:
   """Any registered preference loss from the current policy; reference = that start."""
   c = ctx.config
-  objective = preference_objective(c.dpo)
+  objective = preference_objective(c.dpo, c)
   kind = objective.spec.kind
   reference = copy_params(models.policy)
   examples = ctx.data.examples(kind)
@@ -97,7 +107,8 @@ def dpo(ctx: RunContext, models: Models) -> None:
     from prefjax.models import lora as lora_lib
     ctx.summary["lora/num_params"] = lora_lib.num_lora_params(start)
   trained = train_stage(ctx, "dpo", c.dpo, objective, params=start, examples=examples,
-                        encode=ctx.data.encoder(kind), reference=reference, lora=lora,
+                        encode=ctx.data.encoder(kind, batch_size=c.dpo.batch_size * accum(c.dpo)),
+                        reference=reference, lora=lora,
                         on_log=_monitors(ctx, reference, examples, kind, params_fn))
   models.policy = lora.merge(reference, trained) if lora else trained
   models.reference = reference
@@ -144,7 +155,10 @@ def evaluate(ctx: RunContext, models: Models) -> None:
         beta=_beta(c), max_len=c.data.max_len))
     return
   from prefjax.eval import heldout
-  mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, ctx.data.eval_pairs(),
+  pairs = _eval_pairs(ctx)
+  if not pairs:
+    return
+  mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
                                beta=_beta(c), max_len=c.data.max_len,
                                batch_size=c.heldout.batch_size if "heldout" in c else 16)
   ctx.summary.update({f"eval/{k}": v for k, v in mon.metrics(models.policy).items()})
@@ -159,3 +173,16 @@ def write_outputs(ctx: RunContext, models: Models) -> None:
   out = outputs.write_run_outputs(ctx.workdir, ctx.model_cfg, models.policy, ctx.tokenizer,
                                  hf=ctx.config.get("export") is None or ctx.config.export.hf)
   ctx.summary.update(out)
+
+
+# ----------------------------------------------------------------------------- rl
+def _check_rl(c):
+  from prefjax.rl.stage import check_config
+  check_config(c)
+
+
+@register_stage("ppo", check=_check_rl)
+def ppo(ctx: RunContext, models: Models) -> None:
+  """PPO / fine-grained PPO / GRPO / RLOO / REINFORCE++ (``config.rl``; prefjax.rl.stage)."""
+  from prefjax.rl.stage import rl_stage
+  rl_stage(ctx, models)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from prefjax import losses, sharding
+from prefjax.data import layout as layout_lib
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError
 from prefjax.models import lora as lora_lib
@@ -81,14 +82,20 @@ def names() -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- objectives
-def preference_objective(section) -> Objective:
+def logps_chunk(c) -> int | None:
+  """``config.model.logps_chunk``: tokens per chunk of the vocabulary log-softmax (0: off)."""
+  n = c.model.get("logps_chunk", 0) if c is not None else 0
+  return int(n) if n else None
+
+
+def preference_objective(section, c=None) -> Objective:
   """A stage's loss: a registered name, or ``"combo"`` of ``section.loss_weights``.
 
   A combination's parts each take the keys of ``section.loss_kwargs`` they accept.
   """
   kwargs = section.loss_kwargs.to_dict()
   if section.loss != "combo":
-    return make_objective(section.loss, kwargs)
+    return make_objective(section.loss, kwargs, logps_chunk=logps_chunk(c))
   weights = dict(section.loss_weights.to_dict())
   try:
     hp = {n: {k: v for k, v in kwargs.items()
@@ -96,7 +103,7 @@ def preference_objective(section) -> Objective:
     spec = losses.make_combined_spec(weights, hp)
   except (ValueError, KeyError) as e:
     raise ConfigError(f"config.dpo.loss_weights: {e}") from None
-  return Objective(spec=spec)
+  return Objective(spec=spec, logps_chunk=logps_chunk(c))
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -141,7 +148,7 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   c = ctx.config
   graphdef = graphdef if graphdef is not None else ctx.graphdef
   param_sh = param_shardings if param_shardings is not None else ctx.param_shardings
-  accum = int(section.get("accum_steps", 1) or 1)
+  n_accum = accum(section)
   examples, skipped = filter_examples(examples, encode, name)
   if skipped:
     ctx.summary[f"data/{name}/skipped"] = skipped
@@ -150,8 +157,12 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                                 weight_decay=section.weight_decay, b1=section.b1, b2=section.b2,
                                 clip_norm=section.clip_norm,
                                 final_lr_fraction=section.final_lr_fraction)
-  batches = pipeline.batched(examples, encode, section.batch_size * accum, seed=c.seed,
-                             num_steps=section.steps, shuffle=c.data.get("shuffle", True))
+  if isinstance(encode, layout_lib.RowsEncoder):     # prefix-shared / packed rows
+    batches = layout_lib.plan_batches(examples, encode, seed=c.seed, num_steps=section.steps,
+                                      shuffle=c.data.get("shuffle", True))
+  else:
+    batches = pipeline.batched(examples, encode, section.batch_size * n_accum, seed=c.seed,
+                               num_steps=section.steps, shuffle=c.data.get("shuffle", True))
   trainable_sh = param_sh
   compose = None
   if lora is not None:
@@ -162,27 +173,30 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   batch_sh = sharding.batch_sharding(ctx.mesh)
   step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
                          batch_sharding=batch_sh, ref_shardings=param_sh, compose=compose,
-                         **_step_kwargs(make_train_step, accum_steps=accum if accum > 1 else None,
+                         **_step_kwargs(make_train_step, accum_steps=n_accum if n_accum > 1 else None,
                                         skip_nonfinite=c.get("nonfinite", "stop") == "skip"))
   ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name), every=c.checkpoint.every,
-                      keep=c.checkpoint.keep)
+                      keep=c.checkpoint.keep,
+                      async_checkpointing=c.checkpoint.get("async_save", False))
   needs_ref = objective.needs_reference or lora is not None
   state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
                     ref_params=reference if needs_ref else None, batches=batches,
                     batch_sharding=batch_sh, num_steps=section.steps, checkpointer=ckpt,
                     writer=ctx.writer, log_every=c.log_every, on_log=on_log,
-                    progress=c.progress)
+                    progress=c.progress, nonfinite=c.get("nonfinite", "stop"),
+                    max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
   ckpt.close()
   return state["params"]
 
 
+def accum(section) -> int:
+  """Micro-batches per optimizer step (``section.accum_steps``, default 1)."""
+  return int(section.get("accum_steps", 1) or 1)
+
+
 def filter_examples(examples, encode, stage: str):
   """(usable examples, {reason: count}); raises DataError when none is usable."""
-  filt = getattr(pipeline, "filter_examples", None)
-  if filt is None:                       # older pipeline: every row must encode
-    pipeline.check_examples(examples, encode)
-    return list(examples), {}
-  kept, counts, _ = filt(examples, encode)
+  kept, counts, _ = pipeline.filter_examples(examples, encode, source=f"the {stage} data")
   return kept, dict(counts)
 
 

@@ -113,6 +113,40 @@ def test_random_rows_respect_every_policy():
   assert min(seen.values()) > 10, seen               # every branch was exercised
 
 
+def _legacy_pack(prompt_ids, completion_ids, max_len):
+  """The pre-policy ``pack`` (prompt_left), transcribed: cut the prompt from the left after
+  BOS to make room for the whole completion; a completion over max_len was an error."""
+  if len(prompt_ids) + len(completion_ids) - 1 > max_len:
+    room = max_len + 1 - len(completion_ids)
+    if room < 1:
+      raise ValueError("does not fit")
+    prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - room + 1:] if room > 1 \
+        else prompt_ids[:1]
+  full = prompt_ids + completion_ids
+  return full[:-1], full[1:], len(prompt_ids) - 1
+
+
+def test_rows_the_old_pack_accepted_are_packed_exactly_as_before():
+  rng = np.random.default_rng(1)
+  checked = 0
+  for _ in range(300):
+    max_len = int(rng.integers(2, 24))
+    p = [1] + list(rng.integers(3, 60, int(rng.integers(0, 30))))
+    c = list(rng.integers(3, 60, int(rng.integers(0, 20)))) + [2]
+    try:
+      inp, tgt, first = _legacy_pack(p, c, max_len)
+    except ValueError:
+      continue
+    for comp in collate.COMPLETION_POLICIES:
+      row, _, cc = pack_row(p, c, max_len, completion=comp)
+      n = len(inp)
+      assert not cc
+      assert list(row["input_ids"][:n]) == inp and list(row["target_ids"][:n]) == tgt
+      assert list(np.nonzero(row["loss_mask"])[0]) == list(range(first, n))
+    checked += 1
+  assert checked > 100
+
+
 # ------------------------------------------------------------------------------ encoders
 def test_encoders_report_completion_truncated_and_batch_metric():
   long = "1,2," * 10                                  # 40 characters + EOS

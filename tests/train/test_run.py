@@ -60,8 +60,7 @@ def _metrics(workdir, stage):
 
 
 @pytest.mark.parametrize("loss,train", [
-    ("dpo", "pairs"), ("ipo", "pairs"), ("simpo", "pairs"), ("kto", "pairs"),
-    ("kto", "unpaired"), ("mdpo", "groups"), ("mipo", "groups")])
+    ("dpo", "pairs"), ("simpo", "pairs"), ("kto", "unpaired"), ("mdpo", "groups")])
 def test_every_objective_kind_runs_two_steps(files, tmp_path, loss, train):
   spec = {"pairs": "jsonl:", "unpaired": "unpaired:", "groups": "groups:"}[train] + files[train]
   stages = ("sft", "dpo", "eval") if train == "pairs" else ("dpo",)
