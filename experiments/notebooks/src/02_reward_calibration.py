@@ -122,7 +122,8 @@ for j, name in enumerate(names):
   rc, bias = methods[name]
   ax[0, j].scatter(chars + jit, rc, s=4, alpha=0.3, color="gray")
   ax[0, j].plot(ls, [rc[chars == l].mean() for l in ls], "k.-", lw=1, label="mean per length")
-  ax[0, j].set(title=f"{name}: Spearman {res[name]['spearman_reward_chars']:+.2f}",
+  ax[0, j].set_title(f"{name}: Spearman {res[name]['spearman_reward_chars']:+.2f}", fontsize=9)
+  ax[0, j].set(
                xlabel="response length (characters)",
                ylabel="reward (before)" if j == 0 else "calibrated reward")
   if name != "none":    # the bias each method removes, drawn on the raw rewards (centred)

@@ -114,8 +114,9 @@ for ax, (key, title, cmap, lim) in zip(axes, (
                  **({"vmin": lim[0], "vmax": lim[1]} if lim else {}))
   for i in range(len(methods)):
     for j in range(len(STARTS)):
+      dark = abs(m[i, j] - 0.5) > 0.2 if key != "kl" else np.log1p(m[i, j]) < 3
       ax.text(j, i, f"{m[i, j]:.2f}" if key != "kl" else f"{m[i, j]:.1f}", ha="center",
-              va="center", fontsize=9)
+              va="center", fontsize=9, color="white" if dark else "black")
   ax.set_xticks(range(len(STARTS)), STARTS)
   ax.set_yticks(range(len(methods)), methods)
   ax.set_title(title + (" (colour: log(1 + KL))" if key == "kl" else ""), fontsize=10)
@@ -141,6 +142,7 @@ README = {("base", "dpo", "graded_win_rate"): 0.500, ("base", "ipo", "graded_win
           ("sft", "sft_only", "win_rate"): 0.562, ("sft", "dpo", "win_rate"): 0.500,
           ("sft", "ipo", "win_rate"): 0.477, ("sft", "orpo", "win_rate"): 0.570}
 se = np.sqrt(0.25 / (G["n_eval"] * G["n_eval_samples"]))
+same = 0
 for (start, method, key), ref in README.items():
   got = [r[key] for r in rows if r["start"] == start and r["method"] == method
          and r["task"] == "sort" and r["size"] == 320]
@@ -148,6 +150,9 @@ for (start, method, key), ref in README.items():
     ok = abs(got[0] - ref) <= 2 * np.sqrt(2) * se      # two independent estimates
     print(f"{start:5s} {method:9s} {key:16s} {got[0]:.3f}  README {ref:.3f}  -> "
           f"{'within' if ok else 'OUTSIDE'} 2 SE of the difference ({2 * np.sqrt(2) * se:.3f})")
+    same += f"{got[0]:.3f}" == f"{ref:.3f}"
+print(f"{same}/{len(README)} cells identical to 3 decimals (same seeds and data: the same "
+      "computation)")
 base_pref = [cell("graded_win_rate", m, "base") for m in ("dpo", "ipo")]
 print(f"base start, DPO / IPO graded win rate: {base_pref[0]:.3f} / {base_pref[1]:.3f} "
       "(preference losses alone do not teach a format)")

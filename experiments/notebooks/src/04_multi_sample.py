@@ -113,7 +113,7 @@ README = {"dpo": {0.0: 0.545, 0.1: 0.541, 0.2: 0.521, 0.3: 0.521, 0.4: 0.498},
           "mipo k=2": {0.0: 0.459, 0.1: 0.475, 0.2: 0.471, 0.3: 0.467, 0.4: 0.488},
           "mipo k=4": {0.0: 0.492, 0.1: 0.521, 0.2: 0.525, 0.3: 0.502, 0.4: 0.514}}
 tol = 2 * np.sqrt(2 * 0.25 / n_cmp)
-bad = 0
+bad = same = 0
 print(f"{'method':9s} " + " ".join(f"eps={e:<12}" for e in NOISES))
 for name in names:
   cells = []
@@ -121,9 +121,11 @@ for name in names:
     got = next(r["win_rate"] for r in rows if r["method"] == name and r["eps"] == eps)
     ref = README[name][eps]
     bad += abs(got - ref) > tol
+    same += f"{got:.3f}" == f"{ref:.3f}"
     cells.append(f"{got:.3f} ({ref:.3f})")
   print(f"{name:9s} " + " ".join(f"{c:16s}" for c in cells))
-print(f"(README in brackets) {len(rows) - bad}/{len(rows)} cells within {tol:.3f} of the README")
+print(f"(README in brackets) {len(rows) - bad}/{len(rows)} cells within {tol:.3f} of the README; "
+      f"{same} identical to 3 decimals (same seeds and data: the same computation)")
 drop = {n: next(r["win_rate"] for r in rows if r["method"] == n and r["eps"] == NOISES[0])
         - next(r["win_rate"] for r in rows if r["method"] == n and r["eps"] == NOISES[-1])
         for n in names}
