@@ -73,7 +73,38 @@ def _sub_stage(steps, batch_size, lr, warmup=10):
 
 
 def rl_config() -> ml_collections.ConfigDict:
-  """Defaults of the ``rl`` section (PPO with a value head and the oracle as the reward)."""
+  """Defaults of the ``rl`` section (PPO with a value head and the oracle as the reward).
+
+  Fields (``config.rl.*``):
+    name                 stage name: checkpoints/<name>/, metrics.jsonl "stage", <name>_summary.json
+    iterations           rollout + update rounds
+    rollout_batch_size   rows sampled per iteration (= prompts x group_size)
+    group_size           samples per prompt, consecutive rows (GRPO / RLOO / Dr.GRPO: >= 2)
+    n_prompts            size of the training-prompt pool (testbed train split)
+    max_new_tokens, temperature, top_p      sampling (stops at the end-of-turn token)
+    ppo_epochs, minibatch_size              passes over each rollout, rows per update step
+    lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction   AdamW + schedule
+                         over iterations * ppo_epochs * rollout_batch_size / minibatch_size
+    critic               "shared" (value head on the policy), "separate" (own backbone, from
+                         the reward model's), "none" (critic-free estimators)
+    advantage.estimator  gae | grpo | dr_grpo | rloo | reinforce_pp (prefjax.rl.advantages)
+    advantage.whiten_rewards, advantage.whiten_advantages   over the whole rollout batch
+    advantage.kwargs     estimator hyper-parameters (gae: gamma, lam; reinforce_pp: gamma;
+                         grpo: eps)
+    loss_kwargs          the "ppo" loss: clip_low, clip_high, value_clip, vf_coef,
+                         entropy_coef, aggregation (token_mean | seq_mean | seq_sum)
+    kl.placement         none | reward | loss | both;  kl.estimator  k1 | k2 | k3
+    kl.coef              the (initial) coefficient; kl.adaptive, kl.target, kl.horizon:
+                         Ziegler et al.'s controller toward a target KL (nats per sequence)
+    rewards              {source: weight}: oracle | sequence_rm | token_rm (summed)
+    missing_eos          penalty | mask | none, for completions without the end token;
+    missing_eos_penalty  added to their last token's reward under "penalty"
+    checkpoint_every     iterations between checkpoints (resume is exact)
+    reward_model         sub-stage training the sequence RM (when rewards has sequence_rm
+                         and no reward stage ran): steps, batch_size, lr, ..., n_pairs
+    token_rm             sub-stage training the token RM: steps, batch_size, lr, ...,
+                         n_pairs, n_eval_pairs, label_coef, flaw_threshold
+  """
   r = ml_collections.ConfigDict()
   r.name = "ppo"                  # stage name: checkpoints/<name>, metrics.jsonl "stage"
   r.iterations = 40               # rollout + update rounds
