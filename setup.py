@@ -28,6 +28,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
+        # executing experiments/notebooks/ (tests/notebooks/test_notebooks.py)
+        "notebooks": ["nbclient", "nbformat", "ipykernel"],
         "calibration": ["statsmodels", "scipy"],
         "real": [
             "torch==2.13.0",

@@ -94,11 +94,31 @@ def apply_open_overrides(config):
   return config
 
 
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL (sysexits.h): "try again later" -- re-run to resume
+
+
+def _compile_cache() -> None:
+  """The persistent JAX compilation cache (``prefjax.compile_cache``; PREFJAX_COMPILE_CACHE=0
+  disables it) for every CLI."""
+  from prefjax import compile_cache
+  compile_cache.enable()
+
+
 def main_guard(fn, argv=None) -> None:
-  """Runs ``fn``; a PrefjaxError (e.g. a misspelt config field) exits 1 with one line."""
+  """Runs ``fn``; a PrefjaxError (e.g. a misspelt config field) exits 1 with one line.
+
+  A preempted run (SIGTERM/SIGINT during training, ``prefjax.train.loop.Preempted``) exits
+  with ``EXIT_PREEMPTED`` = 75 and ``preempted: ... checkpoint at step N written; re-run
+  the same command to resume``, so a scheduler can tell it from a failure and requeue it.
+  """
   try:
     check_config_overrides(sys.argv if argv is None else argv)
+    _compile_cache()
     fn()
   except PrefjaxError as e:
+    loop = sys.modules.get("prefjax.train.loop")   # loaded if it raised Preempted
+    if loop is not None and isinstance(e, loop.Preempted):
+      print(f"preempted: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_PREEMPTED)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

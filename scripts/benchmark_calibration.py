@@ -70,7 +70,8 @@ def _timed(fn, repeats):
 
 def main(argv):
   del argv
-  from statsmodels import __version__ as sm_version
+  from prefjax.extras import require
+  sm_version = require("statsmodels", "calibration", "the statsmodels comparison").__version__
   from statsmodels.nonparametric.smoothers_lowess import lowess as sm_lowess
   cache = compile_cache.enable()
   jax.config.update("jax_enable_x64", _X64.value)
@@ -111,4 +112,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from prefjax.cli import main_guard   # a missing statsmodels is one line, not a traceback
+  main_guard(lambda: app.run(main))

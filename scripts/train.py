@@ -24,8 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
-  from prefjax.train import runner
-  summary = runner.run(cli.apply_open_overrides(_CONFIG.value), _WORKDIR.value)
+  from prefjax.train import run
+  summary = run.run(cli.apply_open_overrides(_CONFIG.value), _WORKDIR.value)
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 

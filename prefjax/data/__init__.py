@@ -1,14 +1,25 @@
-"""Readers for real preference datasets (HH-RLHF, PandaLM, LLMBar, AlpacaEval, JSONL)."""
+"""Data: readers for real preference datasets, file data sources, encoders and batching."""
+from prefjax.data.collate import (
+    COMPLETION_POLICIES, TRUNCATION_POLICIES, CompletionTooLong, PolicyError, PromptTooLong,
+    RowSkipped)
+from prefjax.data.pipeline import (
+    BATCH_METRICS, batch_metrics, bucket_lengths, filter_examples)
 from prefjax.data.preference_files import (
     FORMATS,
     PreferenceFileError,
     ReadResult,
     read_preferences,
+    read_rows,
     split_spec,
 )
 from prefjax.data.preference_formats import PreferenceExample, hh_chat
+from prefjax.data.sources import (
+    CONVERSIONS, KINDS, SOURCES, SourceResult, load_examples, register_source, split_heldout)
 
 __all__ = [
-    "FORMATS", "PreferenceExample", "PreferenceFileError", "ReadResult", "hh_chat",
-    "read_preferences", "split_spec",
+    "BATCH_METRICS", "COMPLETION_POLICIES", "CONVERSIONS", "CompletionTooLong", "FORMATS",
+    "KINDS", "PolicyError", "PreferenceExample", "PreferenceFileError", "PromptTooLong",
+    "ReadResult", "RowSkipped", "SOURCES", "SourceResult", "TRUNCATION_POLICIES",
+    "batch_metrics", "bucket_lengths", "filter_examples", "hh_chat", "load_examples",
+    "read_preferences", "read_rows", "register_source", "split_heldout", "split_spec",
 ]

@@ -39,7 +39,7 @@ import grain
 import numpy as np
 
 from prefjax.data import pipeline
-from prefjax.data.collate import DataError, TRUNCATION_POLICIES, stack
+from prefjax.data.collate import DataError, TRUNCATION_POLICIES, fit_lengths, stack
 
 LAYOUTS = ("plain", "prefix", "packed")
 ROW_FIELDS = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids",
@@ -163,10 +163,10 @@ class RowsEncoder:
   batch_level = True
 
   def __init__(self, kind, tokenizer, max_len, *, rows, row_len, n_examples,
-               group_size=None, truncate="prompt_left"):
+               group_size=None, truncate="prompt_left", completion="error"):
     self.kind, self.tok, self.max_len = kind, tokenizer, max_len
     self.rows, self.row_len, self.n_examples = rows, row_len, n_examples
-    self.group_size, self.truncate = group_size, truncate
+    self.group_size, self.truncate, self.completion = group_size, truncate, completion
     self.n_slot = n_slots(kind, group_size)
     self._cache: dict = {}
 
@@ -198,10 +198,17 @@ class RowsEncoder:
       flat = [t for x in texts for t in (x if isinstance(x, list) else [x])]
       if any(not t for t in flat):
         raise DataError(f"{where}: empty response")
-      enc = [[self.tok.encode_completion(t) for t in x] if isinstance(x, list)
-             else self.tok.encode_completion(x) for x in texts]
+      fit = lambda t: self._fit(prompt, self.tok.encode_completion(t), where)
+      enc = [[fit(t) for t in x] if isinstance(x, list) else fit(x) for x in texts]
       self._cache[key] = (ex, prompt, enc)
     return self._cache[key][1:]
+
+  def _fit(self, prompt, ids, where):
+    """A response cut (from its end) as ``collate.pack`` cuts it under the completion policy
+    (``fit_lengths``); "drop" / "error" raise as the plain encoders do."""
+    _, c = fit_lengths(len(prompt), len(ids), self.max_len, truncate=self.truncate,
+                       completion=self.completion, where=where)
+    return ids[:c]
 
   def _unit(self, exs, i):
     """(unit arrays, slot_source [S], truncated) of example i within the batch ``exs``."""
@@ -264,7 +271,7 @@ class RowsEncoder:
 def make_encoder(kind: str, tokenizer, max_len: int, *, layout: str = "plain",
                  group_size: int | None = None, truncate: str = "prompt_left",
                  batch_size: int | None = None, rows: int | None = None,
-                 row_len: int | None = None) -> Callable:
+                 row_len: int | None = None, completion: str = "truncate") -> Callable:
   """The encoder of batch ``kind`` in ``layout`` (see the module docstring).
 
   "plain" returns pipeline's encoders unchanged. "prefix" and "packed" return a
@@ -277,23 +284,24 @@ def make_encoder(kind: str, tokenizer, max_len: int, *, layout: str = "plain",
     raise DataError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
   if layout == "plain":
     if kind == "sft":
-      return pipeline.encode_sft(tokenizer, max_len, truncate)
+      return pipeline.encode_sft(tokenizer, max_len, truncate, completion=completion)
     if kind == "pairwise":
-      return pipeline.encode_pair(tokenizer, max_len, truncate)
+      return pipeline.encode_pair(tokenizer, max_len, truncate, completion=completion)
     if kind == "multi":
-      return pipeline.encode_group(tokenizer, max_len, group_size, truncate)
+      return pipeline.encode_group(tokenizer, max_len, group_size, truncate, completion=completion)
     if kind == "unpaired":
-      return pipeline.encode_unpaired(tokenizer, max_len, truncate)
+      return pipeline.encode_unpaired(tokenizer, max_len, truncate, completion=completion)
     raise DataError(f"no encoder for batch kind {kind!r}")
   if not batch_size:
     raise DataError(f"layout {layout!r} needs batch_size (example slots per batch)")
   s = n_slots(kind, group_size)
   if layout == "prefix":
     return RowsEncoder(kind, tokenizer, max_len, rows=batch_size, row_len=row_len or s * max_len,
-                       n_examples=batch_size, group_size=group_size, truncate=truncate)
+                       n_examples=batch_size, group_size=group_size, truncate=truncate,
+                       completion=completion)
   return RowsEncoder(kind, tokenizer, max_len, rows=rows or math.ceil(batch_size / 2),
                      row_len=row_len or 2 * max_len, n_examples=batch_size,
-                     group_size=group_size, truncate=truncate)
+                     group_size=group_size, truncate=truncate, completion=completion)
 
 
 def plan(examples: Sequence[dict], encoder: RowsEncoder) -> list[list[int]]:

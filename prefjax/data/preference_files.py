@@ -134,6 +134,8 @@ def _json_array_rows(path: Path, data: bytes):
   except json.JSONDecodeError as e:
     raise PreferenceFileError(
         path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+  except RecursionError:   # json's decoder recurses once per nesting level
+    raise PreferenceFileError(path, "not valid JSON (nested too deeply)") from None
   if not isinstance(rows, list):
     raise PreferenceFileError(path, f"top-level JSON {type(rows).__name__}, expected a list")
   if not rows:
@@ -159,6 +161,8 @@ def _json_lines_rows(data: bytes):
       rows.append((lineno, json.loads(text)))
     except json.JSONDecodeError as e:
       rows.append((lineno, _BadRow(f"bad JSON: {e.msg} (column {e.colno})")))
+    except RecursionError:   # json's decoder recurses once per nesting level
+      rows.append((lineno, _BadRow("bad JSON: nested too deeply")))
   return rows
 
 
@@ -181,6 +185,26 @@ def _detect(path: Path, rows) -> str:
         path, f"unknown format: first row has keys [{keys}]; give a prefix "
         + ", ".join(f"{f}:PATH" for f in FORMATS))
   return fmt
+
+
+def read_rows(path: str | os.PathLike) -> tuple[str, list[tuple[int, object]],
+                                                list[tuple[int, str]]]:
+  """The decoded rows of a JSON array or JSON Lines file (optionally gzipped), any schema.
+
+  Returns ``(unit, rows, bad)``: ``unit`` as in ``ReadResult``, ``rows`` the ``(location,
+  value)`` of every decoded row, ``bad`` the ``(location, reason)`` of rows that are not
+  JSON (bad JSON, not UTF-8, blank line). Raises ``PreferenceFileError`` as
+  ``read_preferences`` does for a file that cannot be read at all.
+  """
+  path = Path(path)
+  data = _read_bytes(path)
+  if data.lstrip()[:1] == b"[":
+    unit, rows = "index", _json_array_rows(path, data)
+  else:
+    unit, rows = "line", _json_lines_rows(data)
+  good = [(loc, row) for loc, row in rows if not isinstance(row, _BadRow)]
+  bad = [(loc, row.reason) for loc, row in rows if isinstance(row, _BadRow)]
+  return unit, good, bad
 
 
 def read_preferences(spec: str | os.PathLike) -> ReadResult:

@@ -224,6 +224,39 @@ def parse_alpaca_eval(row, *, loc, stem):
 
 
 _JSONL_KNOWN = ("prompt", "chosen", "rejected", "alpha", "id", "subset")
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def chat_messages(value, key: str = "prompt") -> list[dict[str, str]]:
+  """A JSON list of ``{"role", "content"}`` messages, validated (raises ``RowError``)."""
+  if not isinstance(value, list) or not value:
+    raise RowError(f"field {key!r} must be a string or a non-empty list of messages")
+  out = []
+  for i, m in enumerate(value):
+    if not (isinstance(m, dict) and m.get("role") in CHAT_ROLES
+            and isinstance(m.get("content"), str)):
+      raise RowError(f"{key}[{i}] is not a {{'role': {'|'.join(CHAT_ROLES)}, 'content': str}} "
+                     f"message")
+    out.append({"role": m["role"], "content": m["content"]})
+  return out
+
+
+def _conversational(row, notes):
+  """TRL's conversational rows: ``prompt`` a message list, ``chosen`` / ``rejected`` lists
+  ending with the assistant turn. Returns the row with text prompt/chosen/rejected and the
+  chat messages (None when the row is plain text)."""
+  if not isinstance(row, dict) or not isinstance(row.get("prompt"), list):
+    return row, None
+  chat = chat_messages(row["prompt"])
+  row = dict(row, prompt="\n\n".join(m["content"] for m in chat))
+  for side in ("chosen", "rejected"):
+    value = row.get(side)
+    if isinstance(value, list):
+      turns = chat_messages(value, side)
+      if turns[-1]["role"] != "assistant":
+        raise RowError(f"{side} must end with an assistant message")
+      row[side] = turns[-1]["content"]
+  return row, chat
 
 
 def parse_jsonl(row, *, loc, stem):
@@ -232,9 +265,13 @@ def parse_jsonl(row, *, loc, stem):
   ``chosen`` and ``rejected`` must be non-empty strings (an empty completion in an
   exported training pair is a bug, unlike in the curated sets above); ``alpha`` is
   P(chosen preferred) in [0, 1], kept as given (with a note when below 0.5). Other fields
-  go to ``meta``; ``chat`` is None because the prompt is taken as already-formatted text.
+  go to ``meta``; ``chat`` is None because the prompt is taken as already-formatted text,
+  except in TRL's conversational rows (``prompt`` a list of ``{"role", "content"}``
+  messages, ``chosen`` / ``rejected`` strings or message lists ending with the assistant
+  turn), where ``chat`` holds the messages and ``prompt`` their contents joined by blank lines.
   """
   notes = []
+  row, chat = _conversational(row, notes)
   prompt = _text(row, "prompt", notes)
   chosen = _text(row, "chosen", notes, allow_empty=False)
   rejected = _text(row, "rejected", notes, allow_empty=False)
@@ -250,7 +287,7 @@ def parse_jsonl(row, *, loc, stem):
   row_id = row.get("id", loc)
   return PreferenceExample(
       prompt=prompt, responses=(chosen, rejected), alpha=alpha,
-      subset=str(subset), id=f"{stem}:{row_id}", chat=None,
+      subset=str(subset), id=f"{stem}:{row_id}", chat=chat,
       meta={k: v for k, v in row.items() if k not in _JSONL_KNOWN}), notes
 
 

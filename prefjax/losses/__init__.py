@@ -14,6 +14,8 @@ from prefjax.losses import reference_free as _reference_free  # noqa: F401
 from prefjax.losses import kto as _kto  # noqa: F401
 from prefjax.losses import multi_sample as _multi_sample  # noqa: F401
 from prefjax.losses import reward as _reward  # noqa: F401  (bradley_terry)
+from prefjax.losses import ppo as _ppo  # noqa: F401  (ppo)
+from prefjax.losses import token_reward as _token_reward  # noqa: F401  (token_bt)
 from prefjax.losses.registry import LossSpec, get, get_spec, names, register
 from prefjax.losses.sft import sft
 from prefjax.losses.dpo import dpo, pairwise_metrics, reward_metrics
@@ -26,6 +28,8 @@ from prefjax.losses.kto import kto
 from prefjax.losses.multi_sample import mdpo, mipo
 from prefjax.losses.combination import combine, make_combined_spec
 from prefjax.losses.reward import bradley_terry
+from prefjax.losses.ppo import ppo
+from prefjax.losses.token_reward import token_bt
 
 __all__ = [
     # registry
@@ -44,7 +48,9 @@ __all__ = [
     # multi-sample
     "mdpo", "mipo",
     # reward models
-    "bradley_terry",
+    "bradley_terry", "token_bt",
+    # reinforcement learning
+    "ppo",
     # combinations
     "combine", "make_combined_spec",
 ]

@@ -45,6 +45,13 @@ class ModelConfig:
     rope_scaling: None, or sorted (key, value) pairs of a HF rope scaling dict; supported
       rope_type "linear" and "llama3"; applies to full-attention layers.
     post_norms: extra norms on the attention and MLP outputs before the residual add (Gemma).
+    remat: rematerialisation of each block in the backward pass: "none" (keep every
+      activation), "block" (keep only each block's input, recompute the rest) or
+      "save_matmuls" (keep the outputs of the weight matmuls, recompute the cheap
+      element-wise ops and the attention scores). Changes memory and speed, not results.
+    scan_layers: run the blocks with ``jax.lax.scan`` (compile time flat in depth); needs
+      every block to have the same structure (else the plain loop runs). Parameters keep the
+      per-layer layout ``blocks.0``, ``blocks.1``, ... either way.
   """
   vocab_size: int
   dim: int
@@ -77,6 +84,8 @@ class ModelConfig:
   rope_theta_local: float | None = None
   rope_scaling: tuple[tuple[str, Any], ...] | None = None
   post_norms: bool = False
+  remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.n_heads % self.n_kv_heads:
@@ -88,7 +97,8 @@ class ModelConfig:
     choices = {"norm": ("rms", "layer"), "mlp": ("gated", "plain"),
                "act": ("silu", "gelu_tanh", "gelu"), "pos_emb": ("rope", "learned"),
                "dtype": ("float32", "bfloat16", "float16"),
-               "param_dtype": ("float32", "bfloat16", "float16")}
+               "param_dtype": ("float32", "bfloat16", "float16"),
+               "remat": ("none", "block", "save_matmuls")}
     for f, ok in choices.items():
       if getattr(self, f) not in ok:
         raise ConfigError(f"model config field {f}={getattr(self, f)!r}; valid: {', '.join(ok)}")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from prefjax.extras import require
 from prefjax.errors import DataError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
@@ -177,7 +178,7 @@ def _tokenizer_meta(reader) -> dict[str, Any]:
 
 
 def _open(path: str):
-  import gguf  # optional dependency: only GGUF users need it
+  gguf = require("gguf", "real", "reading a GGUF checkpoint")   # only GGUF users need it
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such GGUF file")
   try:
@@ -208,7 +209,7 @@ def read_gguf(path: str, *, dtype=None):
     DataError: unreadable, truncated or corrupted file, unknown tensor type, unsupported
       architecture. No partial result is ever returned.
   """
-  import gguf
+  gguf = require("gguf", "real", "reading a GGUF checkpoint")
   path = os.fspath(path)
   reader = _open(path)
   arch = _field(reader, "general.architecture")

@@ -134,6 +134,7 @@ def save_hf_dir(path: str, cfg: ModelConfig, params, hf_config_extra: Mapping | 
   """Writes ``config.json`` + ``model.safetensors`` that transformers loads.
 
   bfloat16 parameters are written as float32 (numpy's safetensors writer has no bfloat16).
+  Both files are mode 0644 (safetensors creates its file 0600).
   """
   from safetensors.numpy import save_file
   hf = config_to_hf(cfg, hf_family(cfg))
@@ -143,3 +144,5 @@ def save_hf_dir(path: str, cfg: ModelConfig, params, hf_config_extra: Mapping | 
   save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf, f, indent=2, sort_keys=True)
+  for name in ("model.safetensors", "config.json"):
+    os.chmod(os.path.join(path, name), 0o644)

@@ -188,7 +188,8 @@ def hf_family(cfg: ModelConfig) -> str:
   else:
     family = "llama"
   if config_from_hf(config_to_hf(cfg, family)).replace(
-      max_len=cfg.max_len, dtype=cfg.dtype, param_dtype=cfg.param_dtype) != cfg:
+      max_len=cfg.max_len, dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat,
+      scan_layers=cfg.scan_layers) != cfg:
     raise ConfigError(f"model config has no Hugging Face equivalent (closest: {family}); "
                       "check the family switches")
   return family

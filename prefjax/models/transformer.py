@@ -5,6 +5,21 @@ fields of ``ModelConfig``); the default is Llama.
 
 ``Transformer(cfg, rngs)(tokens, positions, segment_ids)`` returns logits (B, T, V).
 With ``cache=`` (see ``init_cache``) it also returns the updated cache, for generation.
+
+Memory and compile time (``ModelConfig.remat``, ``ModelConfig.scan_layers``):
+  * remat wraps each block in ``jax.checkpoint``: "block" saves nothing inside a block
+    (``nothing_saveable``: the backward pass recomputes it from the block's input),
+    "save_matmuls" saves the weight matmuls' outputs (``dots_with_no_batch_dims_saveable``:
+    the projections are kept, attention scores and element-wise ops are recomputed).
+  * scan_layers stacks the per-layer parameters inside the forward (one transient copy) and
+    runs one block body under ``jax.lax.scan``, so the traced program (and compile time)
+    does not grow with depth; the stored parameters keep the per-layer layout
+    ``blocks.0, blocks.1, ...`` that the HF / GGUF loaders and exporters use. Blocks must
+    share one structure: a model that mixes sliding and full layers with different RoPE
+    bases (Gemma 3) falls back to the loop. With a KV cache the scan carries the cache's
+    per-layer k/v as scanned data.
+Dtypes: activations run in ``cfg.dtype`` (e.g. bfloat16) over ``cfg.param_dtype`` weights;
+norms, softmax, the final norm, the output projection and the logits are float32.
 """
 from __future__ import annotations
 
@@ -16,6 +31,22 @@ from prefjax.models.attention import (Attention, cache_mask, causal_segment_mask
                                       sliding_window_mask)
 from prefjax.models.config import ModelConfig
 from prefjax.models.layers import MLP, make_norm, param
+
+REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _block_fn(graphdef, remat: str):
+  """(block_state, x, positions, mask, kv, index) -> (x, new kv), optionally rematerialised."""
+
+  def fn(state, x, positions, mask, kv, index):
+    return nnx.merge(graphdef, state)(x, positions, mask, kv, index)
+
+  if remat == "none":
+    return fn
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[remat])
 
 
 class Block(nnx.Module):
@@ -93,26 +124,49 @@ class Transformer(nnx.Module):
     local_mask = None
     if cfg.sliding_window:
       local_mask = sliding_window_mask(mask, cfg.sliding_window, 0 if index is None else index)
-    new_k, new_v = [], []
-    for i, block in enumerate(self.blocks):
-      layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-      layer_mask = local_mask if block.sliding else mask
-      x, c = block(x, positions_bt, layer_mask, layer_cache, index)
-      if c is not None:
-        new_k.append(c[0])
-        new_v.append(c[1])
-    x = self.final_norm(x)
+    x, new_kv = self._blocks(x, positions_bt, mask, local_mask, cache, index)
+    # The final norm, the output projection and the logits are float32 (bf16 logits would
+    # round log-probs of long completions by ~1e-2 per token).
+    x = self.final_norm(x.astype(jnp.float32))
     if return_hidden:
       return x, None
     w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
-    logits = (x @ w.astype(dtype)).astype(jnp.float32)                              # (B, T, V)
+    logits = x @ w.astype(jnp.float32)                                              # (B, T, V)
     if cfg.final_softcap is not None:
       logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
     if cache is None:
       return logits, None
-    new_cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "segment_ids": seg,
+    new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": seg,
                  "index": index + tokens_bt.shape[1]}
     return logits, new_cache
+
+  def _blocks(self, x, positions, mask, local_mask, cache, index):
+    """Runs every block; returns (x, (k [L, ...], v [L, ...]) or None)."""
+    remat = self.cfg.remat if cache is None else "none"   # no backward pass with a cache
+    splits = [nnx.split(b) for b in self.blocks]
+    graphdefs = [g for g, _ in splits]
+    if self.cfg.scan_layers and all(g == graphdefs[0] for g in graphdefs[1:]):
+      layer_mask = local_mask if self.blocks[0].sliding else mask
+      fn = _block_fn(graphdefs[0], remat)
+      stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in splits])  # (L, ...)
+
+      def body(h, xs):
+        state, kv = xs
+        h, new = fn(state, h, positions, layer_mask, kv, index)
+        return h, new
+
+      kv = None if cache is None else (cache["k"], cache["v"])
+      x, new_kv = jax.lax.scan(body, x, (stacked, kv))
+      return x, new_kv
+    new_k, new_v = [], []
+    for i, (g, state) in enumerate(splits):
+      kv = None if cache is None else (cache["k"][i], cache["v"][i])
+      layer_mask = local_mask if self.blocks[i].sliding else mask
+      x, c = _block_fn(g, remat)(state, x, positions, layer_mask, kv, index)
+      if c is not None:
+        new_k.append(c[0])
+        new_v.append(c[1])
+    return x, ((jnp.stack(new_k), jnp.stack(new_v)) if new_k else None)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):

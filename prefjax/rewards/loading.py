@@ -64,6 +64,29 @@ def _check(graphdef, params, where):
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
+def _reward_tokenizer_and_config(workdir, c):
+  """The tokenizer and model config a reward stage recorded in ``params/reward.json``."""
+  from prefjax.models.config import ModelConfig
+  from prefjax.rewards import training
+  fn = os.path.join(workdir, "params", "reward.json")
+  meta = {}
+  if os.path.isfile(fn):
+    with open(fn) as f:
+      meta = json.load(f)
+  cfg = ModelConfig.from_dict(meta["model"]) if "model" in meta else None
+  name = meta.get("tokenizer")
+  if name in (None, "TestbedTokenizer", "ByteTokenizer"):
+    return training.reward_tokenizer(c), cfg
+  tok_dir = os.path.join(workdir, "model", "tokenizer")
+  from prefjax.models.loading import hf_tokenizer, load_model
+  tok = hf_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+  if tok is None and meta.get("model_source"):
+    tok = load_model(meta["model_source"])[3]
+  if tok is None:
+    raise ModelLoadError(f"{workdir}: cannot find the reward model's tokenizer ({name})")
+  return tok, cfg
+
+
 def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
                 max_len: int | None = None, batch_size: int = 32):
   """(scorer with ``score(prompts, responses) -> [N]``, info dict) for a saved run."""
@@ -81,8 +104,8 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
     d = os.path.join(path, "params", "reward")
     if not os.path.isdir(d):
       raise ModelLoadError(f"{path}: no params/reward (run the 'reward' stage first)")
-    tok = training.reward_tokenizer(c)
-    _, graphdef, _ = training.build_reward_model(c, tok)
+    tok, model_cfg = _reward_tokenizer_and_config(path, c)
+    _, graphdef, _ = training.build_reward_model(c, tok, model_cfg)
     params = _restore_params(d)
     _check(graphdef, params, d)
     ml = max_len or c.reward.get("max_len", c.data.max_len)

@@ -11,9 +11,12 @@ from prefjax.errors import ConfigError
 
 
 def _stage(steps, batch_size, lr, warmup):
+  """A training stage's optimisation fields. ``batch_size`` is per micro-batch; with
+  ``accum_steps`` = k the optimiser sees k * batch_size examples per step (exact
+  gradient accumulation)."""
   return ml_collections.ConfigDict(dict(
       steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=0.0,
-      b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1))
+      b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1, accum_steps=1))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,7 +24,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stages = ("sft", "dpo", "eval")
 
-  c.model = ml_collections.ConfigDict(dict(preset="testbed-tiny", overrides={}))
+  # The model source: "" = a fresh ``preset``; else a preset name, a Hugging Face
+  # directory, a .gguf file, a prefjax checkpoint or a finished workdir (its model/).
+  # dtype: compute dtype ("float32" | "bfloat16"; "" = as stored); parameters and
+  # optimizer state stay float32.
+  # logps_chunk: tokens per chunk of the vocabulary log-softmax (0 = full [B, T, V] logits).
+  c.model = ml_collections.ConfigDict(dict(preset="testbed-tiny", init_from="", dtype="",
+                                           logps_chunk=0, overrides={}))
   c.model.overrides = ml_collections.ConfigDict()   # any ModelConfig field, e.g. n_layers
 
   c.testbed = ml_collections.ConfigDict(dict(
@@ -33,8 +42,24 @@ def base_config() -> ml_collections.ConfigDict:
       # ``sft_tasks``, e.g. ("add",), then align on ``tasks``).
       start="sft", sft_tasks=()))
 
-  c.data = ml_collections.ConfigDict(dict(max_len=32, truncate="prompt_left"))
+  # The data source (prefjax/train/datasets.py): "testbed" | "testbed:TASK" | a file spec
+  # (hh:PATH, jsonl:PATH, sft:PATH, groups:PATH, unpaired:PATH, alpaca_eval_groups:GLOB...).
+  # sft / eval: "" = derived from train (chosen responses; a seeded held-out fraction).
+  # completion: what to do with a completion longer than max_len (truncate keeps its start,
+  # drop skips the row, error stops); rows that cannot be used are counted, never fatal.
+  c.data = ml_collections.ConfigDict(dict(
+      train="testbed", sft="", eval="", max_len=32, truncate="prompt_left",
+      completion="truncate", n_train=0, n_eval=0, eval_fraction=0.1, group_size=4,
+      shuffle=True, layout="plain"))
+  # layout: "plain" (one row per response), "prefix" (one row per example: the prompt once,
+  # each response a branch attending to it) or "packed" (prefix-shared units packed into
+  # rows; prefjax/data/layout.py). Losses see the same per-example log-probs either way.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Multi-host (prefjax/distributed.py), on with enabled=True or $PREFJAX_COORDINATOR:
+  # empty/0/-1 fields are read from $PREFJAX_COORDINATOR, $PREFJAX_NUM_PROCESSES,
+  # $PREFJAX_PROCESS_ID, else left to JAX's auto-detection (TPU pod slices, SLURM).
+  c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
+                                                 num_processes=0, process_id=-1))
 
   c.sft = _stage(steps=400, batch_size=64, lr=3e-3, warmup=40)
   c.dpo = _stage(steps=150, batch_size=32, lr=3e-4, warmup=10)
@@ -50,11 +75,21 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
-  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
+  # async_save: a checkpoint write overlaps the next steps (Orbax; writes are atomic).
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
   # Ranking accuracy of the policy on n_train training pairs and the held-out pairs, logged
   # during DPO every `every` steps (0: at the checkpoint interval).
   c.ranking = ml_collections.ConfigDict(dict(enabled=True, every=0, n_train=256,
                                              batch_size=64))
+  # Held-out preference metrics (accuracy, margins, R, R~, R*) and sampled generations
+  # (workdir/generations.jsonl) during the preference stage, every `every` steps.
+  c.heldout = ml_collections.ConfigDict(dict(enabled=False, every=0, n_pairs=64,
+                                             n_generations=2, max_new_tokens=48,
+                                             batch_size=16))
+  # Outputs at the end of a run: workdir/model/ always, workdir/export/hf/ when hf=True.
+  c.export = ml_collections.ConfigDict(dict(enabled=True, hf=True))
+  c.nonfinite = "stop"      # a non-finite loss: "stop", or "skip" the update (and count it)
+  c.max_skips_in_a_row = 10   # with nonfinite="skip": stop after this many in a row
   c.log_every = 10
   c.progress = True
   c.tensorboard = True
@@ -63,7 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values the type system cannot; raises ConfigError naming the field."""
-  stages = ("sft", "dpo", "eval", "reward", "eval_reward")
+  from prefjax.train.stages import STAGES
+  import prefjax.train.stage_fns  # noqa: F401  (registers the built-in stages)
+  stages = tuple(STAGES)
   for s in c.stages:
     if s not in stages:
       raise ConfigError(f"config.stages: unknown stage {s!r}; valid stages: {', '.join(stages)}")
@@ -77,6 +114,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.{name}.{f} must be positive, got {st[f]}")
     if st.lr <= 0:
       raise ConfigError(f"config.{name}.lr must be positive, got {st.lr}")
+    if st.get("accum_steps", 1) < 1:
+      raise ConfigError(f"config.{name}.accum_steps must be >= 1, got {st.accum_steps}")
+  if c.model.get("dtype", "") not in ("", "float32", "bfloat16"):
+    raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {c.model.dtype!r}")
+  if c.data.get("layout", "plain") not in ("plain", "prefix", "packed"):
+    raise ConfigError(f"config.data.layout must be plain, prefix or packed, got "
+                      f"{c.data.layout!r}")
+  if c.data.get("completion", "truncate") not in ("truncate", "drop", "error"):
+    raise ConfigError(f"config.data.completion must be truncate, drop or error, got "
+                      f"{c.data.completion!r}")
+  if c.get("nonfinite", "stop") not in ("stop", "skip"):
+    raise ConfigError(f"config.nonfinite must be stop or skip, got {c.nonfinite!r}")
   if c.data.max_len < 4:
     raise ConfigError(f"config.data.max_len={c.data.max_len} is too small")
   starts = ("sft", "base", "other_tasks")

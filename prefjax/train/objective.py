@@ -170,3 +170,48 @@ def make_objective(loss_name: str, hparams: Mapping[str, Any] | None = None, *,
     per_token = spec.kind == "sft"
   return Objective(spec=spec, hparams=tuple(sorted(hparams.items())),
                    per_token=per_token, logps_chunk=logps_chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# RL and token-level reward models (prefjax.rl, prefjax.rewards.token_model).
+
+@register_forward("ppo")
+def forward_ppo(model, batch):
+  """PPO minibatches: per-token log-probs, entropies and values of the current model.
+
+  ``model`` is a ``prefjax.rl.actor_critic.ActorCritic`` (or a plain Transformer: values 0).
+  Rollout fields travel as batch fields [B, T]: ``old_token_logps``, ``old_values``,
+  ``ref_token_logps`` (reference log-probs computed once at rollout, outside the gradient),
+  ``advantages``, ``returns``; ``kl_coefs`` [B] is the KL-in-loss coefficient.
+  """
+  if hasattr(model, "evaluate"):
+    logps, entropy, values = model.evaluate(batch)
+  else:
+    from prefjax.rl.actor_critic import entropy_from_logits
+    from prefjax.models.logprobs import token_logprobs
+    logits, _ = model(batch["input_ids"], batch["positions"], batch["segment_ids"])
+    logps, entropy = token_logprobs(logits, batch["target_ids"]), entropy_from_logits(logits)
+    values = jnp.zeros(logps.shape, jnp.float32)
+  mask = batch["loss_mask"].astype(jnp.float32)
+  return {"policy_token_logps": logps * mask, "policy_values": values * mask,
+          "policy_entropy": entropy * mask, "old_token_logps": batch["old_token_logps"],
+          "old_values": batch["old_values"], "ref_token_logps": batch["ref_token_logps"],
+          "advantages": batch["advantages"], "returns": batch["returns"],
+          "completion_mask": mask, "kl_coefs": batch["kl_coefs"], "lengths": mask.sum(-1)}
+
+
+@register_forward("token")
+def forward_token(model, batch):
+  """Token-level reward model (``TokenRewardModel``) on edited (chosen_*) and original
+  (rejected_*) rows, one call over both; ``rejected_flaw_labels`` [B, T] (zeros if absent)."""
+  keys = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids")
+  joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+           for k in keys}
+  r = model.token_rewards(joint)
+  n = batch["chosen_input_ids"].shape[0]
+  labels = batch.get("rejected_flaw_labels")
+  if labels is None:
+    labels = jnp.zeros_like(r[n:])
+  return {"chosen_token_rewards": r[:n], "rejected_token_rewards": r[n:],
+          "chosen_mask": batch["chosen_loss_mask"], "rejected_mask": batch["rejected_loss_mask"],
+          "rejected_flaw_labels": labels}

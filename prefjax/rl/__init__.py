@@ -1,0 +1,19 @@
+"""Reinforcement learning through the shared step: advantages, KL, rewards, rollout, stage.
+
+Pure pieces are re-exported here; ``prefjax.rl.rollout`` and ``prefjax.rl.stage`` (which
+import the train package) are imported explicitly by their users.
+"""
+from prefjax.rl.advantages import (AdvantageSpec, compute_advantages, masked_mean, whiten)
+from prefjax.rl.advantages import names as advantage_names
+from prefjax.rl.kl import (ESTIMATORS, KL_PLACEMENTS, KLController, adaptive_kl_update,
+                           kl_estimate, penalised_rewards)
+from prefjax.rl.rewards import (RewardSource, RolloutView, compute_rewards, make_source,
+                                place_sequence, place_spans)
+
+__all__ = [
+    "AdvantageSpec", "compute_advantages", "masked_mean", "whiten", "advantage_names",
+    "ESTIMATORS", "KL_PLACEMENTS", "KLController", "adaptive_kl_update", "kl_estimate",
+    "penalised_rewards",
+    "RewardSource", "RolloutView", "compute_rewards", "make_source", "place_sequence",
+    "place_spans",
+]

@@ -1,0 +1,208 @@
+"""Rollout: prompts -> an ``Experience`` (sampled rows, old/ref log-probs, values, rewards).
+
+    exp, metrics = rollout(policy, ref_params, prompts, rng=..., cfg=RolloutConfig(...))
+
+1. ``sample`` (jit, KV cache): prompts left-padded to a fixed width are prefilled once, then
+   tokens are drawn one at a time (``prefjax.sampling.sampler.sample_token``: temperature,
+   top-p) until every row emitted the end-of-turn token or ``max_new_tokens`` were drawn;
+   it also returns log softmax(logits)[token] of each drawn token as the sampler saw it.
+2. The rows are packed by ``prefjax.data.collate.pack`` (the one place rows are built):
+   prompt + completion (end token included when emitted), ``loss_mask`` = completion actions.
+3. ``score`` (jit): the train-side forward of the policy (per-token log-probs and values)
+   and of the reference (log-probs), outside any gradient. The largest |sampler - train|
+   log-prob difference is returned as ``rollout/logprob_mismatch_max`` (cache vs full
+   forward numerics; at temperature 1 and top_p 1 it should be ~1e-6 in float32).
+4. Rewards [B, T] from the configured sources (``prefjax.rl.rewards.compute_rewards``).
+
+The rollout is separate from the train step (they may later run on different meshes): it
+takes pure params and returns host/device arrays. It is deterministic given ``rng``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from prefjax.data.collate import pack, stack
+from prefjax.errors import ConfigError, DataError
+from prefjax.models.logprobs import token_logprobs
+from prefjax.models.transformer import init_cache
+from prefjax.rl.rewards import RolloutView, compute_rewards
+from prefjax.sampling.sampler import sample_token
+
+
+@struct.dataclass
+class Experience:
+  """One rollout. Rows [B, T] on the packed-row action grid; ``completion_mask`` = loss_mask."""
+  input_ids: jax.Array
+  target_ids: jax.Array
+  positions: jax.Array
+  segment_ids: jax.Array
+  completion_mask: jax.Array      # [B, T] float32, 1 on completion actions
+  old_token_logps: jax.Array      # [B, T] policy log-probs at rollout (train-side forward)
+  ref_token_logps: jax.Array      # [B, T] reference log-probs
+  values: jax.Array               # [B, T] critic values at rollout (0 without a critic)
+  rewards: jax.Array              # [B, T] rewards of the sources (before any KL penalty)
+  valid: jax.Array                # [B] 0 for rows masked by the missing-end-token policy
+  eos_emitted: jax.Array          # [B] bool
+
+  def rows(self) -> dict:
+    return {"input_ids": self.input_ids, "target_ids": self.target_ids,
+            "positions": self.positions, "segment_ids": self.segment_ids,
+            "loss_mask": self.completion_mask}
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  max_len: int                    # row length T
+  max_new_tokens: int
+  temperature: float = 1.0
+  top_p: float = 1.0
+  eos_id: int = 2
+  pad_id: int = 0
+  missing_eos: str = "penalty"
+  missing_eos_penalty: float = -1.0
+
+  @property
+  def prompt_width(self) -> int:
+    """The longest prompt that fits: prompt + max_new_tokens - 1 inputs <= max_len."""
+    return self.max_len + 1 - self.max_new_tokens
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
+                                             "top_p", "eos_id", "pad_id"))
+def sample(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens, temperature, top_p,
+           eos_id, pad_id):
+  """(tokens [B, N], sampler log-probs [B, N], emitted_eos [B]); pad / 0 after the end token."""
+  model = nnx.merge(graphdef, params)
+  b, p = tokens_bp.shape
+  positions = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0)
+  cache = init_cache(model.cfg, b, p + max_new_tokens)
+  logits, cache = model(tokens_bp, positions, segment_bp, cache=cache)
+
+  def draw(logits_bv, key):
+    tok = sample_token(logits_bv, key, temperature, top_p)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits_bv.astype(jnp.float32), -1),
+                             tok[:, None], axis=-1)[:, 0]
+    return tok, lp
+
+  rng, sub = jax.random.split(rng)
+  first, lp0 = draw(logits[:, -1], sub)
+  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+  lps = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(lp0)
+  carry = (jnp.int32(1), first, cache, first == eos_id, positions[:, -1] + 1, out, lps, rng)
+
+  def cond(c):
+    return (c[0] < max_new_tokens) & ~jnp.all(c[3])
+
+  def body(c):
+    i, tok, cache, done, pos, out, lps, rng = c
+    logits, cache = model(tok[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
+    rng, sub = jax.random.split(rng)
+    nxt, lp = draw(logits[:, -1], sub)
+    nxt = jnp.where(done, pad_id, nxt)
+    out = out.at[:, i].set(nxt)
+    lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
+    return i + 1, nxt, cache, done | (nxt == eos_id), pos + 1, out, lps, rng
+
+  c = jax.lax.while_loop(cond, body, carry)
+  return c[5], c[6], c[3]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "ref_graphdef"))
+def score(graphdef, params, ref_graphdef, ref_params, rows):
+  """Train-side forward: policy log-probs, values [B, T] and reference log-probs [B, T]."""
+  m = rows["loss_mask"].astype(jnp.float32)
+  model = nnx.merge(graphdef, params)
+  if hasattr(model, "evaluate"):
+    lp, _, values = model.evaluate(rows)
+  else:
+    logits, _ = model(rows["input_ids"], rows["positions"], rows["segment_ids"])
+    lp, values = token_logprobs(logits, rows["target_ids"]), jnp.zeros(m.shape, jnp.float32)
+  ref = nnx.merge(ref_graphdef, ref_params)
+  ref_logits, _ = ref(rows["input_ids"], rows["positions"], rows["segment_ids"])
+  ref_lp = token_logprobs(ref_logits, rows["target_ids"])
+  return lp * m, values * m, jax.lax.stop_gradient(ref_lp) * m
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int):
+  tokens = np.full((len(prompts), width), pad_id, np.int32)
+  seg = np.zeros((len(prompts), width), np.int32)
+  for i, ids in enumerate(prompts):
+    tokens[i, width - len(ids):] = ids
+    seg[i, width - len(ids):] = 1
+  return tokens, seg
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
+  """Every prompt must leave room for max_new_tokens in a row of max_len; else one line."""
+  if cfg.max_new_tokens < 1 or cfg.prompt_width < 1:
+    raise ConfigError(f"config.rl.max_new_tokens={cfg.max_new_tokens} must be in "
+                      f"[1, max_len={cfg.max_len}]")
+  for i, ids in enumerate(prompts):
+    if not len(ids):
+      raise DataError(f"rollout prompt {i} is empty (it needs at least BOS)")
+    if len(ids) > cfg.prompt_width:
+      raise DataError(f"rollout prompt {i} has {len(ids)} tokens; with max_new_tokens="
+                      f"{cfg.max_new_tokens} a row of max_len={cfg.max_len} holds at most "
+                      f"{cfg.prompt_width}")
+
+
+def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutConfig,
+            tokenizer, reward_sources=(), prompt_texts=None, tasks=None):
+  """Samples one completion per prompt and scores it; returns (Experience, metrics).
+
+  Args:
+    policy: (graphdef, params) of the policy's train-side model (an ``ActorCritic`` or a
+      Transformer); ``policy_lm``, the Transformer that samples, is read from params["lm"]
+      for an ActorCritic.
+    ref: (graphdef, params) of the reference Transformer.
+    prompts: B prompt token lists (BOS included); repeat a prompt k times for groups.
+    reward_sources: [(RewardSource, weight)]; prompt_texts / tasks feed text-level sources.
+  """
+  (graphdef, params), (ref_graphdef, ref_params) = policy, ref
+  check_prompts(prompts, cfg)
+  lm_graphdef, lm_params = graphdef, params
+  model = nnx.merge(graphdef, params)
+  if hasattr(model, "lm"):
+    lm_graphdef, _ = nnx.split(model.lm)
+    lm_params = params["lm"]
+  tokens, seg = _left_pad(prompts, cfg.prompt_width, cfg.pad_id)
+  out, samp_lp, eos = sample(lm_graphdef, lm_params, jnp.asarray(tokens), jnp.asarray(seg), rng,
+                             max_new_tokens=cfg.max_new_tokens,
+                             temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+                             eos_id=cfg.eos_id, pad_id=cfg.pad_id)
+  out, samp_lp, eos = np.asarray(out), np.asarray(samp_lp), np.asarray(eos)
+  completions = []
+  for row, e in zip(out.tolist(), eos):
+    completions.append(row[:row.index(cfg.eos_id) + 1] if e else row)
+  rows = stack([pack(p, c, cfg.max_len, truncate="error", where=f"rollout row {i}")[0]
+                for i, (p, c) in enumerate(zip(prompts, completions))])
+  lp, values, ref_lp = score(graphdef, params, ref_graphdef, ref_params, rows)
+  lp_np = np.asarray(lp)
+  # Sampler vs train-side log-probs of the same tokens (completion j <-> row len(p) - 1 + j).
+  diffs = [np.abs(samp_lp[i, :len(c)] - lp_np[i, len(p) - 1:len(p) - 1 + len(c)])
+           for i, (p, c) in enumerate(zip(prompts, completions))]
+  diffs = np.concatenate(diffs)
+  texts = [tokenizer.decode(c) for c in completions]
+  view = RolloutView(batch=rows, prompts=list(prompt_texts or [""] * len(prompts)),
+                     completions=texts, eos_emitted=eos, tasks=tasks)
+  rewards, valid, metrics = compute_rewards(reward_sources, view, missing_eos=cfg.missing_eos,
+                                            missing_eos_penalty=cfg.missing_eos_penalty)
+  exp = Experience(
+      input_ids=jnp.asarray(rows["input_ids"]), target_ids=jnp.asarray(rows["target_ids"]),
+      positions=jnp.asarray(rows["positions"]), segment_ids=jnp.asarray(rows["segment_ids"]),
+      completion_mask=jnp.asarray(rows["loss_mask"], jnp.float32), old_token_logps=lp,
+      ref_token_logps=ref_lp, values=values, rewards=jnp.asarray(rewards),
+      valid=jnp.asarray(valid), eos_emitted=jnp.asarray(eos))
+  metrics.update({
+      "rollout/logprob_mismatch_max": float(diffs.max()),
+      "rollout/logprob_mismatch_mean": float(diffs.mean()),
+      "rollout/completion_tokens": float(np.mean([len(c) for c in completions])),
+  })
+  return exp, metrics, view

@@ -1,0 +1,59 @@
+"""Shared defaults of the real-model recipes (experiments/real/): SmolLM2-135M-Instruct on
+HH-RLHF, sized for a CPU.
+
+Each recipe's ``get_config(arg)`` takes comma-separated options:
+  quick      a CPU smoke run of a few minutes (tiny step counts, short rows)
+  LOSS       any registered loss name (``prefjax.losses.names()``): dpo, ipo, simpo, kto, ...
+"""
+import ml_collections
+
+from prefjax import assets, losses
+from prefjax.train.config import base_config
+
+HH = "hh-rlhf/harmless-base_test.jsonl.gz"
+
+
+def real_config(stages=("sft", "dpo", "eval")):
+  c = base_config()
+  c.stages = stages
+  c.model.init_from = assets.smollm2_gguf(required=False) or "SmolLM2-135M-Instruct.Q4_1.gguf"
+  c.data.train = "hh:" + assets.shared_data(HH)
+  c.data.max_len = 256
+  c.data.completion = "truncate"
+  c.data.n_eval = 300                  # held out by prompt; the rest (~2,000 pairs) trains
+  c.sft.steps, c.sft.batch_size, c.sft.lr, c.sft.warmup_steps = 40, 8, 2e-5, 4
+  c.dpo.steps, c.dpo.batch_size, c.dpo.lr, c.dpo.warmup_steps = 60, 4, 5e-6, 6
+  c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.1))
+  c.ranking.enabled = False             # the testbed's train-pair ranking monitor
+  c.heldout.enabled, c.heldout.every, c.heldout.n_pairs = True, 20, 64
+  c.heldout.n_generations, c.heldout.max_new_tokens = 2, 48
+  c.checkpoint.every, c.checkpoint.keep = 20, 2
+  c.log_every = 5
+  return c
+
+
+def apply_options(c, arg):
+  """``quick`` shrinks everything; a loss name switches ``config.dpo.loss``."""
+  for opt in [a for a in (arg or "").split(",") if a]:
+    if opt == "quick":
+      c.data.max_len, c.data.n_eval, c.data.n_train = 128, 16, 64
+      c.sft.steps, c.sft.batch_size = 3, 2
+      c.dpo.steps, c.dpo.batch_size = 4, 2
+      c.heldout.every, c.heldout.n_pairs = 4, 16
+      c.heldout.n_generations, c.heldout.max_new_tokens = 1, 16
+      c.checkpoint.every = 2
+      c.log_every = 1
+      if "reward" in c:
+        c.reward.steps, c.reward.batch_size, c.reward.n_pairs = 4, 2, 64
+        c.reward.n_eval_pairs = 16
+    elif opt in losses.names():
+      c.dpo.loss = opt
+      spec = losses.get_spec(opt)
+      import inspect
+      params = inspect.signature(spec.fn).parameters
+      if "beta" not in params:
+        c.dpo.loss_kwargs = ml_collections.ConfigDict()
+    else:
+      raise ValueError(f"unknown option {opt!r}: expected 'quick' or a loss name "
+                       f"({', '.join(losses.names())})")
+  return c

@@ -1,0 +1,138 @@
+"""The model source of a run: ``config.model.init_from`` -> weights + tokenizer.
+
+  init_from = ""                 a fresh model of ``config.model.preset`` (the testbed default)
+  init_from = "testbed-small"    the same, naming the preset directly
+  init_from = PATH               a Hugging Face directory, a ``*.gguf`` file, a prefjax
+                                 checkpoint (``model_config.json``) or a finished prefjax
+                                 workdir (its ``model/`` checkpoint)
+
+A loaded model brings its tokenizer (chat template included). A preset has none of its own:
+it uses the testbed tokenizer on testbed data and the byte-level tokenizer on files.
+``config.model.dtype`` ("float32" | "bfloat16", "" = as stored) sets the compute dtype;
+parameters and optimizer state stay float32. ``config.model.overrides`` sets other
+``ModelConfig`` fields; for a loaded model only fields that keep every parameter's shape
+(dtype, remat, scan_layers, max_len, ...) may change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+from flax import nnx
+
+from prefjax import sharding
+from prefjax.errors import ConfigError, DataError
+from prefjax.models import PRESETS, Transformer, make_config
+from prefjax.models.config import ModelConfig
+
+
+@dataclasses.dataclass
+class ModelSource:
+  """A run's starting model. ``params`` is a pure dict placed on ``param_shardings``."""
+  cfg: ModelConfig
+  graphdef: Any
+  params: dict
+  param_shardings: Any
+  tokenizer: Any
+  source: str            # "preset:NAME" or the path it was loaded from
+  loaded: bool           # False for a fresh preset
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(self.params)))
+
+
+def default_tokenizer(data_spec: str):
+  """The tokenizer of a preset model: testbed characters or UTF-8 bytes."""
+  from prefjax.testbed.source import is_testbed
+  if is_testbed(data_spec):
+    from prefjax.testbed.tokenizer import TestbedTokenizer
+    return TestbedTokenizer()
+  from prefjax.data.byte_tokenizer import ByteTokenizer
+  return ByteTokenizer()
+
+
+def _tokenizer_data(c) -> str:
+  """The data a preset's tokenizer must read: the run's, or a reward-only run's file."""
+  spec = c.data.get("train", "testbed")
+  reward_data = c.reward.get("data", "") if "reward" in c else ""
+  if (set(c.stages) <= {"reward", "eval_reward"} and reward_data
+      and reward_data not in ("world", "length_bias")):
+    return reward_data
+  return spec
+
+
+def is_preset(init_from: str) -> bool:
+  return not init_from or init_from in PRESETS
+
+
+def resolve_path(init_from: str) -> str:
+  """A finished workdir resolves to its ``model/`` checkpoint; other paths are kept."""
+  path = os.path.expanduser(init_from)
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, "model", "model_config.json")):
+    return os.path.join(path, "model")
+  if not os.path.exists(path):
+    raise DataError(f"config.model.init_from: no such file or directory {init_from!r} "
+                    f"(expected a preset ({', '.join(sorted(PRESETS))}), a Hugging Face "
+                    "directory, a .gguf file, a prefjax checkpoint or a prefjax workdir)")
+  return path
+
+
+def _overrides(c) -> dict:
+  over = dict(c.model.overrides.to_dict())
+  if c.model.get("dtype"):
+    over["dtype"] = c.model.dtype
+  return over
+
+
+def _shapes(cfg):
+  model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+  return jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(model)))
+
+
+def _apply_overrides(cfg: ModelConfig, over: dict, where: str) -> ModelConfig:
+  if not over:
+    return cfg
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  bad = sorted(set(over) - fields)
+  if bad:
+    raise ConfigError(f"config.model.overrides: unknown ModelConfig field(s) {', '.join(bad)}; "
+                      f"valid: {', '.join(sorted(fields))}")
+  new = cfg.replace(**over)
+  if _shapes(new) != _shapes(cfg):
+    raise ConfigError(f"config.model.overrides {sorted(over)} change parameter shapes of the "
+                      f"model loaded from {where}; only shape-preserving fields may change")
+  return new
+
+
+def load(c, mesh) -> ModelSource:
+  """The starting model of ``config.model`` sharded over ``mesh``."""
+  init_from = c.model.get("init_from", "") or ""
+  if is_preset(init_from):
+    preset = init_from or c.model.preset
+    tok = default_tokenizer(_tokenizer_data(c))
+    mcfg = make_config(preset, vocab_size=tok.vocab_size, overrides=_overrides(c))
+    model = Transformer(mcfg, nnx.Rngs(c.seed))
+    graphdef, state = nnx.split(model)
+    shard = sharding.param_shardings(model, mesh)
+    params = jax.device_put(nnx.to_pure_dict(state), shard)
+    return ModelSource(mcfg, graphdef, params, shard, tok, f"preset:{preset}", loaded=False)
+
+  from prefjax.models.hf_weights import abstract_params
+  from prefjax.models.loading import load_model
+  path = resolve_path(init_from)
+  cfg, graphdef, params, tok = load_model(path, mesh=mesh)
+  if tok is None:
+    raise DataError(f"config.model.init_from={init_from!r}: the model has no tokenizer "
+                    "(tokenizer.json next to the weights, GGUF metadata, or tokenizer/ in a "
+                    "prefjax checkpoint)")
+  new = _apply_overrides(cfg, _overrides(c), init_from)
+  if new is not cfg:
+    cfg = new
+    graphdef, _ = abstract_params(cfg)
+  model = nnx.merge(graphdef, params)
+  shard = sharding.param_shardings(model, mesh)
+  params = jax.device_put(params, shard)
+  return ModelSource(cfg, graphdef, params, shard, tok, path, loaded=True)

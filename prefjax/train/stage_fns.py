@@ -1,0 +1,188 @@
+"""The built-in stages: sft, dpo (any registered loss), reward, eval_reward, eval.
+
+Each is ``fn(ctx, models)``: it reads ``ctx`` (config, model, data, outputs) and updates
+``models`` (the current policy, its reference). Registered in ``prefjax.train.stages``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from prefjax.errors import ConfigError, DataError
+from prefjax.train.objective import make_objective
+from prefjax.train.stages import (Lora, RunContext, accum, copy_params, logps_chunk,
+                                  preference_objective, register_stage, train_stage)
+
+
+@dataclasses.dataclass
+class Models:
+  """The params a run carries between stages (pure dicts)."""
+  policy: dict                      # the current model (after the last training stage)
+  reference: dict | None = None     # what the policy is compared against (the DPO start)
+  sft: dict | None = None           # the SFT output, when there was an SFT stage
+
+
+def _beta(c) -> float:
+  return float(dict(c.dpo.loss_kwargs).get("beta", 1.0))
+
+
+def _skips_sft(ctx) -> bool:
+  """The testbed's ``start="base"`` aligns the initial model directly."""
+  return ctx.data.testbed and ctx.config.testbed.start == "base"
+
+
+# ----------------------------------------------------------------------------- sft
+@register_stage("sft")
+def sft(ctx: RunContext, models: Models) -> None:
+  if _skips_sft(ctx):
+    return
+  c = ctx.config
+  params = train_stage(ctx, "sft", c.sft, make_objective("sft", logps_chunk=logps_chunk(c)),
+                       params=copy_params(models.policy), examples=ctx.data.examples("sft"),
+                       encode=ctx.data.encoder("sft", batch_size=c.sft.batch_size * accum(c.sft)))
+  models.policy = models.sft = params
+
+
+# ----------------------------------------------------------------------------- dpo
+def _check_dpo(c):
+  preference_objective(c.dpo)
+
+
+def _eval_pairs(ctx) -> list:
+  """Held-out pairs, or [] when the data holds none (unpaired rows, SFT files)."""
+  try:
+    return ctx.data.eval_pairs()
+  except DataError as e:
+    ctx.summary.setdefault("notes", []).append(f"no held-out pairs: {e}")
+    return []
+
+
+def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
+  """Training-time hooks: ranking accuracy (testbed) and held-out preference metrics."""
+  from prefjax.eval import heldout, ranking_monitor
+  c, hooks = ctx.config, []
+  rc = c.get("ranking")
+  if rc is not None and rc.enabled and kind == "pairwise" and ctx.data.testbed:
+    hooks.append(ranking_monitor.make_ranking_hook(
+        ctx.graphdef, reference, ctx.tokenizer, train_pairs=examples[:rc.n_train],
+        heldout_pairs=ctx.data.eval_pairs(), max_len=c.data.max_len,
+        every=rc.every or c.checkpoint.every, last_step=c.dpo.steps, batch_size=rc.batch_size,
+        params_fn=params_fn))
+  hc = c.get("heldout")
+  pairs = _eval_pairs(ctx) if hc is not None and hc.enabled else []
+  if pairs:
+    pairs = pairs[:hc.n_pairs]
+    mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
+                                 beta=_beta(c), max_len=c.data.max_len,
+                                 batch_size=hc.batch_size)
+    prompts = [p.get("chat") or p["prompt"] for p in pairs[:hc.n_generations]]
+    hooks.append(heldout.make_hook(mon, every=hc.every or c.checkpoint.every,
+                                   last_step=c.dpo.steps, stage="dpo", workdir=ctx.workdir,
+                                   params_fn=params_fn, generation_prompts=prompts,
+                                   max_new_tokens=hc.max_new_tokens))
+  if not hooks:
+    return None
+
+  def on_log(state, step):
+    out = {}
+    for h in hooks:
+      out.update(h(state, step))
+    return out
+
+  return on_log
+
+
+@register_stage("dpo", check=_check_dpo)
+def dpo(ctx: RunContext, models: Models) -> None:
+  """Any registered preference loss from the current policy; reference = that start."""
+  c = ctx.config
+  objective = preference_objective(c.dpo, c)
+  kind = objective.spec.kind
+  reference = copy_params(models.policy)
+  examples = ctx.data.examples(kind)
+  lora = Lora.from_config(c)
+  start = lora.init(reference, c.lora.seed) if lora else copy_params(reference)
+  params_fn = (lambda a: lora.merge(reference, a)) if lora else None
+  if lora:
+    from prefjax.models import lora as lora_lib
+    ctx.summary["lora/num_params"] = lora_lib.num_lora_params(start)
+  trained = train_stage(ctx, "dpo", c.dpo, objective, params=start, examples=examples,
+                        encode=ctx.data.encoder(kind, batch_size=c.dpo.batch_size * accum(c.dpo)),
+                        reference=reference, lora=lora,
+                        on_log=_monitors(ctx, reference, examples, kind, params_fn))
+  models.policy = lora.merge(reference, trained) if lora else trained
+  models.reference = reference
+
+
+# ----------------------------------------------------------------------------- reward
+def _check_reward(c):
+  if "reward" not in c:
+    raise ConfigError("config.stages has a reward stage but the config has no 'reward' "
+                      "section (see experiments/testbed/reward_model.py)")
+  make_objective(c.reward.loss, c.reward.loss_kwargs.to_dict())
+
+
+@register_stage("reward", check=_check_reward)
+def reward(ctx: RunContext, models: Models) -> None:
+  from prefjax.rewards import training
+  ctx.summary.update(training.train_reward_model(ctx, models.policy))
+
+
+@register_stage("eval_reward", check=_check_reward)
+def eval_reward(ctx: RunContext, models: Models) -> None:
+  from prefjax.rewards import training
+  ctx.summary.update(training.evaluate_reward_model(ctx))
+
+
+# ----------------------------------------------------------------------------- eval
+@register_stage("eval")
+def evaluate(ctx: RunContext, models: Models) -> None:
+  """The testbed's oracle judge, or held-out preference metrics on real data."""
+  c = ctx.config
+  reference = models.reference if models.reference is not None else models.policy
+  if ctx.data.testbed:
+    from prefjax.eval import testbed_eval
+    from prefjax.testbed import source
+    ev = c.eval
+    res, _ = testbed_eval.evaluate_policy(
+        ctx.graphdef, models.policy, reference, ctx.tokenizer,
+        source.eval_prompts(c, ev.n_prompts), n_samples=ev.n_samples,
+        max_new_tokens=ev.max_new_tokens, max_len=c.data.max_len, seed=ev.seed,
+        temperature=ev.temperature)
+    ctx.summary.update(res)
+    ctx.summary.update(testbed_eval.implicit_reward_metrics(
+        ctx.graphdef, models.policy, reference, ctx.tokenizer, ctx.data.eval_pairs(),
+        beta=_beta(c), max_len=c.data.max_len))
+    return
+  from prefjax.eval import heldout
+  pairs = _eval_pairs(ctx)
+  if not pairs:
+    return
+  mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
+                               beta=_beta(c), max_len=c.data.max_len,
+                               batch_size=c.heldout.batch_size if "heldout" in c else 16)
+  ctx.summary.update({f"eval/{k}": v for k, v in mon.metrics(models.policy).items()})
+  if mon.dropped:
+    ctx.summary["eval/dropped_pairs"] = len(mon.dropped)
+
+
+# ----------------------------------------------------------------------------- outputs
+def write_outputs(ctx: RunContext, models: Models) -> None:
+  """``workdir/model/`` (prefjax checkpoint + tokenizer) and ``workdir/export/hf/``."""
+  from prefjax.train import outputs
+  out = outputs.write_run_outputs(ctx.workdir, ctx.model_cfg, models.policy, ctx.tokenizer,
+                                 hf=ctx.config.get("export") is None or ctx.config.export.hf)
+  ctx.summary.update(out)
+
+
+# ----------------------------------------------------------------------------- rl
+def _check_rl(c):
+  from prefjax.rl.stage import check_config
+  check_config(c)
+
+
+@register_stage("ppo", check=_check_rl)
+def ppo(ctx: RunContext, models: Models) -> None:
+  """PPO / fine-grained PPO / GRPO / RLOO / REINFORCE++ (``config.rl``; prefjax.rl.stage)."""
+  from prefjax.rl.stage import rl_stage
+  rl_stage(ctx, models)

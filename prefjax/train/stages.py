@@ -1,0 +1,205 @@
+"""Stages of a run: what each trains, from where, against which reference, on what data.
+
+A stage is a name in ``config.stages`` with a function in the ``STAGES`` registry:
+
+  sft     next-token loss on demonstrations               start: the model source
+  dpo     ``config.dpo.loss``: any registered loss of any  start: the SFT output (or the
+          kind (pairwise, multi, unpaired, combo)          source); reference = that start
+  reward  Bradley-Terry reward model: the LM backbone      start: the SFT output's backbone
+          plus a scalar head                               (``prefjax.rewards.training``)
+  eval    evaluators (the testbed oracle judge, or held-out preference metrics on files)
+
+Every training stage goes through ``train_stage``: examples -> filtered rows -> batches ->
+THE step (``prefjax.train.step``) -> the loop (resume, log, checkpoint). A new stage (PPO, a
+token reward model) is a registered function of ``(ctx, params) -> params``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from prefjax import losses, sharding
+from prefjax.data import layout as layout_lib
+from prefjax.data import pipeline
+from prefjax.errors import ConfigError
+from prefjax.models import lora as lora_lib
+from prefjax.train.checkpoint import Checkpointer
+from prefjax.train.loop import run_stage
+from prefjax.train.metrics_writer import MetricsWriter
+from prefjax.train.objective import Objective, make_objective
+from prefjax.train.optimizer import make_optimizer
+from prefjax.train.step import init_state, make_train_step
+
+
+@dataclasses.dataclass
+class RunContext:
+  """What every stage may read: the config, the model, the data source and the outputs."""
+  config: ml_collections.ConfigDict
+  graphdef: Any
+  model_cfg: Any
+  tokenizer: Any
+  mesh: Any
+  param_shardings: Any
+  workdir: str
+  writer: MetricsWriter
+  data: Any                      # prefjax.train.datasets.DataSource
+  summary: dict = dataclasses.field(default_factory=dict)
+  reward: tuple | None = None    # (graphdef, params) of a reward model trained in this run
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDef:
+  """A registered stage: ``run(ctx, models)`` updates ``models`` in place; ``check(config)``
+  raises ConfigError before anything is written (unknown loss, hyper-parameter, ...)."""
+  name: str
+  run: Callable
+  check: Callable
+
+  def __call__(self, ctx, models):
+    return self.run(ctx, models)
+
+
+STAGES: dict[str, StageDef] = {}
+
+
+def register_stage(name: str, check: Callable | None = None):
+  def deco(fn):
+    if name in STAGES:
+      raise ValueError(f"stage {name!r} is already registered")
+    STAGES[name] = StageDef(name, fn, check or (lambda c: None))
+    return fn
+  return deco
+
+
+def names() -> tuple[str, ...]:
+  return tuple(STAGES)
+
+
+# ----------------------------------------------------------------------------- objectives
+def logps_chunk(c) -> int | None:
+  """``config.model.logps_chunk``: tokens per chunk of the vocabulary log-softmax (0: off)."""
+  n = c.model.get("logps_chunk", 0) if c is not None else 0
+  return int(n) if n else None
+
+
+def preference_objective(section, c=None) -> Objective:
+  """A stage's loss: a registered name, or ``"combo"`` of ``section.loss_weights``.
+
+  A combination's parts each take the keys of ``section.loss_kwargs`` they accept.
+  """
+  kwargs = section.loss_kwargs.to_dict()
+  if section.loss != "combo":
+    return make_objective(section.loss, kwargs, logps_chunk=logps_chunk(c))
+  weights = dict(section.loss_weights.to_dict())
+  try:
+    hp = {n: {k: v for k, v in kwargs.items()
+              if k in inspect.signature(losses.get_spec(n).fn).parameters} for n in weights}
+    spec = losses.make_combined_spec(weights, hp)
+  except (ValueError, KeyError) as e:
+    raise ConfigError(f"config.dpo.loss_weights: {e}") from None
+  return Objective(spec=spec, logps_chunk=logps_chunk(c))
+
+
+# ----------------------------------------------------------------------------- LoRA
+@dataclasses.dataclass
+class Lora:
+  """Adapters on a frozen base: the base is also the reference (one copy of it)."""
+  cfg: lora_lib.LoraConfig
+
+  @classmethod
+  def from_config(cls, c):
+    if c.lora.rank <= 0:
+      return None
+    return cls(lora_lib.LoraConfig(rank=c.lora.rank, alpha=c.lora.alpha,
+                                   targets=tuple(c.lora.targets)))
+
+  def init(self, base, seed):
+    return lora_lib.init_lora(base, self.cfg, jax.random.PRNGKey(seed))
+
+  def compose(self, adapters, base):
+    return lora_lib.apply_lora(base, adapters, self.cfg.scale)
+
+  def merge(self, base, adapters):
+    return lora_lib.merge_lora(base, adapters, self.cfg.scale)
+
+
+# ----------------------------------------------------------------------------- training
+def _step_kwargs(fn, **maybe):
+  """The keywords ``fn`` accepts among ``maybe`` (options other modules add over time)."""
+  params = inspect.signature(fn).parameters
+  return {k: v for k, v in maybe.items() if k in params and v is not None}
+
+
+def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, params,
+                examples, encode, reference=None, lora: Lora | None = None,
+                graphdef=None, param_shardings=None, on_log=None):
+  """Optimises ``objective`` from ``params`` through the shared step; returns the params.
+
+  ``reference`` (pure params) feeds losses that need one. With ``lora``, ``params`` and the
+  returned value are the adapters and ``reference`` is the frozen base (also the policy's).
+  ``graphdef`` / ``param_shardings`` default to the run's language model.
+  """
+  c = ctx.config
+  graphdef = graphdef if graphdef is not None else ctx.graphdef
+  param_sh = param_shardings if param_shardings is not None else ctx.param_shardings
+  n_accum = accum(section)
+  examples, skipped = filter_examples(examples, encode, name)
+  if skipped:
+    ctx.summary[f"data/{name}/skipped"] = skipped
+  ctx.summary[f"data/{name}/examples"] = len(examples)
+  tx, schedule = make_optimizer(section.lr, section.steps, warmup_steps=section.warmup_steps,
+                                weight_decay=section.weight_decay, b1=section.b1, b2=section.b2,
+                                clip_norm=section.clip_norm,
+                                final_lr_fraction=section.final_lr_fraction)
+  if isinstance(encode, layout_lib.RowsEncoder):     # prefix-shared / packed rows
+    batches = layout_lib.plan_batches(examples, encode, seed=c.seed, num_steps=section.steps,
+                                      shuffle=c.data.get("shuffle", True))
+  else:
+    batches = pipeline.batched(examples, encode, section.batch_size * n_accum, seed=c.seed,
+                               num_steps=section.steps, shuffle=c.data.get("shuffle", True))
+  trainable_sh = param_sh
+  compose = None
+  if lora is not None:
+    compose = lora.compose
+    rep = jax.sharding.NamedSharding(ctx.mesh, jax.sharding.PartitionSpec())
+    trainable_sh = jax.tree.map(lambda _: rep, params)
+  state, state_sh = init_state(params, tx, trainable_sh)
+  batch_sh = sharding.batch_sharding(ctx.mesh)
+  step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
+                         batch_sharding=batch_sh, ref_shardings=param_sh, compose=compose,
+                         **_step_kwargs(make_train_step, accum_steps=n_accum if n_accum > 1 else None,
+                                        skip_nonfinite=c.get("nonfinite", "stop") == "skip"))
+  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name), every=c.checkpoint.every,
+                      keep=c.checkpoint.keep,
+                      async_checkpointing=c.checkpoint.get("async_save", False))
+  needs_ref = objective.needs_reference or lora is not None
+  state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
+                    ref_params=reference if needs_ref else None, batches=batches,
+                    batch_sharding=batch_sh, num_steps=section.steps, checkpointer=ckpt,
+                    writer=ctx.writer, log_every=c.log_every, on_log=on_log,
+                    progress=c.progress, nonfinite=c.get("nonfinite", "stop"),
+                    max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
+  ckpt.close()
+  return state["params"]
+
+
+def accum(section) -> int:
+  """Micro-batches per optimizer step (``section.accum_steps``, default 1)."""
+  return int(section.get("accum_steps", 1) or 1)
+
+
+def filter_examples(examples, encode, stage: str):
+  """(usable examples, {reason: count}); raises DataError when none is usable."""
+  kept, counts, _ = pipeline.filter_examples(examples, encode, source=f"the {stage} data")
+  return kept, dict(counts)
+
+
+def copy_params(params):
+  """Fresh buffers (the step donates the policy's)."""
+  return jax.tree.map(jnp.copy, params)

