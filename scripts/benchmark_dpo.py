@@ -136,6 +136,9 @@ def worker_prefjax(a):
 
 
 def worker_trl(a):
+  from prefjax.extras import require
+  require("trl", "bench", "the TRL side of the DPO benchmark")
+  require("datasets", "bench", "the TRL side of the DPO benchmark")
   import torch
   from datasets import Dataset
   from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback

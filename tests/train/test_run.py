@@ -156,6 +156,12 @@ def test_unknown_model_path_is_one_line_and_writes_nothing(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_bad_config_creates_no_workdir(tmp_path):
+  r = _cli(tmp_path, "--config.dpo.loss=dpoo")
+  assert r.returncode == 1 and "unknown loss 'dpoo'" in r.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_bad_inputs_name_the_problem(files, tmp_path):
   # Chat-format prompts with a tokenizer that has no chat template.
   chat = tmp_path / "chat.jsonl"
