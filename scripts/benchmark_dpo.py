@@ -49,11 +49,12 @@ _ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON arguments of th
 HH = "hh-rlhf/harmless-base_test.jsonl.gz"
 # prefjax config overrides per variant (fields that exist in this checkout's config).
 VARIANTS = {
-    "default": {},
-    "plain": {"data.layout": "plain", "data.chunked_logps": 0, "dpo.cache_reference": False},
-    "no_prefix": {"data.layout": "packed_noprefix"},
-    "no_pack": {"data.layout": "prefix"},
-    "no_ref_cache": {"dpo.cache_reference": False},
+    "default": {},                                   # the real recipe's defaults
+    "plain": {"data.layout": "plain", "model.logps_chunk": 0},
+    "prefix": {"data.layout": "prefix"},
+    "packed": {"data.layout": "packed"},
+    "chunked": {"model.logps_chunk": 128},
+    "packed_chunked": {"data.layout": "packed", "model.logps_chunk": 128},
 }
 
 

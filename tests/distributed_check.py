@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from prefjax import distributed  # noqa: E402
 
-distributed.initialize()          # before any other JAX call
+INITIALIZED = distributed.initialize()   # before any other JAX call
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -65,7 +65,7 @@ def main(workdir):
   writer.close()
   total = jax.jit(lambda t: sum(x.sum() for x in jax.tree.leaves(t)))(final["params"])
   checksum = float(total)       # a scalar: replicated on every process
-  out = {"process": jax.process_index(), "processes": jax.process_count(),
+  out = {"initialized": INITIALIZED, "process": jax.process_index(), "processes": jax.process_count(),
          "devices": jax.device_count(), "local_devices": jax.local_device_count(),
          "preempted_at": preempted, "param_checksum": checksum,
          "rows": distributed.process_rows(8, batch_sh)}

@@ -51,6 +51,8 @@ def test_two_processes_match_one_process(tmp_path):
   multi = _launch(tmp_path / "multi", 2, 4)
   assert [(r["processes"], r["devices"], r["local_devices"]) for r in multi] == [(2, 8, 4)] * 2
   assert (single[0]["processes"], single[0]["devices"]) == (1, 8)
+  # initialize() started jax.distributed only where a coordinator was given.
+  assert [r["initialized"] for r in multi] == [True, True] and single[0]["initialized"] is False
   # Each process holds (and feeds) half of every batch.
   assert [r["rows"] for r in multi] == [[0, 4], [4, 8]] and single[0]["rows"] == [0, 8]
   # The SIGTERM sent to process 1 alone stopped both after the same step.
@@ -78,7 +80,6 @@ def test_single_process_helpers_and_local_encoding():
   from prefjax.testbed import world
   from tests.train import helpers
 
-  assert distributed.initialize() is False     # no coordinator, no cluster: single process
   assert distributed.is_main()
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   batch_sh = sharding.batch_sharding(mesh)

@@ -60,6 +60,9 @@ def test_tokenizer_paths(monkeypatch, tmp_path):
     toks.Tokenizer.from_hf_dir(str(tmp_path))
   with pytest.raises(MissingExtraError, match=r"needs the 'tokenizers' package"):
     toks._byte_level_bpe({"tokens": ["a"]})
+  with pytest.raises(MissingExtraError, match=r"^saving a Hugging Face tokenizer needs the "
+                                              r"'tokenizers' package"):
+    toks.Tokenizer.save_pretrained(object(), str(tmp_path / "out"))
   with pytest.raises(MissingExtraError, match=r"m.gguf: a sentencepiece GGUF tokenizer needs "
                                               r"the 'transformers' package"):
     toks._via_transformers({"tokens": ["a"]}, "m.gguf")

@@ -46,6 +46,7 @@ class HeldoutMonitor:
   def __init__(self, graphdef, ref_params, tokenizer, pairs: Sequence[dict], *, beta: float,
                max_len: int, batch_size: int = 16):
     self.graphdef, self.beta, self.tokenizer = graphdef, float(beta), tokenizer
+    self.source_pairs = list(pairs)
     self.prompts, self.chosen, self.rejected, kept, self.dropped = pair_scoring.encode_pairs(
         tokenizer, pairs, max_len=max_len)
     self.pairs = [pairs[i] for i in kept]

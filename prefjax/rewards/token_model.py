@@ -17,6 +17,10 @@ What is our choice (the abstract does not fix it):
     on edited over original (``prefjax.losses.token_reward.token_bt``, kind "token"), plus
     optional token labels f_t from the edit diff (the original's tokens that the edit
     substitutes or deletes, insertions marking their neighbour);
+  * a caveat we measured: when edits keep the length (the testbed's do), BT on sums cannot
+    identify a constant per-token offset (it cancels in R_w - R_l); PPO then exploits a
+    positive offset by lengthening its answers. The token labels (``label_coef > 0``) pin
+    unflawed tokens near 0;
   * flaw detection: a token is predicted flawed when r_t < -threshold; ``flaw_detection``
     scores that against exact masks (the testbed's).
 

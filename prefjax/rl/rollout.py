@@ -1,6 +1,6 @@
 """Rollout: prompts -> an ``Experience`` (sampled rows, old/ref log-probs, values, rewards).
 
-    exp, metrics = rollout(policy, ref_params, prompts, rng=..., cfg=RolloutConfig(...))
+    exp, metrics, view = rollout(policy, ref, prompts, rng=..., cfg=RolloutConfig(...))
 
 1. ``sample`` (jit, KV cache): prompts left-padded to a fixed width are prefilled once, then
    tokens are drawn one at a time (``prefjax.sampling.sampler.sample_token``: temperature,
@@ -155,7 +155,10 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
 
 def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutConfig,
             tokenizer, reward_sources=(), prompt_texts=None, tasks=None):
-  """Samples one completion per prompt and scores it; returns (Experience, metrics).
+  """Samples one completion per prompt and scores it.
+
+  Returns:
+    (Experience, metrics {rollout/*, reward/*}: floats, RolloutView: rows + decoded text).
 
   Args:
     policy: (graphdef, params) of the policy's train-side model (an ``ActorCritic`` or a

@@ -35,19 +35,16 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from prefjax import sharding
-from prefjax.data import pipeline
 from prefjax.errors import ConfigError
 from prefjax.losses.ppo import per_token_objective
-from prefjax.rewards.model import RewardModel, reward_params_from_backbone
-from prefjax.rewards.token_model import (TokenRewardModel, edit_pairs, encode_edit_pair,
-                                         flaw_detection, token_reward_params_from_backbone)
 from prefjax.rl import advantages as adv_lib
 from prefjax.rl import kl as kl_lib
 from prefjax.rl import rewards as rw
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_policy
+from prefjax.rl.reward_models import reward_sources
 from prefjax.rl.rollout import RolloutConfig, rollout
 from prefjax.train.checkpoint import Checkpointer
-from prefjax.train.loop import NonFiniteLossError, run_stage
+from prefjax.train.loop import NonFiniteLossError
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.step import init_state, make_train_step
@@ -73,7 +70,38 @@ def _sub_stage(steps, batch_size, lr, warmup=10):
 
 
 def rl_config() -> ml_collections.ConfigDict:
-  """Defaults of the ``rl`` section (PPO with a value head and the oracle as the reward)."""
+  """Defaults of the ``rl`` section (PPO with a value head and the oracle as the reward).
+
+  Fields (``config.rl.*``):
+    name                 stage name: checkpoints/<name>/, metrics.jsonl "stage", <name>_summary.json
+    iterations           rollout + update rounds
+    rollout_batch_size   rows sampled per iteration (= prompts x group_size)
+    group_size           samples per prompt, consecutive rows (GRPO / RLOO / Dr.GRPO: >= 2)
+    n_prompts            size of the training-prompt pool (testbed train split)
+    max_new_tokens, temperature, top_p      sampling (stops at the end-of-turn token)
+    ppo_epochs, minibatch_size              passes over each rollout, rows per update step
+    lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction   AdamW + schedule
+                         over iterations * ppo_epochs * rollout_batch_size / minibatch_size
+    critic               "shared" (value head on the policy), "separate" (own backbone, from
+                         the reward model's), "none" (critic-free estimators)
+    advantage.estimator  gae | grpo | dr_grpo | rloo | reinforce_pp (prefjax.rl.advantages)
+    advantage.whiten_rewards, advantage.whiten_advantages   over the whole rollout batch
+    advantage.kwargs     estimator hyper-parameters (gae: gamma, lam; reinforce_pp: gamma;
+                         grpo: eps)
+    loss_kwargs          the "ppo" loss: clip_low, clip_high, value_clip, vf_coef,
+                         entropy_coef, aggregation (token_mean | seq_mean | seq_sum)
+    kl.placement         none | reward | loss | both;  kl.estimator  k1 | k2 | k3
+    kl.coef              the (initial) coefficient; kl.adaptive, kl.target, kl.horizon:
+                         Ziegler et al.'s controller toward a target KL (nats per sequence)
+    rewards              {source: weight}: oracle | sequence_rm | token_rm (summed)
+    missing_eos          penalty | mask | none, for completions without the end token;
+    missing_eos_penalty  added to their last token's reward under "penalty"
+    checkpoint_every     iterations between checkpoints (resume is exact)
+    reward_model         sub-stage training the sequence RM (when rewards has sequence_rm
+                         and no reward stage ran): steps, batch_size, lr, ..., n_pairs
+    token_rm             sub-stage training the token RM: steps, batch_size, lr, ...,
+                         n_pairs, n_eval_pairs, label_coef, flaw_threshold
+  """
   r = ml_collections.ConfigDict()
   r.name = "ppo"                  # stage name: checkpoints/<name>, metrics.jsonl "stage"
   r.iterations = 40               # rollout + update rounds
@@ -138,92 +166,6 @@ def validate(r) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward models, trained through the shared step before the RL loop.
-
-def _train_sub_stage(ctx, name, model, init_params, objective, examples, encode, scfg):
-  graphdef, _ = nnx.split(model)
-  param_sh = sharding.param_shardings(model, ctx.mesh)
-  c = ctx.config
-  tx, schedule = make_optimizer(scfg.lr, scfg.steps, warmup_steps=scfg.warmup_steps,
-                                weight_decay=scfg.weight_decay, b1=scfg.b1, b2=scfg.b2,
-                                clip_norm=scfg.clip_norm,
-                                final_lr_fraction=scfg.final_lr_fraction)
-  pipeline.check_examples(examples, encode)
-  batches = pipeline.batched(examples, encode, scfg.batch_size, seed=c.seed,
-                             num_steps=scfg.steps)
-  state, state_sh = init_state(jax.tree.map(jnp.copy, init_params), tx, param_sh)
-  batch_sh = sharding.batch_sharding(ctx.mesh)
-  step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
-                         batch_sharding=batch_sh, ref_shardings=param_sh)
-  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name),
-                      every=c.checkpoint.every, keep=c.checkpoint.keep)
-  state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
-                    ref_params=None, batches=batches, batch_sharding=batch_sh,
-                    num_steps=scfg.steps, checkpointer=ckpt, writer=ctx.writer,
-                    log_every=c.log_every, progress=c.get("progress", False))
-  ckpt.close()
-  return graphdef, state["params"]
-
-
-def _reward_sources(ctx, r, policy_params, summary):
-  """[(RewardSource, weight)] and the backbone a separate critic starts from."""
-  cfg = nnx.merge(ctx.graphdef, policy_params).cfg
-  tok, c = ctx.tokenizer, ctx.config
-  sources, critic_backbone = [], None
-  for name, weight in dict(r.rewards).items():
-    if name == "oracle":
-      sources.append((rw.make_source("oracle"), weight))
-      continue
-    if name == "sequence_rm" and getattr(ctx, "reward", None) is not None:
-      graphdef, params = ctx.reward            # a reward stage of this run trained one
-      sources.append((rw.make_source("sequence_rm", graphdef=graphdef, params=params), weight))
-      critic_backbone = params["backbone"]
-    elif name == "sequence_rm":
-      model = RewardModel(cfg, nnx.Rngs(c.seed))
-      params = reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)), policy_params)
-      pairs = rw.testbed_pairs(c, r.reward_model.n_pairs)
-      graphdef, params = _train_sub_stage(
-          ctx, f"{r.name}_reward_model", model, params,
-          make_objective("bradley_terry"), pairs,
-          pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), r.reward_model)
-      sources.append((rw.make_source("sequence_rm", graphdef=graphdef, params=params), weight))
-      critic_backbone = params["backbone"]
-    else:                                                       # token_rm
-      t = r.token_rm
-      model = TokenRewardModel(cfg, nnx.Rngs(c.seed))
-      params = token_reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)),
-                                                 policy_params)
-      exs = edit_pairs(rw.testbed_pairs(c, t.n_pairs))
-      encode = encode_edit_pair(tok, c.data.max_len, c.data.truncate)
-      graphdef, params = _train_sub_stage(
-          ctx, f"{r.name}_token_rm", model, params,
-          make_objective("token_bt", {"label_coef": t.label_coef}), exs, encode, t)
-      summary.update(token_rm_flaw_metrics(graphdef, params, c, t, encode))
-      sources.append((rw.make_source("token_rm", graphdef=graphdef, params=params), weight))
-      critic_backbone = critic_backbone or params["backbone"]
-  return sources, critic_backbone
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _token_rewards(graphdef, params, batch):
-  return nnx.merge(graphdef, params).token_rewards(batch, prefix="rejected_")
-
-
-def token_rm_flaw_metrics(graphdef, params, c, t, encode) -> dict:
-  """Precision / recall of flawed tokens (r_t < -threshold) on held-out edit pairs."""
-  exs = edit_pairs(rw.testbed_pairs(c, t.n_eval_pairs, split="eval"))
-  rs, fs, ms = [], [], []
-  for b in pipeline.eval_batches(exs, encode, 64):
-    rs.append(np.asarray(_token_rewards(graphdef, params, b)))
-    fs.append(b["rejected_flaw_labels"])
-    ms.append(b["rejected_loss_mask"] * b["example_mask"][:, None])
-  out = flaw_detection(np.concatenate(rs), np.concatenate(fs), np.concatenate(ms),
-                       threshold=t.flaw_threshold)
-  out["token_rm/n_eval_edits"] = len(exs)
-  return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop.
 
 @functools.partial(jax.jit, static_argnames=("estimator", "group_size", "whiten_rewards",
@@ -256,7 +198,7 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   from prefjax.rl.rollout import check_prompts
   check_prompts(pool_ids, rcfg)        # fail before any training
 
-  sources, critic_backbone = _reward_sources(ctx, r, policy_params, summary)
+  sources, critic_backbone = reward_sources(ctx, r, policy_params, summary)
   oracle = rw.make_source("oracle")
 
   # The actor-critic: the policy LM (+ a value head or a separate critic).

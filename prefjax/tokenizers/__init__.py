@@ -149,6 +149,7 @@ class Tokenizer:
     (class, special tokens, ``chat_template``, ``add_bos_token``), ``special_tokens_map.json``.
     Files are mode 0644. Returns the paths written.
     """
+    require("tokenizers", "real", "saving a Hugging Face tokenizer")
     from tokenizers import Tokenizer as Backend, processors
     os.makedirs(directory, exist_ok=True)
     backend = Backend.from_str(self.backend.to_str())     # a copy: the post-processor is ours

@@ -25,7 +25,9 @@ micro-batch (forward twice, backward once).
 
 Batch layout: the step takes the usual ``[k*b, ...]`` batch (same pipeline, same sharding) and
 micro-batch i is rows {i, i + k, i + 2k, ...} (reshape to [b, k] then swap axes): with the
-batch sharded on its first axis each device keeps its own rows, no data moves.
+batch sharded on its first axis each device keeps its own rows, no data moves. Row layouts
+(``data.layout`` "prefix" / "packed", batches with ``rows_*`` fields) pack the whole batch into
+shared rows and cannot be split this way: they raise a ConfigError.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefjax.train.objective import Objective
+from prefjax.errors import ConfigError
+from prefjax.train.objective import Objective, is_rows_batch
 
 
 def split_micro(batch, k: int):
@@ -72,6 +75,10 @@ def make_accumulated_value_and_grad(graphdef: nnx.GraphDef, objective: Objective
     return objective.forward(nnx.merge(graphdef, full), micro)
 
   def value_and_grad(params, batch, ref_params):
+    if is_rows_batch(batch):
+      raise ConfigError(f"accum_steps={k} needs data.layout='plain': prefix-shared / packed "
+                        "row batches share rows across examples and cannot be split into "
+                        "micro-batches")
     micro = split_micro(batch, k)
 
     # Pass 1: forward outputs (policy and reference) of every micro-batch, no gradient.

@@ -72,9 +72,9 @@ def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
   pairs = _eval_pairs(ctx) if hc is not None and hc.enabled else []
   if pairs:
     pairs = pairs[:hc.n_pairs]
-    mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
-                                 beta=_beta(c), max_len=c.data.max_len,
-                                 batch_size=hc.batch_size)
+    mon = ctx.monitor = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
+                                               beta=_beta(c), max_len=c.data.max_len,
+                                               batch_size=hc.batch_size)
     prompts = [p.get("chat") or p["prompt"] for p in pairs[:hc.n_generations]]
     hooks.append(heldout.make_hook(mon, every=hc.every or c.checkpoint.every,
                                    last_step=c.dpo.steps, stage="dpo", workdir=ctx.workdir,
@@ -158,9 +158,11 @@ def evaluate(ctx: RunContext, models: Models) -> None:
   pairs = _eval_pairs(ctx)
   if not pairs:
     return
-  mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
-                               beta=_beta(c), max_len=c.data.max_len,
-                               batch_size=c.heldout.batch_size if "heldout" in c else 16)
+  mon = ctx.monitor     # the training monitor's reference scores, when it scored these pairs
+  if mon is None or len(mon.source_pairs) != len(pairs):
+    mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
+                                 beta=_beta(c), max_len=c.data.max_len,
+                                 batch_size=c.heldout.batch_size if "heldout" in c else 16)
   ctx.summary.update({f"eval/{k}": v for k, v in mon.metrics(models.policy).items()})
   if mon.dropped:
     ctx.summary["eval/dropped_pairs"] = len(mon.dropped)

@@ -51,6 +51,7 @@ class RunContext:
   data: Any                      # prefjax.train.datasets.DataSource
   summary: dict = dataclasses.field(default_factory=dict)
   reward: tuple | None = None    # (graphdef, params) of a reward model trained in this run
+  monitor: Any = None            # the held-out monitor of the preference stage (eval reuses it)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,6 +107,15 @@ def test_kto_reference_point_is_the_whole_batch_mean():
   np.testing.assert_allclose(float(m["kl"]), z0, rtol=1e-5)
 
 
+def test_row_layout_batches_are_a_config_error():
+  from prefjax.errors import ConfigError
+  objective = make_objective("dpo", {"beta": 0.1})
+  graphdef, params = _model("pairwise")
+  batch = {"rows_input_ids": jnp.zeros((4, T), jnp.int32), "example_mask": jnp.ones(4)}
+  with pytest.raises(ConfigError, match="layout='plain'"):
+    make_value_and_grad(graphdef, objective, accum_steps=K)(params, batch, params)
+
+
 def test_split_and_merge_are_inverse_and_strided():
   x = jnp.arange(12).reshape(12, 1)
   s = split_micro({"x": x}, 3)["x"]
@@ -144,3 +153,22 @@ def test_train_step_with_accumulation_matches_plain_step():
   np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+
+
+def test_accumulation_with_lora_compose():
+  """LoRA: trainable adapters, frozen base as ref_params and as the policy's base."""
+  from prefjax.models.lora import LoraConfig, apply_lora, init_lora
+  objective = make_objective("dpo", {"beta": 0.1})
+  graphdef, base = _model("pairwise")
+  lcfg = LoraConfig(rank=2, alpha=4.0, targets=("q", "down"))
+  lora = _perturbed(init_lora(base, lcfg, jax.random.key(0)), 5)
+  compose = lambda trainable, frozen: apply_lora(frozen, trainable, lcfg.scale)
+  batch = _batch("pairwise")
+  (l1, _), g1 = jax.jit(make_value_and_grad(graphdef, objective, compose))(lora, batch, base)
+  (l2, _), g2 = jax.jit(make_value_and_grad(graphdef, objective, compose, accum_steps=K))(
+      lora, batch, base)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g1))
+  assert scale > 0
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5 * scale, rtol=0)

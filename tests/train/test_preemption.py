@@ -103,9 +103,11 @@ def _cmd(workdir):
 
 
 def _summary(workdir):
+  """summary.json without timings; paths inside the workdir (exports) made relative."""
   with open(os.path.join(workdir, "summary.json")) as f:
     s = json.load(f)
-  return {k: v for k, v in s.items()
+  return {k: v.replace(str(workdir), "WORKDIR") if isinstance(v, str) else v
+          for k, v in s.items()
           if not k.startswith(("wall", "seconds/", "timings")) and "seconds" not in k}
 
 
