@@ -19,8 +19,8 @@
 
 # %% [markdown]
 # **Full settings** (`QUICK = False`; `experiments/testbed/fine_grained_ppo.py`, and
-# `ppo.py` for the baseline, with `--config.rl.token_rm.label_coef=1.0`): 2-layer testbed
-# model, SFT 400 steps x 64, token RM 300 steps on 4,000 edit pairs, PPO 60 iterations x 64 rollouts (minibatch 32, 2 epochs, lr 1e-4, KL
+# `ppo.py` for the baseline): 2-layer testbed model, SFT 400 steps x 64, token RM 300 steps
+# on 4,000 edit pairs, PPO 60 iterations x 64 rollouts (minibatch 32, 2 epochs, lr 1e-4, KL
 # coefficient 0.05), 256 held-out prompts x 2 samples; the sequence-RM baseline from the
 # same SFT checkpoint. **QUICK**: SFT 150 steps x 32, token RM 100 steps on 1,000 edit pairs,
 # PPO 10 iterations x 32 rollouts (minibatch 16), 64 prompts x 2 samples, no baseline run.
@@ -45,10 +45,11 @@ c.rl.max_new_tokens = 14             # sort completions: <= 11 characters + the 
 c.rl.lr = 1e-4
 c.rl.reward_model.steps, c.rl.reward_model.n_pairs = 300, 4000
 c.rl.token_rm.steps, c.rl.token_rm.n_pairs = 300, 4000
-# The token labels from the edit diff as well as Bradley-Terry (the config's documented
-# variant): they keep the rewards of unflawed tokens near 0. With label_coef = 0 (the config's
-# default) the rewards of ordinary tokens drift positive, so the summed reward grows with
-# length and PPO learns to ramble (measured at QUICK size: KL 12.2, win rate 0.20 vs SFT).
+# The token labels from the edit diff as well as Bradley-Terry (the config's default): they
+# keep the rewards of unflawed tokens near 0. Bradley-Terry alone cannot fix a per-token
+# offset (the edits keep the length, so it cancels), the rewards of ordinary tokens drift
+# positive and PPO learns to ramble (label_coef = 0 measured at QUICK size: KL 12.2, win
+# rate 0.20 vs SFT).
 c.rl.token_rm.label_coef = 1.0
 c.checkpoint.every = 10
 c.progress, c.tensorboard, c.export.hf = False, False, False
@@ -127,8 +128,9 @@ plt.show()
 # %% [markdown]
 # ## Headline
 #
-# `experiments/README.md` has no fine-grained PPO study yet (PPO arrived after the studies
-# were gathered), so there is no number to match: the notebook reports its own. What to read
+# `experiments/README.md` has no fine-grained PPO number yet (its issue-10 row points to
+# `experiments/rlhf/`, whose results were not gathered when this notebook was written), so
+# there is no number to match: the notebook reports its own. What to read
 # at QUICK size: the token RM's precision / recall of flawed tokens (how well it localises
 # errors; chance is the fraction of flawed tokens), and whether 10 PPO iterations move the
 # policy's win rate against SFT beyond its standard error (sqrt(0.25 / 128) = 0.044).
