@@ -33,7 +33,8 @@ def _run(workdir, *extra):
 def _summary(workdir):
   with open(os.path.join(workdir, "summary.json")) as f:
     s = json.load(f)
-  return {k: v for k, v in s.items() if not k.startswith(("wall_seconds", "seconds/"))}
+  return {k: v for k, v in s.items()
+          if not k.startswith(("wall_seconds", "seconds/", "outputs/"))}   # outputs: paths
 
 
 def test_run_writes_metrics_checkpoints_summary_and_resumes_after_kill9(tmp_path):

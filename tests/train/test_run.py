@@ -128,13 +128,13 @@ def test_bad_rows_are_counted_and_training_uses_the_good_ones(files, tmp_path):
 
 
 def test_completion_policy_counts(files, tmp_path):
-  # max_len 12: completions of up to 7 words + the end-of-turn token do not all fit.
-  c = _config(files, stages=("dpo",), max_len=12, completion="drop")
+  # max_len 6: completions of 3-7 tokens (with the end-of-turn token) do not all fit.
+  c = _config(files, stages=("dpo",), max_len=6, completion="drop")
   c.data.truncate = "prompt_left"
   c.heldout.enabled = False
   s = run(c, str(tmp_path / "drop"))
   assert sum(s["data/dpo/skipped"].values()) > 0
-  c = _config(files, stages=("dpo",), max_len=12, completion="truncate")
+  c = _config(files, stages=("dpo",), max_len=6, completion="truncate")
   c.heldout.enabled = False
   run(c, str(tmp_path / "trunc"))
   rows = _metrics(tmp_path / "trunc", "dpo")
