@@ -71,8 +71,9 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES):
   state = nnx.state(model, nnx.Param)
 
   def one(var):
-    axes = getattr(var, "logical_axes", None) or (None,) * var[...].ndim
-    return NamedSharding(mesh, logical_to_spec(axes, var[...].shape, mesh, rules))
+    shape = var.get_value().shape      # also for abstract (nnx.eval_shape) models
+    axes = getattr(var, "logical_axes", None) or (None,) * len(shape)
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 
   specs = jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.to_pure_dict(specs) if not isinstance(specs, dict) else specs
