@@ -55,13 +55,15 @@ def load_checkpoint_params(step_dir: str | os.PathLike) -> dict:
 
 
 def _load_workdir(root: Path, dpo_step_dir: Path | None) -> Models:
-  from prefjax.testbed.tokenizer import TestbedTokenizer
-  from prefjax.train import runner
   with open(root / "config.json") as f:
     c = ml_collections.ConfigDict(json.load(f))
+  sft = _last_step_dir(root / "checkpoints" / "sft")
+  if c.get("model", {}).get("init_from"):
+    return _load_real_workdir(root, c, sft, dpo_step_dir)
+  from prefjax.testbed.tokenizer import TestbedTokenizer
+  from prefjax.train import runner
   tok = TestbedTokenizer()
   _, graphdef, _ = runner.build_model(c, tok)
-  sft = _last_step_dir(root / "checkpoints" / "sft")
   dpo = dpo_step_dir or _last_step_dir(root / "checkpoints" / "dpo")
   if sft is None and dpo is None:
     raise ConfigError(f"{root}: no checkpoints under checkpoints/sft or checkpoints/dpo")
@@ -69,6 +71,27 @@ def _load_workdir(root: Path, dpo_step_dir: Path | None) -> Models:
   pol = load_checkpoint_params(dpo) if dpo else ref
   ref = pol if ref is None else ref
   desc = f"policy {dpo or sft}, reference {sft or dpo}"
+  return Models(graphdef, pol, ref, tok, desc, c)
+
+
+def _load_real_workdir(root: Path, c, sft: Path | None, dpo_step_dir: Path | None) -> Models:
+  """A real-model run: the policy is the final model (``model/``) or one DPO checkpoint, the
+  reference the last SFT checkpoint, else the run's starting model."""
+  from prefjax.models.loading import load_model
+  from prefjax.train import export
+  _, graphdef, final, tok = export.load_workdir(str(root))
+  if dpo_step_dir is not None and c.get("lora", {}).get("rank", 0) > 0:
+    raise ConfigError(f"{dpo_step_dir}: a LoRA run's checkpoints hold adapters only; "
+                      f"pass the workdir {root} (its merged final model) instead")
+  pol = load_checkpoint_params(dpo_step_dir) if dpo_step_dir is not None else final
+  if sft is not None:
+    ref, ref_desc = load_checkpoint_params(sft), str(sft)
+  elif "sft" in tuple(c.get("stages", ())):
+    raise ConfigError(f"{root}: the run had an SFT stage but kept no checkpoint of it "
+                      "(config.checkpoint.every = 0), so its reference cannot be rebuilt")
+  else:
+    ref, ref_desc = load_model(c.model.init_from)[2], c.model.init_from
+  desc = f"policy {dpo_step_dir or root / export.WORKDIR_MODEL}, reference {ref_desc}"
   return Models(graphdef, pol, ref, tok, desc, c)
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefjax.models.layers import RMSNorm, param, rope, rope_inv_freq
+from prefjax.models.layers import RMSNorm, acc_dtype, param, rope, rope_inv_freq
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays finite (it is never read).
 
@@ -65,7 +65,7 @@ def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
   dtype = q_bthk.dtype
   if kernel == "dense":
     q = q_bthk.reshape(b, t, g, h // g, hd)                                         # (B, T, G, R, K)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k_bsgk).astype(jnp.float32) * scale
+    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k_bsgk).astype(acc_dtype(dtype)) * scale
     if softcap is not None:
       scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(mask_b1ts[:, :, None], scores, _NEG)

@@ -96,8 +96,8 @@ class ModelConfig:
 
     choices = {"norm": ("rms", "layer"), "mlp": ("gated", "plain"),
                "act": ("silu", "gelu_tanh", "gelu"), "pos_emb": ("rope", "learned"),
-               "dtype": ("float32", "bfloat16", "float16"),
-               "param_dtype": ("float32", "bfloat16", "float16"),
+               "dtype": ("float32", "bfloat16", "float16", "float64"),
+               "param_dtype": ("float32", "bfloat16", "float16", "float64"),
                "remat": ("none", "block", "save_matmuls")}
     for f, ok in choices.items():
       if getattr(self, f) not in ok:

@@ -15,6 +15,11 @@ from flax import nnx
 from prefjax.errors import ConfigError
 
 
+def acc_dtype(dtype):
+  """The dtype norms, softmax and logits are computed in: at least float32 (float64 stays)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def param(rngs: nnx.Rngs, shape, axes, *, init="normal", scale=None, dtype=jnp.float32):
   """An ``nnx.Param`` initialised as fan-in scaled normal, zeros or ones, with logical axes."""
   if init == "zeros":
@@ -41,10 +46,10 @@ class RMSNorm(nnx.Module):
                        dtype=param_dtype)
 
   def __call__(self, x):
-    dtype = x.dtype
-    x = x.astype(jnp.float32)
+    dtype, acc = x.dtype, acc_dtype(x.dtype)
+    x = x.astype(acc)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (x * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
+    return (x * (self.offset + self.scale[...].astype(acc))).astype(dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -56,13 +61,12 @@ class LayerNorm(nnx.Module):
     self.bias = param(rngs, (dim,), ("norm",), init="zeros", dtype=param_dtype)
 
   def __call__(self, x):
-    dtype = x.dtype
-    x = x.astype(jnp.float32)
+    dtype, acc = x.dtype, acc_dtype(x.dtype)
+    x = x.astype(acc)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-            ).astype(dtype)
+    return (y * self.scale[...].astype(acc) + self.bias[...].astype(acc)).astype(dtype)
 
 
 def make_norm(cfg, rngs: nnx.Rngs, dim: int | None = None):
@@ -114,9 +118,11 @@ def rope(x_bthd, positions_bt, theta: float, inv_freq=None):
   if inv_freq is None:
     inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))      # (D/2,)
   angles = positions_bt[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)     # (B, T, D/2)
-  cos = jnp.cos(angles)[:, :, None, :]                                              # (B, T, 1, D/2)
-  sin = jnp.sin(angles)[:, :, None, :]
-  x = x_bthd.astype(jnp.float32)
+  # Angles in float32 as transformers computes them (also for a float64 model).
+  acc = acc_dtype(x_bthd.dtype)
+  cos = jnp.cos(angles).astype(acc)[:, :, None, :]                                 # (B, T, 1, D/2)
+  sin = jnp.sin(angles).astype(acc)[:, :, None, :]
+  x = x_bthd.astype(acc)
   x1, x2 = x[..., : d // 2], x[..., d // 2:]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_bthd.dtype)

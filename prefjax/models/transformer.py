@@ -30,7 +30,7 @@ from flax import nnx
 from prefjax.models.attention import (Attention, cache_mask, causal_segment_mask,
                                       sliding_window_mask)
 from prefjax.models.config import ModelConfig
-from prefjax.models.layers import MLP, make_norm, param
+from prefjax.models.layers import MLP, acc_dtype, make_norm, param
 
 REMAT_POLICIES = {
     "block": jax.checkpoint_policies.nothing_saveable,
@@ -127,11 +127,12 @@ class Transformer(nnx.Module):
     x, new_kv = self._blocks(x, positions_bt, mask, local_mask, cache, index)
     # The final norm, the output projection and the logits are float32 (bf16 logits would
     # round log-probs of long completions by ~1e-2 per token).
-    x = self.final_norm(x.astype(jnp.float32))
+    acc = acc_dtype(x.dtype)                     # float32 (float64 for a float64 model)
+    x = self.final_norm(x.astype(acc))
     if return_hidden:
       return x, None
     w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
-    logits = x @ w.astype(jnp.float32)                                              # (B, T, V)
+    logits = x @ w.astype(acc)                                                      # (B, T, V)
     if cfg.final_softcap is not None:
       logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
     if cache is None:

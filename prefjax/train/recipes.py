@@ -20,13 +20,16 @@ def real_config(stages=("sft", "dpo", "eval")):
   c.data.train = "hh:" + assets.shared_data(HH)
   c.data.max_len = 256
   c.data.completion = "truncate"
-  c.data.n_eval = 300                  # held out by prompt; the rest (~2,000 pairs) trains
+  c.data.n_eval = 300                  # held out by prompt
+  # CPU-sized: the first 160 of the remaining ~2,000 pairs (in the seeded split's order) train:
+  # one epoch of 40 DPO steps x 4 pairs. --config.data.n_train=0 uses all of them.
+  c.data.n_train = 160
   # Speed defaults (issue 13): prefix-shared pairs packed into rows, vocabulary log-softmax
   # in chunks; --config.data.layout=plain --config.model.logps_chunk=0 turns both off.
   c.data.layout = "packed"
   c.model.logps_chunk = 128
-  # CPU-sized: 20 SFT steps x 8 demonstrations, 40 DPO steps x 4 pairs (160 of the ~2,000
-  # training pairs); scale steps and batch sizes up on an accelerator.
+  # CPU-sized: 20 SFT steps x 8 demonstrations (the chosen responses of the training
+  # pairs), 40 DPO steps x 4 pairs; scale steps and batch sizes up on an accelerator.
   c.sft.steps, c.sft.batch_size, c.sft.lr, c.sft.warmup_steps = 20, 8, 2e-5, 2
   c.dpo.steps, c.dpo.batch_size, c.dpo.lr, c.dpo.warmup_steps = 40, 4, 5e-6, 4
   c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.1))

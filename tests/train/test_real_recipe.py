@@ -62,9 +62,18 @@ def test_export_loads_in_transformers_with_equal_logits(workdir):
   x = np.array([ids + tok.encode_completion("Mix flour and water.")], np.int32)
   ours, _ = nnx.merge(graphdef, params)(jnp.asarray(x), jnp.arange(x.shape[1])[None],
                                         jnp.ones_like(jnp.asarray(x)))
-  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-  with torch.no_grad():
-    theirs = model(torch.tensor(x, dtype=torch.long)).logits.numpy()
-  # Measured 1.35e-4 after training (6.35e-5 for the base GGUF, tests/models/test_gguf_parity):
-  # float32 summation order over 30 layers; logits are O(10). Issue 9 asks for 1e-4: open.
-  assert np.max(np.abs(np.asarray(ours) - theirs)) <= 5e-4
+  ours = np.asarray(ours, np.float64)
+  theirs = {}
+  for dt in (torch.float32, torch.float64):
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dt)
+    with torch.no_grad():
+      theirs[dt] = model(torch.tensor(x, dtype=torch.long)).logits.double().numpy()
+  diff = np.max(np.abs(ours - theirs[torch.float32]))
+  # float32 rounding over 30 layers: transformers' own float32 logits are ~1e-4 from its
+  # float64 ones (logits up to ~40), so two float32 implementations differ by about that
+  # much (measured 1.35e-4 after training; 1.1e-4 for the base GGUF at 58 tokens). prefjax
+  # must be as close to transformers' float64 logits as transformers' float32 run is.
+  ours_err = np.max(np.abs(ours - theirs[torch.float64]))
+  their_err = np.max(np.abs(theirs[torch.float32] - theirs[torch.float64]))
+  assert ours_err <= 1.5 * their_err + 1e-5, (ours_err, their_err)
+  assert diff <= 5e-4
