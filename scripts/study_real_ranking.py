@@ -124,6 +124,13 @@ def plot(f, path, title):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  betas = tuple(float(b) for b in _BETAS.value.split(","))
+  study(_WORKDIR.value, _OUT.value, betas=betas, batch_size=_BATCH.value,
+        progress=_PROGRESS.value)
+
+
+def study(workdir, out_dir, *, betas=(0.01, 0.1, 1, 5, 10), batch_size=16, progress=True):
+  """Writes OUT's files (see the module docstring); returns the results.json dict."""
   import numpy as np
   from prefjax.errors import ConfigError
   from prefjax.eval import ranking_sources
@@ -131,19 +138,18 @@ def main(argv):
   from prefjax.metrics import ranking
   from prefjax.train.datasets import DataSource
   t0 = time.perf_counter()
-  betas = tuple(float(b) for b in _BETAS.value.split(","))
-  models = ranking_sources.load_models(_WORKDIR.value)
+  models = ranking_sources.load_models(workdir)
   c = models.config
   if c is None or not c.model.get("init_from"):
-    raise ConfigError(f"--workdir {_WORKDIR.value}: not a real-model training workdir")
+    raise ConfigError(f"--workdir {workdir}: not a real-model training workdir")
   data = DataSource(c, models.tokenizer)
   max_len = int(c.data.max_len)
   sets = {"held-out": data.eval_pairs(), "training": data.examples("pairwise")}
-  results, md_rows = {"workdir": _WORKDIR.value, "models": models.description,
+  results, md_rows = {"workdir": workdir, "models": models.description,
                       "betas": list(betas), "max_len": max_len}, {}
   scores = {}
   for name, pairs in sets.items():
-    s = scores[name] = score(models, pairs, max_len, _BATCH.value, _PROGRESS.value, name)
+    s = scores[name] = score(models, pairs, max_len, batch_size, progress, name)
     alpha = np.full(len(s["kept"]), SINGLE_LABEL_ALPHA, np.float32)
     rows = table_rows(s, alpha, betas)
     results[name] = {"num_pairs": len(s["kept"]), "dropped": s["dropped"], "rows": rows}
@@ -152,14 +158,14 @@ def main(argv):
                                                       np.float32))
   results["flips"] = {k: v for k, v in f.items()
                       if k not in ("difficulty", "ref_correct", "policy_correct")}
-  os.makedirs(_OUT.value, exist_ok=True)
+  os.makedirs(out_dir, exist_ok=True)
   beta = float(dict(c.dpo.loss_kwargs).get("beta", 0.1))
-  head = (f"`python scripts/study_real_ranking.py --workdir {_WORKDIR.value} --out {_OUT.value}`"
+  head = (f"`python scripts/study_real_ranking.py --workdir {workdir} --out {out_dir}`"
           f"\n\n{models.description}; max_len {max_len}; idealized accuracies over betas "
           f"{', '.join(f'{b:g}' for b in betas)} (the run's beta: {beta:g}); single-label pairs "
           f"use alpha = {SINGLE_LABEL_ALPHA} as the paper's code does.\n\n")
   table = head + ranking.render_markdown(md_rows) + "\n"
-  with open(os.path.join(_OUT.value, "table1.md"), "w") as fh:
+  with open(os.path.join(out_dir, "table1.md"), "w") as fh:
     fh.write(table)
   fl = ["| difficulty c (quartile of misranked pairs) | misranked pairs | flipped to correct "
         "| fraction |", "|---|---|---|---|"]
@@ -171,15 +177,16 @@ def main(argv):
               f"of those to correct and {100 * f['overall_right_to_wrong']:.1f}% of the "
               f"{f['num_ref_right_total']} correctly ranked ones to wrong.\n\n" + "\n".join(fl)
               + "\n")
-  with open(os.path.join(_OUT.value, "flips.md"), "w") as fh:
+  with open(os.path.join(out_dir, "flips.md"), "w") as fh:
     fh.write(flips_md)
-  plot(f, os.path.join(_OUT.value, "flips.png"),
-       f"{os.path.basename(os.path.normpath(_WORKDIR.value))}: DPO flips of training pairs "
+  plot(f, os.path.join(out_dir, "flips.png"),
+       f"{os.path.basename(os.path.normpath(workdir))}: DPO flips of training pairs "
        "by difficulty")
   results["seconds"] = time.perf_counter() - t0
-  with open(os.path.join(_OUT.value, "results.json"), "w") as fh:
+  with open(os.path.join(out_dir, "results.json"), "w") as fh:
     json.dump(results, fh, indent=2)
   print(table + "\n" + flips_md + f"\n{results['seconds']:.0f} s", flush=True)
+  return results
 
 
 if __name__ == "__main__":

