@@ -25,6 +25,8 @@ def real_config(stages=("sft", "dpo", "eval")):
   # in chunks; --config.data.layout=plain --config.model.logps_chunk=0 turns both off.
   c.data.layout = "packed"
   c.model.logps_chunk = 128
+  # Reference log-probs cached on disk (ref_cache.py): --config.reference_cache.enabled=False.
+  c.reference_cache.enabled = True
   # CPU-sized: 20 SFT steps x 8 demonstrations, 40 DPO steps x 4 pairs (160 of the ~2,000
   # training pairs); scale steps and batch sizes up on an accelerator.
   c.sft.steps, c.sft.batch_size, c.sft.lr, c.sft.warmup_steps = 20, 8, 2e-5, 2
