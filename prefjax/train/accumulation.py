@@ -12,8 +12,9 @@ so its gradient is the chain rule through those small outputs:
 This module computes it in two passes over the micro-batches (``jax.lax.scan``, so activations
 of one micro-batch are alive at a time):
 
-  1. forward only: f(theta, x_i) and the reference outputs for every micro-batch; these are
-     tiny ([k, b] scalars), and are concatenated back into whole-batch inputs [k*b];
+  1. forward only: f(theta, x_i) and the reference outputs for every micro-batch (or the
+     cached ``ref_*`` batch fields, split with the rows); these are tiny ([k, b] scalars),
+     and are concatenated back into whole-batch inputs [k*b];
   2. the loss, its metrics and g = dl/df on the whole batch (no model call, cheap);
   3. one backward per micro-batch: grad of <stop_gradient(g_i), f(theta, x_i)> (a VJP).
 
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prefjax.errors import ConfigError
-from prefjax.train.objective import Objective, is_rows_batch
+from prefjax.train.objective import Objective, is_rows_batch, reference_inputs
 
 
 def split_micro(batch, k: int):
@@ -84,10 +85,7 @@ def make_accumulated_value_and_grad(graphdef: nnx.GraphDef, objective: Objective
     # Pass 1: forward outputs (policy and reference) of every micro-batch, no gradient.
     def fwd_body(_, mb):
       inputs = jax.lax.stop_gradient(forward(params, mb, ref_params))
-      ref = {}
-      if objective.needs_reference:
-        ref = jax.lax.stop_gradient(objective.reference(nnx.merge(graphdef, ref_params), mb))
-      return None, (inputs, ref)
+      return None, (inputs, reference_inputs(graphdef, objective, ref_params, mb))
     _, (inputs_k, ref_k) = jax.lax.scan(fwd_body, None, micro)
     inputs, ref_inputs = merge_micro(inputs_k), merge_micro(ref_k)
 

@@ -88,6 +88,11 @@ def base_config() -> ml_collections.ConfigDict:
                                              batch_size=16))
   # Outputs at the end of a run: workdir/model/ always, workdir/export/hf/ when hf=True.
   c.export = ml_collections.ConfigDict(dict(enabled=True, hf=True))
+  # Reference log-probs computed once before a preference stage and cached on disk under a
+  # key of (reference weights, planned batches, tokenizer, max_len, layout, ...); a later run
+  # with the same key never runs the reference (prefjax/train/ref_cache.py). dir "":
+  # $PREFJAX_REFERENCE_CACHE, else ~/.cache/prefjax/reference_logps. Real recipes turn it on.
+  c.reference_cache = ml_collections.ConfigDict(dict(enabled=False, dir=""))
   c.nonfinite = "stop"      # a non-finite loss: "stop", or "skip" the update (and count it)
   c.max_skips_in_a_row = 10   # with nonfinite="skip": stop after this many in a row
   c.log_every = 10

@@ -3,7 +3,8 @@
 The shared train step (step.py) is the same for every objective; only this differs:
   * ``forward(model, batch)`` -> the loss's policy-side keyword inputs (one model call);
   * ``reference(model, batch)`` -> the reference-side inputs (``ref_*``), run outside the
-    gradient, and only when the loss needs a reference;
+    gradient, and only when the loss needs a reference (``reference_inputs`` reads them from
+    the batch instead when it carries them: the reference cache, ref_cache.py);
   * the loss function and its hyper-parameters, looked up by name in the registry.
 
 Forward passes are registered per batch kind (``register_forward``); a new kind of data
@@ -15,7 +16,9 @@ import dataclasses
 import inspect
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from prefjax import losses
 from prefjax.errors import ConfigError
@@ -109,6 +112,26 @@ def forward_reward(model, batch):
   if "margin" in batch:
     out["margins"] = batch["margin"]
   return out
+
+
+def batch_reference(batch) -> dict:
+  """The reference's ``ref_*`` loss inputs carried as batch fields (the reference cache,
+  prefjax/train/ref_cache.py), or {} when the batch carries none."""
+  return {k: v for k, v in batch.items() if k.startswith("ref_")}
+
+
+def reference_inputs(graphdef, objective: "Objective", ref_params, batch):
+  """The ``ref_*`` loss inputs, detached; {} for reference-free objectives.
+
+  Read from the batch when it carries them (cached reference log-probs; ``ref_params`` may
+  then be None), else one forward pass of ``merge(graphdef, ref_params)``.
+  """
+  if not objective.needs_reference:
+    return {}
+  cached = batch_reference(batch)
+  if cached:
+    return jax.lax.stop_gradient(cached)
+  return jax.lax.stop_gradient(objective.reference(nnx.merge(graphdef, ref_params), batch))
 
 
 def _as_reference(inputs: Mapping[str, Any]) -> dict:

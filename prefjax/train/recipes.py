@@ -29,6 +29,8 @@ def real_config(stages=("sft", "dpo", "eval")):
   # in chunks; --config.data.layout=plain --config.model.logps_chunk=0 turns both off.
   c.data.layout = "packed"
   c.model.logps_chunk = 128
+  # Reference log-probs cached on disk (ref_cache.py): --config.reference_cache.enabled=False.
+  c.reference_cache.enabled = True
   # 10 SFT steps x 8 demonstrations (the chosen responses of the training pairs), then
   # 30 DPO steps x 4 pairs.
   c.sft.steps, c.sft.batch_size, c.sft.lr, c.sft.warmup_steps = 10, 8, 2e-5, 2

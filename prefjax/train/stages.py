@@ -29,6 +29,7 @@ from prefjax.data import layout as layout_lib
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError
 from prefjax.models import lora as lora_lib
+from prefjax.train import ref_cache
 from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.loop import run_stage
 from prefjax.train.metrics_writer import MetricsWriter
@@ -142,8 +143,10 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                 graphdef=None, param_shardings=None, on_log=None):
   """Optimises ``objective`` from ``params`` through the shared step; returns the params.
 
-  ``reference`` (pure params) feeds losses that need one. With ``lora``, ``params`` and the
-  returned value are the adapters and ``reference`` is the frozen base (also the policy's).
+  ``reference`` (pure params) feeds losses that need one (or, with
+  ``config.reference_cache``, their cached log-probs; the step then gets no reference). With
+  ``lora``, ``params`` and the returned value are the adapters and ``reference`` is the
+  frozen base (also the policy's).
   ``graphdef`` / ``param_shardings`` default to the run's language model.
   """
   c = ctx.config
@@ -164,6 +167,10 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   else:
     batches = pipeline.batched(examples, encode, section.batch_size * n_accum, seed=c.seed,
                                num_steps=section.steps, shuffle=c.data.get("shuffle", True))
+  needs_ref = objective.needs_reference or lora is not None
+  batches, cached = cached_reference(ctx, name, objective, reference, batches, section.steps,
+                                     graphdef)
+  ref_params = reference if needs_ref and (lora is not None or not cached) else None
   trainable_sh = param_sh
   compose = None
   if lora is not None:
@@ -173,21 +180,49 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   state, state_sh = init_state(params, tx, trainable_sh)
   batch_sh = sharding.batch_sharding(ctx.mesh)
   step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
-                         batch_sharding=batch_sh, ref_shardings=param_sh, compose=compose,
+                         batch_sharding=batch_sh,
+                         ref_shardings=param_sh if ref_params is not None else None,
+                         compose=compose,
                          **_step_kwargs(make_train_step, accum_steps=n_accum if n_accum > 1 else None,
                                         skip_nonfinite=c.get("nonfinite", "stop") == "skip"))
   ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name), every=c.checkpoint.every,
                       keep=c.checkpoint.keep,
                       async_checkpointing=c.checkpoint.get("async_save", False))
-  needs_ref = objective.needs_reference or lora is not None
   state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
-                    ref_params=reference if needs_ref else None, batches=batches,
+                    ref_params=ref_params, batches=batches,
                     batch_sharding=batch_sh, num_steps=section.steps, checkpointer=ckpt,
                     writer=ctx.writer, log_every=c.log_every, on_log=on_log,
                     progress=c.progress, nonfinite=c.get("nonfinite", "stop"),
                     max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
   ckpt.close()
   return state["params"]
+
+
+def cached_reference(ctx: RunContext, name: str, objective: Objective, reference, batches,
+                     num_steps: int, graphdef):
+  """(batches, cached): with ``config.reference_cache.enabled`` and a loss that needs a
+  reference, the batches carry its ``ref_*`` log-probs from the cache (ref_cache.py) and the
+  step never runs the reference; the summary records ``reference_cache/<stage>`` (hit /
+  miss / recomputed) and its key. Single-process runs only (the key hashes the weights on
+  this host)."""
+  rc = ctx.config.get("reference_cache")
+  if rc is None or not rc.enabled or not objective.needs_reference or reference is None:
+    return batches, False
+  if jax.process_count() > 1:
+    ctx.summary[f"reference_cache/{name}"] = "off (multi-process run)"
+    return batches, False
+  c = ctx.config
+  extra = dict(ref_cache.tokenizer_identity(ctx.tokenizer), kind=objective.spec.kind,
+               logps_chunk=objective.logps_chunk, max_len=c.data.max_len,
+               layout=c.data.get("layout", "plain"), truncate=c.data.get("truncate"),
+               completion=c.data.get("completion"), model=repr(ctx.model_cfg),
+               dtype=c.model.get("dtype", ""), backend=jax.default_backend())
+  res = ref_cache.prepare(graphdef, objective, reference, batches, num_steps,
+                          batch_sharding=sharding.batch_sharding(ctx.mesh), directory=rc.dir,
+                          extra=extra)
+  ctx.summary[f"reference_cache/{name}"] = res.status
+  ctx.summary[f"reference_cache/{name}/key"] = res.key
+  return res.batches, True
 
 
 def accum(section) -> int:

@@ -9,7 +9,9 @@ LoRA), ``params`` are only the trainable part and the model is
 ``merge(graphdef, compose(params, ref_params))``: the frozen ``ref_params`` are then both the
 reference model and the base of the policy, so one copy of the base weights is held. The reference model's
 outputs are computed once per step, under ``stop_gradient`` and outside ``value_and_grad``,
-and only when the objective's loss needs a reference (reference-free losses never run it).
+and only when the objective's loss needs a reference (reference-free losses never run it);
+a batch that carries them as ``ref_*`` fields (the reference cache, ref_cache.py) is read
+instead and ``ref_params`` may be None.
 The loss is sum(per_example * w) / sum(w) with w = example mask (times completion lengths
 for per-token objectives), so padding examples never count.
 
@@ -28,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from prefjax.data.pipeline import BATCH_METRICS
 from prefjax.errors import ConfigError
 from prefjax.train.accumulation import make_accumulated_value_and_grad
-from prefjax.train.objective import Objective
+from prefjax.train.objective import Objective, reference_inputs  # noqa: F401 (re-exported)
 
 
 def reduce_metrics(metrics, weights_b):
@@ -82,13 +84,6 @@ def make_value_and_grad(graphdef, objective: Objective, compose=None, accum_step
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, ref_inputs, ref_params)
 
   return value_and_grad
-
-
-def reference_inputs(graphdef, objective: Objective, ref_params, batch):
-  """The ``ref_*`` loss inputs, detached; {} for reference-free objectives."""
-  if not objective.needs_reference:
-    return {}
-  return jax.lax.stop_gradient(objective.reference(nnx.merge(graphdef, ref_params), batch))
 
 
 def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, schedule,

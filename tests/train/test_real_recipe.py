@@ -29,7 +29,8 @@ def workdir(tmp_path_factory):
   w = tmp_path_factory.mktemp("smollm2") / "w"
   cmd = [sys.executable, os.path.join(REPO, "scripts", "train.py"),
          f"--config={os.path.join(REPO, 'experiments', 'real', 'smollm2_dpo.py')}:quick",
-         f"--workdir={w}", "--config.progress=False", "--config.tensorboard=False"]
+         f"--workdir={w}", "--config.progress=False", "--config.tensorboard=False",
+         f"--config.reference_cache.dir={w.parent / 'ref_cache'}"]
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1800)
   assert r.returncode == 0, r.stderr[-3000:]
   return w
@@ -44,6 +45,7 @@ def test_quick_recipe_trains_and_logs_heldout_accuracy(workdir):
   assert "ranking/heldout_accuracy" in dpo[-1]
   s = json.load(open(workdir / "summary.json"))
   assert s["model/source"].endswith(".gguf") and s["data/dpo/examples"] > 0
+  assert s["reference_cache/dpo"] == "miss"     # on by default in the real recipes
   assert 0.0 <= s["eval/heldout/accuracy"] <= 1.0
 
 
