@@ -111,17 +111,29 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
     ml = max_len or c.reward.get("max_len", c.data.max_len)
     return (RewardScorer(graphdef, params, tok, max_len=ml, batch_size=batch_size),
             {"kind": "reward_model", "path": path, "max_len": ml})
-  from prefjax.testbed.tokenizer import TestbedTokenizer
-  from prefjax.train.runner import build_model
-  tok = TestbedTokenizer()
-  _, graphdef, init = build_model(c, tok)
-  policy = _latest_stage_params(path, "dpo")
-  if policy is None:
-    raise ModelLoadError(f"{path}: no checkpoints/dpo (an implicit reward needs a DPO run)")
-  ref = _latest_stage_params(path, "sft") or init   # the runner's reference: SFT or init
-  _check(graphdef, policy, os.path.join(path, "checkpoints", "dpo"))
+  if c.get("model", {}).get("init_from"):
+    graphdef, policy, ref, tok = _real_policy_and_reference(path)
+  else:
+    from prefjax.testbed.tokenizer import TestbedTokenizer
+    from prefjax.train.runner import build_model
+    tok = TestbedTokenizer()
+    _, graphdef, init = build_model(c, tok)
+    policy = _latest_stage_params(path, "dpo")
+    if policy is None:
+      raise ModelLoadError(f"{path}: no checkpoints/dpo (an implicit reward needs a DPO run)")
+    ref = _latest_stage_params(path, "sft") or init   # the runner's reference: SFT or init
+    _check(graphdef, policy, os.path.join(path, "checkpoints", "dpo"))
   b = beta if beta is not None else float(dict(c.dpo.loss_kwargs).get("beta", 1.0))
   ml = max_len or c.data.max_len
   scorer = ImplicitRewardScorer(graphdef, policy, None if kind == "loglik" else ref, tok,
                                 beta=b, max_len=ml, batch_size=batch_size)
   return scorer, {"kind": kind, "path": path, "beta": b, "max_len": ml}
+
+
+def _real_policy_and_reference(path):
+  """A real-model run's final model and its reference (the SFT model, else the start)."""
+  from prefjax.eval import ranking_sources
+  if not os.path.isdir(os.path.join(path, "checkpoints", "dpo")):
+    raise ModelLoadError(f"{path}: no checkpoints/dpo (an implicit reward needs a DPO run)")
+  m = ranking_sources.load_models(path)
+  return m.graphdef, m.policy, m.reference, m.tokenizer

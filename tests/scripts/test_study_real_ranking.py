@@ -51,3 +51,19 @@ def test_study_rows_match_the_runs_heldout_monitor(tmp_path):
   assert 0.0 <= f["overall_wrong_to_right"] <= 1.0
   for name in ("table1.md", "flips.md", "flips.png"):
     assert (out / name).stat().st_size > 0
+
+  # The DPO implicit reward of the same real workdir (scripts/eval_rewards.py's scorer) is
+  # beta * (log pi - log pi_ref) as pair scoring computes it for the study.
+  import numpy as np
+  from prefjax.eval import pair_scoring, ranking_sources
+  from prefjax.rewards.loading import load_scorer
+  scorer, info = load_scorer(str(w))
+  assert info["kind"] == "implicit"
+  m = ranking_sources.load_models(str(w))
+  prompts, responses = ["the answer is", "please help"], ["yes good", "no that is bad"]
+  ids_p = [m.tokenizer.encode_prompt(p) for p in prompts]
+  ids_r = [m.tokenizer.encode_completion(r) for r in responses]
+  pol = pair_scoring.score_sequences(m.graphdef, m.policy, ids_p, ids_r, max_len=48)
+  ref = pair_scoring.score_sequences(m.graphdef, m.reference, ids_p, ids_r, max_len=48)
+  np.testing.assert_allclose(scorer.score(prompts, responses),
+                             info["beta"] * (pol.sums - ref.sums), atol=1e-5)
