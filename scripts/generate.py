@@ -1,7 +1,7 @@
 """Chat with a model, streaming tokens as they decode.
 
-  python scripts/generate.py --model SmolLM2-135M-Instruct.Q4_1.gguf \
-      --prompt "What is the capital of France?" [--max-new-tokens 64] [--temperature 0]
+  python scripts/generate.py --model SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --prompt "What is the capital of France?" [--max_new_tokens 64] [--temperature 0]
 
 The prompt goes through the checkpoint's chat template (``Tokenizer.encode_prompt``); decoding is
 a Python loop over a jitted one-token step with the KV cache, printing text as it appears.
@@ -9,17 +9,26 @@ a Python loop over a jitted one-token step with the KV cache, printing text as i
 from __future__ import annotations
 
 import os
-import argparse
 import sys
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags, logging
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
 from prefjax.cli import main_guard
+from prefjax.errors import ConfigError
 from prefjax.models import init_cache
 from prefjax.tokenizers import Tokenizer
+
+_MODEL = flags.DEFINE_string("model", None, "GGUF file, or a HF / prefjax model directory.",
+                             required=True)
+_PROMPT = flags.DEFINE_string("prompt", None, "User message (goes through the chat template).",
+                              required=True)
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (temperature > 0).")
 
 
 def load(path):
@@ -68,18 +77,18 @@ def stream(graphdef, params, cfg, tok, prompt_ids, *, max_new_tokens, temperatur
   return new
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", required=True)
-  ap.add_argument("--prompt", required=True)
-  ap.add_argument("--max-new-tokens", type=int, default=64)
-  ap.add_argument("--temperature", type=float, default=0.0)
-  ap.add_argument("--seed", type=int, default=0)
-  a = ap.parse_args()
-  cfg, graphdef, params, tok = load(a.model)
-  stream(graphdef, params, cfg, tok, tok.encode_prompt(a.prompt),
-         max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed)
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  logging.set_verbosity(logging.WARNING)
+  if _MAX_NEW_TOKENS.value < 1:
+    raise ConfigError(f"--max_new_tokens must be at least 1, got {_MAX_NEW_TOKENS.value}")
+  if _TEMPERATURE.value < 0:
+    raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {_TEMPERATURE.value}")
+  cfg, graphdef, params, tok = load(_MODEL.value)
+  stream(graphdef, params, cfg, tok, tok.encode_prompt(_PROMPT.value),
+         max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value, seed=_SEED.value)
 
 
 if __name__ == "__main__":
-  main_guard(main)
+  main_guard(lambda: app.run(main))

@@ -17,7 +17,6 @@ Writes results.csv, results.md (table), results.png under --out.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from prefjax.cli import main_guard
@@ -46,6 +46,12 @@ METHODS = {  # name -> (registered loss, hyper-parameters)
 }
 STARTS = ("sft", "base", "other_tasks")
 OTHER = {"sort": "add", "add": "sort", "pick": "add"}   # SFT task for "other_tasks"
+
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+_QUICK = flags.DEFINE_bool("quick", False, "The small `quick` grid instead of `default`.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the testbed world and models.")
+_STARTS = flags.DEFINE_string("starts", ",".join(STARTS),
+                              f"comma-separated subset of {','.join(STARTS)}")
 
 GRIDS = {
     "quick": dict(tasks=("sort", "add"), sizes=(32, 100, 320), n_layers=1, dim=64,
@@ -181,21 +187,17 @@ def plot(out, rows, g):
   fig.savefig(os.path.join(out, "results.png"), dpi=120)
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--out", required=True)
-  ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--starts", default=",".join(STARTS),
-                  help=f"comma-separated subset of {','.join(STARTS)}")
-  a = ap.parse_args()
-  starts = tuple(x for x in a.starts.split(",") if x)
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  logging.set_verbosity(logging.WARNING)
+  starts = tuple(x for x in _STARTS.value.split(",") if x)
   bad = [x for x in starts if x not in STARTS]
   if bad or not starts:
     raise ConfigError(f"--starts: unknown start(s) {bad}; choose from {', '.join(STARTS)}")
-  rows, wall = run(a.out, "quick" if a.quick else "default", a.seed, starts)
-  print(f"{len(rows)} runs in {wall:.0f} s -> {a.out}/results.md")
+  rows, wall = run(_OUT.value, "quick" if _QUICK.value else "default", _SEED.value, starts)
+  print(f"{len(rows)} runs in {wall:.0f} s -> {_OUT.value}/results.md")
 
 
 if __name__ == "__main__":
-  main_guard(main)
+  main_guard(lambda: app.run(main))

@@ -14,7 +14,6 @@ Writes population.csv/.md, noise.csv/.md, results.png under --out.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import math
@@ -25,6 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from prefjax.cli import main_guard
@@ -34,6 +34,12 @@ from prefjax.studies.align_grid import Grid
 from prefjax.testbed import world
 from prefjax.testbed.tasks import get_task
 from prefjax.train.objective import make_objective
+
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+_QUICK = flags.DEFINE_bool("quick", False, "The small `quick` grid instead of `default`.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the testbed world and models.")
+_LR = flags.DEFINE_float("lr", None, "override the alignment lr")
+_ALIGN_STEPS = flags.DEFINE_integer("align_steps", None, "override alignment steps")
 
 METHODS = [("dpo", 1), ("ipo", 1), ("mdpo", 2), ("mdpo", 4), ("mipo", 2), ("mipo", 4)]
 NOISES = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -188,20 +194,17 @@ def write(out, pop, noise_rows, g, grid_name, wall, load=""):
   fig.savefig(os.path.join(out, "results.png"), dpi=120)
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--out", required=True)
-  ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--lr", type=float, default=None, help="override the alignment lr")
-  ap.add_argument("--align-steps", type=int, default=None, help="override alignment steps")
-  a = ap.parse_args()
-  over = {k: v for k, v in (("lr", a.lr), ("align_steps", a.align_steps)) if v is not None}
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  logging.set_verbosity(logging.WARNING)
+  over = {k: v for k, v in (("lr", _LR.value), ("align_steps", _ALIGN_STEPS.value))
+          if v is not None}
   if any(v <= 0 for v in over.values()):
-    raise ConfigError(f"--lr / --align-steps must be positive, got {over}")
-  wall = run(a.out, "quick" if a.quick else "default", a.seed, over)
-  print(f"done in {wall:.0f} s -> {a.out}/results.md")
+    raise ConfigError(f"--lr / --align_steps must be positive, got {over}")
+  wall = run(_OUT.value, "quick" if _QUICK.value else "default", _SEED.value, over)
+  print(f"done in {wall:.0f} s -> {_OUT.value}/results.md")
 
 
 if __name__ == "__main__":
-  main_guard(main)
+  main_guard(lambda: app.run(main))

@@ -77,7 +77,8 @@ def test_generate_cli_without_gguf_is_one_line(tmp_path):
   model.write_bytes(b"GGUF")
   env = dict(os.environ, PYTHONPATH=str(tmp_path / "block"), JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "generate.py"), "--model",
-                      str(model), "--prompt", "hi"], capture_output=True, text=True, env=env,
+                      str(model), "--prompt", "hi", "--max_new_tokens=4", "--temperature=0"],
+                     capture_output=True, text=True, env=env,
                      cwd=REPO, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   assert r.stderr.strip().splitlines() == [

@@ -11,14 +11,22 @@ switch). Requires ``nbformat`` (``pip install -e ".[notebooks]"``).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from absl import app, flags
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))   # the checkout first
+
+from prefjax.cli import main_guard  # noqa: E402
+from prefjax.errors import ConfigError  # noqa: E402
+
 SRC = os.path.join(HERE, "src")
 NAMES = ("00_quickstart", "01_ranking_accuracy", "02_reward_calibration", "03_dpo_variants",
          "04_multi_sample", "05_fine_grained_ppo")
+
+_CHECK = flags.DEFINE_bool("check", False, "fail if a notebook is out of date")
 
 
 def parse(text: str):
@@ -77,10 +85,9 @@ def render(cells) -> str:
   return nbformat.writes(build(cells)) + "\n"
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--check", action="store_true", help="fail if a notebook is out of date")
-  a = ap.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   stale = []
   for name, cells in notebooks().items():
     path = os.path.join(HERE, name)
@@ -88,16 +95,15 @@ def main():
     old = open(path).read() if os.path.exists(path) else None
     if old == text:
       continue
-    if a.check:
+    if _CHECK.value:
       stale.append(name)
     else:
       with open(path, "w") as f:
         f.write(text)
       print(f"wrote {path}")
   if stale:
-    print(f"error: out of date (run {os.path.relpath(__file__)}): {', '.join(stale)}")
-    sys.exit(1)
+    raise ConfigError(f"out of date (run {os.path.relpath(__file__)}): {', '.join(stale)}")
 
 
 if __name__ == "__main__":
-  main()
+  main_guard(lambda: app.run(main))

@@ -7,25 +7,41 @@ Rankings" (arXiv 2405.19534), over the DPO checkpoints of ``experiments/ranking/
   (b) gamma: ranking accuracy vs oracle win rate over training for several gamma of
       ``dpo_gamma``, and their correlation early and late in training.
 
-  python experiments/ranking/study_testbed.py flips --workdir /tmp/rank_runs/dpo \
+  python experiments/ranking/study_testbed.py flips --workdir /tmp/rank_runs/dpo \\
       --out experiments/ranking
-  python experiments/ranking/study_testbed.py gamma --workdirs 0=/tmp/rank_runs/g0,\
-0.5=/tmp/rank_runs/g0.5,1=/tmp/rank_runs/dpo --out experiments/ranking
+  python experiments/ranking/study_testbed.py gamma \\
+      --workdirs 0=/tmp/rank_runs/g0,0.5=/tmp/rank_runs/g0.5,1=/tmp/rank_runs/dpo \\
+      --out experiments/ranking
+
+The study (flips or gamma) is the one positional argument; everything else is an absl flag.
 """
 import json
 import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the checkout first
+
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from absl import app, flags, logging
 
+from prefjax.cli import main_guard
+from prefjax.errors import ConfigError
 from prefjax.eval import pair_scoring, ranking_sources, testbed_eval
 from prefjax.metrics import flips, ranking
 from prefjax.testbed import world
 from prefjax.train.runner import world_config
+
+STUDIES = ("flips", "gamma")
+_WORKDIR = flags.DEFINE_string("workdir", None, "flips: the DPO run's workdir.")
+_WORKDIRS = flags.DEFINE_string("workdirs", None,
+                                "gamma: comma-separated GAMMA=WORKDIR, one per dpo_gamma run.")
+_OUT = flags.DEFINE_string("out", "experiments/ranking", "Output directory.")
+_N_PROMPTS = flags.DEFINE_integer("n_prompts", 256, "gamma: win-rate prompts")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 2, "gamma: samples per prompt")
 
 EDGES = [0.0, 1.0, 2.0, 4.0, 8.0, np.inf]  # difficulty bins of reference-misranked pairs
 
@@ -215,22 +231,31 @@ def study_gamma(workdirs, out, n_prompts=256, n_samples=2):
   return out_res
 
 
+def _parse_workdirs(spec):
+  """``"0=/a,0.5=/b"`` -> ``{"0": "/a", "0.5": "/b"}``."""
+  out = {}
+  for kv in (spec or "").split(","):
+    gamma, sep, wd = kv.partition("=")
+    if not sep or not gamma or not wd:
+      raise ConfigError(f"--workdirs: expected GAMMA=WORKDIR[,GAMMA=WORKDIR...], got {spec!r}")
+    out[gamma] = wd
+  return out
+
+
 def main(argv):
-  import argparse
-  ap = argparse.ArgumentParser()
-  ap.add_argument("study", choices=("flips", "gamma"))
-  ap.add_argument("--workdir")
-  ap.add_argument("--workdirs")
-  ap.add_argument("--out", default="experiments/ranking")
-  ap.add_argument("--n_prompts", type=int, default=256, help="gamma: win-rate prompts")
-  ap.add_argument("--n_samples", type=int, default=2, help="gamma: samples per prompt")
-  a = ap.parse_args(argv)
-  if a.study == "flips":
-    study_flips(a.workdir, a.out)
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) != 2 or argv[1] not in STUDIES:
+    raise ConfigError(f"expected one study, {' or '.join(STUDIES)}, got {argv[1:]}")
+  if argv[1] == "flips":
+    if not _WORKDIR.value:
+      raise ConfigError("flips needs --workdir")
+    study_flips(_WORKDIR.value, _OUT.value)
   else:
-    study_gamma(dict(kv.split("=", 1) for kv in a.workdirs.split(",")), a.out,
-                n_prompts=a.n_prompts, n_samples=a.n_samples)
+    if not _WORKDIRS.value:
+      raise ConfigError("gamma needs --workdirs")
+    study_gamma(_parse_workdirs(_WORKDIRS.value), _OUT.value,
+                n_prompts=_N_PROMPTS.value, n_samples=_N_SAMPLES.value)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  main_guard(lambda: app.run(main))
