@@ -31,9 +31,8 @@ setup(
         # executing experiments/notebooks/ (tests/notebooks/test_notebooks.py)
         "notebooks": ["nbclient", "nbformat", "ipykernel"],
         "calibration": ["statsmodels", "scipy"],
-        # scripts/benchmark_dpo.py only: TRL's DPOTrainer side by side (torch pinned exactly;
-        # tunix, the JAX peer, is optional: pip install google-tunix in a separate venv, as
-        # it pins its own jax/flax)
+        # scripts/benchmark_dpo.py / benchmark_gpu.py only: TRL's DPOTrainer side by side
+        # (torch pinned exactly). No tunix worker: it pins its own jax/flax (not measured).
         "bench": ["torch==2.13.0", "transformers", "trl==1.16.0"],
         "real": [
             "torch==2.13.0",

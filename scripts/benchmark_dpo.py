@@ -1,4 +1,4 @@
-"""DPO step speed and memory, side by side: prefjax (the scripts/train.py path) vs TRL vs tunix.
+"""DPO step speed and memory, side by side: prefjax (the scripts/train.py path) vs TRL.
 
   python scripts/benchmark_dpo.py                       # max_len 256 and 1024, batch 4 pairs
   python scripts/benchmark_dpo.py --max_lens=256 --steps=3 --peers=trl
@@ -17,7 +17,7 @@ FLOPs:
   useful/step = 4 * sum over real tokens F(t)  (policy forward + backward = 3F, reference
                 forward = F), each pair's prompt counted once (chosen + rejected + prompt)
 
-and ends with ``prefjax/TRL pairs/s ratio: X`` for the first max_len. TRL and tunix come
+and ends with ``prefjax/TRL pairs/s ratio: X`` for the first max_len. TRL comes
 from the optional extra ``pip install -e '.[bench]'`` (torch pinned to 2.13.0).
 """
 import json
@@ -38,7 +38,7 @@ _BATCH = flags.DEFINE_integer("batch_pairs", 4, "Pairs per optimizer step.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator).")
 _THREADS = flags.DEFINE_integer("threads", 2, "Threads for every framework.")
-_PEERS = flags.DEFINE_string("peers", "trl,tunix", "Peers to run when installed.")
+_PEERS = flags.DEFINE_string("peers", "trl", "Peers to run when installed (trl).")
 _VARIANTS = flags.DEFINE_string(
     "variants", "default", "prefjax variants: comma-separated names of VARIANTS "
     "(default = the real-model defaults; others switch one layout feature).")
@@ -175,15 +175,7 @@ def worker_trl(a):
   return {"step_seconds": times[a["warmup"]:], "total_seconds": time.perf_counter() - t0}
 
 
-def worker_tunix(a):
-  try:
-    import tunix  # noqa: F401
-  except ImportError:
-    return {"skipped": "tunix is not installed (pip install -e '.[bench]')"}
-  return {"skipped": "tunix worker: not implemented in this version of the benchmark"}
-
-
-WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl, "tunix": worker_tunix}
+WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl}
 
 
 def run_worker(name, args):
