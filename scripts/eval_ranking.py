@@ -38,6 +38,11 @@ _BATCH_TOKENS = flags.DEFINE_integer(
 _BUCKETS = flags.DEFINE_string(
     "buckets", "pow2", "Length buckets: 'pow2' (32, 64, ..., max_len), 'pow1.5' (32, 48, 64, "
     "96, ...: less padding, twice the compiles) or comma-separated lengths.")
+_LAYOUT = flags.DEFINE_enum(
+    "layout", "prefix", ["prefix", "packed", "plain"],
+    "Scoring rows: 'prefix' (each prompt run once for both responses, rows packed into "
+    "length buckets), 'packed' (one sequence per unit, packed) or 'plain' (one row per "
+    "sequence); all three give equal scores.")
 _MAX_LEN = flags.DEFINE_integer("max_len", None,
                                 "Longest row (default: the workdir's data.max_len, else 512).")
 _ALPHA = flags.DEFINE_float("default_alpha", 0.75, "alpha of single-label rows.")
@@ -78,7 +83,8 @@ def bucket_spec(spec: str, max_len: int):
 
 
 def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None,
-             default_alpha=0.75, progress=True, batch_tokens=4096, buckets="pow2") -> dict:
+             default_alpha=0.75, progress=True, batch_tokens=4096, buckets="pow2",
+             layout="prefix") -> dict:
   """Scores every pair and writes the three outputs; returns the ranking.json dict."""
   import numpy as np
   from prefjax.errors import ConfigError
@@ -111,7 +117,8 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
   print(f"model: {models.description}", flush=True)
 
   kw = dict(max_len=max_len, batch_size=batch_size, progress=progress,
-            batch_tokens=batch_tokens or None, buckets=bucket_spec(buckets, max_len))
+            batch_tokens=batch_tokens or None, buckets=bucket_spec(buckets, max_len),
+            layout=layout)
   pol_c, pol_r = pair_scoring.score_pairs(models.graphdef, models.policy, prompts, chosen,
                                           rejected, desc="policy", **kw)
   seconds, n_seq = pol_c.seconds, 2 * len(kept)
@@ -146,7 +153,8 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
       "num_truncated_prompts": int(np.sum(pol_c.truncated | pol_r.truncated)),
       "sequences_per_second": sps, "num_sequences": n_seq, "seconds": seconds,
       "num_length_buckets": pol_c.num_shapes, "batch_size": batch_size,
-      "batch_tokens": batch_tokens, "buckets": buckets, "table1": row, "flips": f,
+      "batch_tokens": batch_tokens, "buckets": buckets, "layout": layout, "table1": row,
+      "flips": f,
       "reference_accuracy": float(ref_correct.mean()),
       "difficulty": {"mean": float(c.mean()), "median": float(np.median(c)),
                      "fraction_positive": float(np.mean(c > 0)),
@@ -180,7 +188,8 @@ def main(argv):
     raise ConfigError(f"--beta_grid {_BETAS.value!r}: betas must be positive")
   evaluate(_MODEL.value, _DATA.value, _OUT.value, betas=betas, limit=_LIMIT.value,
            batch_size=_BATCH.value, max_len=_MAX_LEN.value, default_alpha=_ALPHA.value,
-           progress=_PROGRESS.value, batch_tokens=_BATCH_TOKENS.value, buckets=_BUCKETS.value)
+           progress=_PROGRESS.value, batch_tokens=_BATCH_TOKENS.value, buckets=_BUCKETS.value,
+           layout=_LAYOUT.value)
 
 
 if __name__ == "__main__":

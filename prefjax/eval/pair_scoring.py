@@ -1,6 +1,14 @@
 """Scoring preference pairs: summed and per-token mean log-likelihoods, length-bucketed.
 
-Every completion is packed (``prefjax.data.collate.pack``) at the smallest bucket length
+Two layouts with equal results (tests/eval/test_pair_scoring.py):
+  * "prefix" (``score_pairs``'s default) / "packed" (``score_sequences``'s default):
+    ``prefjax.eval.row_scoring``: a pair's prompt is run once for both responses
+    (prefix-shared units), units are packed best-fit decreasing into rows of ``row_len``
+    tokens, rows sorted into length buckets, the vocabulary head chunked over completion
+    tokens only. Used for plain ``Transformer`` models; others fall back to "plain".
+  * "plain": one row per sequence, described next.
+
+In the plain layout every completion is packed (``prefjax.data.collate.pack``) at the smallest bucket length
 that holds it, rows of one bucket are batched at a fixed batch size (the last batch padded
 by repeating a row), and each batch goes through the jitted ``prefjax.eval.scoring._score``.
 So a whole dataset compiles at most ``len(bucket_lengths(max_len))`` shapes, whatever the
@@ -26,7 +34,10 @@ from tqdm.auto import tqdm
 
 from prefjax.data.collate import pack, stack
 from prefjax.errors import PrefjaxError
+from prefjax.eval import row_scoring
 from prefjax.eval.scoring import _score
+
+LAYOUTS = ("plain", "packed", "prefix")
 
 
 def _head_logits(model, hidden):
@@ -120,7 +131,9 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
                     batch_size: int = 32, smallest_bucket: int = 32,
                     batch_tokens: int | None = None, buckets: Sequence[int] | None = None,
                     window_head: bool = True, progress: bool = False,
-                    desc: str = "scoring") -> Scores:
+                    desc: str = "scoring", layout: str = "packed", row_len: int | None = None,
+                    chunk_size: int = 512, groups: Sequence[Sequence[int]] | None = None
+                    ) -> Scores:
   """log pi(completion | prompt) of N sequences with length-bucketed jitted forward passes.
 
   Args:
@@ -135,19 +148,32 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
       batch_size)`` rows per pass: short rows in large batches (both cores busy), long rows
       in small ones (bounded [rows, L, vocab] logits).
     buckets: explicit bucket lengths (sorted; ``max_len`` is added), instead of powers of two.
-    window_head: run the vocabulary head only on a window holding the completions
-      (``_score_window``; same sums) when the model is a plain ``Transformer``.
+    window_head: plain layout: run the vocabulary head only on a window holding the
+      completions (``_score_window``; same sums) when the model is a plain ``Transformer``.
     progress: show a tqdm bar over sequences.
+    layout: "plain" (one row per sequence), "packed" (sequences packed into rows) or
+      "prefix" (packed, the sequences of one ``groups`` entry sharing their prompt);
+      "packed"/"prefix" need a plain ``Transformer`` and fall back to "plain" otherwise.
+    row_len: packed rows' length (default ``max_len``; at least ``max_len``).
+    chunk_size: packed layouts: tokens per vocabulary-head chunk.
+    groups: "prefix": lists of sequence indices with the same prompt (default: none).
 
   Returns:
     ``Scores`` with ``[N]`` arrays in input order.
   """
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown scoring layout {layout!r}; expected one of {LAYOUTS}")
   n = len(prompt_ids)
   window_head = window_head and _window_ok(graphdef)
   if buckets is None:
     buckets = bucket_lengths(max_len, smallest_bucket)
   else:
     buckets = sorted({int(b) for b in buckets if 0 < b < max_len} | {max_len})
+  if layout != "plain" and _window_ok(graphdef):
+    return _score_rows(graphdef, params, prompt_ids, completion_ids, max_len=max_len,
+                       buckets=buckets, row_len=row_len or max_len, batch_size=batch_size,
+                       batch_tokens=batch_tokens, chunk_size=chunk_size, progress=progress,
+                       desc=desc, groups=groups if layout == "prefix" else None)
   groups: dict[int, list[int]] = {}
   for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
     need = packed_length(p, c)
@@ -186,6 +212,31 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
       bar.update(len(chunk))
   bar.close()
   return Scores(sums, lengths, truncated, time.perf_counter() - t0, shapes)
+
+
+def _score_rows(graphdef, params, prompt_ids, completion_ids, *, max_len, buckets, row_len,
+                groups, **kw) -> Scores:
+  """``score_sequences`` on packed (and, with ``groups``, prefix-shared) rows."""
+  if row_len < max_len:
+    raise ValueError(f"row_len={row_len} is shorter than max_len={max_len}")
+  n = len(prompt_ids)
+  groups = [list(g) for g in groups or ()]
+  grouped = [i for g in groups for i in g]
+  if len(set(grouped)) != len(grouped):
+    raise ValueError("scoring groups overlap")
+  groups += [[i] for i in sorted(set(range(n)) - set(grouped))]
+  for g in groups:
+    if any(list(prompt_ids[i]) != list(prompt_ids[g[0]]) for i in g[1:]):
+      raise ValueError(f"scoring group {g} mixes prompts")
+  window = nnx.merge(graphdef, params).cfg.sliding_window
+  units, truncated = row_scoring.make_units(
+      [prompt_ids[g[0]] for g in groups], groups, completion_ids, max_len=max_len,
+      row_len=row_len, window=window)
+  buckets = sorted(set(buckets) | set(b for b in bucket_lengths(row_len, buckets[0])
+                                      if b > max_len))
+  sums, lengths, seconds, shapes = row_scoring.score_units(
+      graphdef, params, units, n, row_len=row_len, buckets=buckets, **kw)
+  return Scores(sums, lengths, truncated, seconds, shapes)
 
 
 def encode_pairs(tokenizer, pairs: Sequence[dict], *, max_len: int):
@@ -228,11 +279,16 @@ def encode_pairs(tokenizer, pairs: Sequence[dict], *, max_len: int):
   return prompts, chosen, rejected, kept, dropped
 
 
-def score_pairs(graphdef, params, prompts, chosen, rejected, **kw) -> tuple[Scores, Scores]:
-  """``score_sequences`` on chosen and rejected in one pass: ``(chosen, rejected)``."""
-  both = score_sequences(graphdef, params, list(prompts) * 2, list(chosen) + list(rejected),
-                         **kw)
+def score_pairs(graphdef, params, prompts, chosen, rejected, *, layout: str = "prefix",
+                **kw) -> tuple[Scores, Scores]:
+  """``score_sequences`` on chosen and rejected in one pass: ``(chosen, rejected)``.
+
+  With ``layout="prefix"`` (default) each pair's prompt is run once for both responses.
+  """
   n = len(prompts)
+  groups = [[i, n + i] for i in range(n)] if layout == "prefix" else None
+  both = score_sequences(graphdef, params, list(prompts) * 2, list(chosen) + list(rejected),
+                         layout=layout, groups=groups, **kw)
   part = lambda s: Scores(both.sums[s], both.lengths[s], both.truncated[s], both.seconds,
                           both.num_shapes)
   return part(slice(0, n)), part(slice(n, None))

@@ -42,16 +42,38 @@ def pack_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
   return row, n_tokens, cut or cut_prompt
 
 
-def batched_apply(fn, rows: Sequence[dict], batch_size: int, desc: str | None = None):
-  """``fn(stacked batch) -> [b] array`` over rows in fixed-size batches (last one padded)."""
-  out = []
-  steps = range(0, len(rows), batch_size)
-  for s in tqdm(steps, desc=desc, disable=desc is None or len(steps) < 4, leave=False):
-    chunk = list(rows[s:s + batch_size])
-    n = len(chunk)
-    chunk = chunk + [chunk[-1]] * (batch_size - n)
-    out.append(np.asarray(fn(stack(chunk)))[:n])
-  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+def batched_apply(fn, rows: Sequence[dict], batch_size: int, desc: str | None = None, *,
+                  smallest_bucket: int = 32):
+  """``fn(stacked batch) -> [b, ...] array`` over rows, length-sorted, in input order.
+
+  Rows are sorted by their used length (the last non-padding slot, ``segment_ids``), cut
+  to the smallest of ``bucket_lengths(T)`` that holds them and run in fixed-size batches
+  per bucket (the last one padded by repeating a row): short rows skip the padding, and
+  the whole set compiles at most one shape per bucket. Cutting trailing padding changes
+  no result (causal attention; padding is never read).
+  """
+  from prefjax.eval.pair_scoring import bucket_lengths
+  if not len(rows):
+    return np.zeros((0,), np.float32)
+  t = len(rows[0]["input_ids"])
+  used = [int(np.flatnonzero(r["segment_ids"])[-1]) + 1 if np.any(r["segment_ids"]) else 1
+          for r in rows] if "segment_ids" in rows[0] else [t] * len(rows)
+  buckets = bucket_lengths(t, min(smallest_bucket, t))
+  groups: dict[int, list[int]] = {}
+  for i in np.argsort(used, kind="stable"):
+    groups.setdefault(next(b for b in buckets if b >= used[i]), []).append(int(i))
+  out = None
+  steps = [(length, idx[s:s + batch_size]) for length, idx in sorted(groups.items())
+           for s in range(0, len(idx), batch_size)]
+  for length, chunk in tqdm(steps, desc=desc, disable=desc is None or len(steps) < 4,
+                            leave=False):
+    batch = [{k: v[:length] for k, v in rows[i].items()} for i in chunk]
+    batch += [batch[-1]] * (batch_size - len(chunk))
+    res = np.asarray(fn(stack(batch)))[:len(chunk)]
+    if out is None:
+      out = np.zeros((len(rows),) + res.shape[1:], res.dtype)
+    out[chunk] = res
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

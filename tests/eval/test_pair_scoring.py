@@ -1,5 +1,7 @@
 """pair_scoring: bucketed, token-budgeted, head-windowed scoring equals one unbucketed pass.
 
+These test the plain layout; tests/eval/test_row_scoring.py tests the prefix-shared one.
+
 The reference is ``prefjax.eval.scoring.score_completions`` (full [B, T, V] logits, one
 shape, no buckets, no window), on a tiny random testbed model.
 """
@@ -40,7 +42,7 @@ def test_bucketed_scores_equal_unbucketed(model, window_head):
                                         batch_size=8)
   got = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=64,
                                      batch_size=8, batch_tokens=128, smallest_bucket=16,
-                                     window_head=window_head)
+                                     window_head=window_head, layout="plain")
   np.testing.assert_allclose(got.sums, want_lp, rtol=1e-5, atol=1e-4)
   np.testing.assert_array_equal(got.lengths, want_len)
   assert got.num_shapes >= 2 and not got.truncated.any()
@@ -57,7 +59,7 @@ def test_explicit_buckets_and_window_at_row_end(model):
   comps = [tok.encode_completion("abc"), tok.encode_completion("abcdefghijabcdefghij")]
   want_lp, _ = score_completions(graphdef, params, prompts, comps, max_len=48, batch_size=2)
   got = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=48,
-                                     batch_size=2, buckets=[33])
+                                     batch_size=2, buckets=[33], layout="plain")
   np.testing.assert_allclose(got.sums, want_lp, rtol=1e-5, atol=1e-4)
 
 
@@ -107,5 +109,5 @@ def test_window_head_untied_softcapped():
   prompts, comps = _data(tok, n=6, seed=1)
   want_lp, _ = score_completions(graphdef, params, prompts, comps, max_len=64, batch_size=6)
   got = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=64,
-                                     batch_size=6, buckets=[64])
+                                     batch_size=6, buckets=[64], layout="plain")
   np.testing.assert_allclose(got.sums, want_lp, rtol=1e-5, atol=1e-4)

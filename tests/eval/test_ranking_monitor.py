@@ -74,7 +74,10 @@ def test_bucketed_scores_match_one_shape():
   prompts = [tok.encode_prompt("sort: " + "1" * int(n)) for n in rng.integers(1, 60, 9)]
   comps = [tok.encode_completion("2" * int(n)) for n in rng.integers(1, 30, 9)]
   got = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=128,
-                                     batch_size=4, smallest_bucket=16)
+                                     batch_size=4, smallest_bucket=16, layout="plain")
+  packed = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=128,
+                                        batch_size=4, smallest_bucket=16)
+  np.testing.assert_allclose(packed.sums, got.sums, rtol=1e-5, atol=1e-5)
   want, lengths = score_completions(graphdef, params, prompts, comps, max_len=128)
   assert got.num_shapes >= 2
   np.testing.assert_allclose(got.sums, want, rtol=1e-4, atol=1e-4)
