@@ -1,7 +1,6 @@
-"""scripts/study_real_ranking.py on a tiny real-format SFT -> DPO run: its held-out rows agree
-with the run's own held-out monitor (computed during training by another path), and its
-flip counts add up."""
-import importlib.util
+"""prefjax.eval.real_ranking_study (scripts/study_real_ranking.py) on a tiny real-format SFT ->
+DPO run: its held-out rows agree with the run's own held-out monitor (computed during training
+by another path), and its flip counts add up."""
 import os
 import sys
 
@@ -11,6 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
+from prefjax.eval.real_ranking_study import study
 from prefjax.train.run import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,11 +32,7 @@ def test_study_rows_match_the_runs_heldout_monitor(tmp_path):
   w = tmp_path / "w"
   summary = run(c, str(w))
   out = tmp_path / "study"
-  spec = importlib.util.spec_from_file_location(
-      "study_real_ranking", os.path.join(REPO, "scripts", "study_real_ranking.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  res = mod.study(str(w), str(out), progress=False)
+  res = study(str(w), str(out), progress=False)
   held = res["held-out"]
   assert held["num_pairs"] == summary["eval/heldout/n_pairs"]
   before = held["rows"]["before DPO (SFT = reference)"]
