@@ -22,8 +22,6 @@ from the optional extra ``pip install -e '.[bench]'`` (torch pinned to 2.13.0).
 """
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
+from prefjax import bench
 from prefjax.cli import main_guard
 
 _MAX_LENS = flags.DEFINE_string("max_lens", "256,1024", "Comma-separated max_len values.")
@@ -44,7 +43,7 @@ _VARIANTS = flags.DEFINE_string(
     "(default = the real-model defaults; others switch one layout feature).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement.")
-_ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON arguments of the worker.")
+_ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON file of the worker's arguments.")
 
 HH = "hh-rlhf/harmless-base_test.jsonl.gz"
 # prefjax config overrides per variant (fields that exist in this checkout's config).
@@ -90,21 +89,6 @@ def useful_flops(cfg, pairs):
       ctx_sum = (lo + hi - 1) * t / 2          # sum of contexts lo..hi-1
       total += per_tok * t + 2 * cfg.n_layers * cfg.dim * ctx_sum * 2
   return 4 * total
-
-
-def matmul_peak(threads):
-  """float32 GFLOP/s of a 2048^3 matmul, best of 5, in jax (same threads)."""
-  import jax
-  import jax.numpy as jnp
-  a = jnp.ones((2048, 2048), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = 1e9
-  for _ in range(5):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * 2048 ** 3 / best
 
 
 # ----------------------------------------------------------------------------- workers
@@ -178,31 +162,11 @@ def worker_trl(a):
 WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl}
 
 
-def run_worker(name, args):
-  """Runs one worker in a fresh process; returns its result plus peak RSS (MB)."""
-  env = dict(os.environ, OMP_NUM_THREADS=str(args["threads"]),
-             MKL_NUM_THREADS=str(args["threads"]))
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
-         f"--worker_args={json.dumps(args)}"]
-  with tempfile.TemporaryFile("w+") as out:
-    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    _, status, ru = os.wait4(p.pid, 0)
-    out.seek(0)
-    text = out.read()
-  last = [l for l in text.splitlines() if l.startswith("RESULT ")]
-  if status != 0 or not last:
-    return {"error": text.strip().splitlines()[-1][:300] if text.strip() else f"exit {status}"}
-  res = json.loads(last[-1][len("RESULT "):])
-  res["peak_rss_mb"] = ru.ru_maxrss / 1024
-  return res
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv):
   del argv
   if _WORKER.value:
-    res = WORKERS[_WORKER.value](json.loads(_ARGS.value))
-    print("RESULT " + json.dumps(res), flush=True)
+    bench.worker_main(WORKERS, _WORKER.value, _ARGS.value)
     return
   import numpy as np
   from prefjax import assets
@@ -210,11 +174,9 @@ def main(argv):
   gguf = assets.smollm2_gguf()
   tmp = tempfile.mkdtemp(prefix="bench_dpo_")
   hf_dir = os.path.join(tmp, "hf")
-  subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "convert.py"),
-                  f"--from={gguf}", f"--to={hf_dir}", "--to_format=hf"], check=True,
-                 capture_output=True)
+  bench.export_hf(gguf, hf_dir)
   cfg, _, _, tok = load_model(gguf)
-  peak = matmul_peak(_THREADS.value)
+  peak = bench.matmul_flops(2048)
   load = os.getloadavg()
   print(f"float32 matmul peak (jax, 2048^3): {peak / 1e9:.1f} GFLOP/s; "
         f"load average {load[0]:.1f}; threads {_THREADS.value}")
@@ -237,7 +199,7 @@ def main(argv):
     runs += [(p, p, {}) for p in _PEERS.value.split(",") if p]
     for label, worker, extra in runs:
       args = dict(base, workdir=os.path.join(tmp, f"{label}_{max_len}"), **extra)
-      res = run_worker(worker, args)
+      res = bench.run_worker(__file__, worker, args, threads=args["threads"])
       if "step_seconds" in res and res["step_seconds"]:
         s = float(np.median(res["step_seconds"]))
         res.update(sec_per_step=s, pairs_per_sec=_BATCH.value / s,

@@ -30,7 +30,6 @@ The bf16 matmul rate measured in the same run (8192^3 in jax) is printed beside 
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
+from prefjax import bench
 from prefjax.cli import main_guard
 
 _SIZE = flags.DEFINE_enum("size", "llama_1b", ["llama_1b", "tiny"], "Model shapes.")
@@ -251,48 +251,19 @@ def worker_matmul(a):
 WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl, "matmul": worker_matmul}
 
 
-def run_worker(name, args, timeout=None):
-  """One worker in a fresh process; its RESULT line, or the last line of its output."""
-  path = os.path.join(tempfile.mkdtemp(prefix="bench_args_"), "args.json")
-  with open(path, "w") as f:                 # the pairs are too long for a command line
-    json.dump(args, f)
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--worker_args={path}"]
-  try:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    return {"error": f"timed out after {timeout} s"}
-  last = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-  if p.returncode != 0 or not last:
-    tail = (p.stdout + p.stderr).strip().splitlines()
-    return {"error": tail[-1][:400] if tail else f"exit {p.returncode}",
-            "log_tail": tail[-25:]}
-  return json.loads(last[-1][len("RESULT "):])
-
-
 def matmul_tflops():
   """bf16 (accelerator) or float32 (CPU) TFLOP/s of one square matmul, best of 10."""
   import jax
-  import jax.numpy as jnp
   gpu = jax.default_backend() != "cpu"
-  n, dt = (8192, jnp.bfloat16) if gpu else (1024, jnp.float32)
-  x = jnp.ones((n, n), dt)
-  f = jax.jit(lambda x: x @ x)
-  f(x).block_until_ready()
-  best = 1e9
-  for _ in range(10):
-    t = time.perf_counter()
-    f(x).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best / 1e12
+  n, dt = (8192, "bfloat16") if gpu else (1024, "float32")
+  return bench.matmul_flops(n, dt, repeats=10) / 1e12
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv):
   del argv
   if _WORKER.value:
-    with open(_ARGS.value) as f:
-      res = WORKERS[_WORKER.value](json.load(f))
-    print("RESULT " + json.dumps(res), flush=True)
+    bench.worker_main(WORKERS, _WORKER.value, _ARGS.value)
     return
   import numpy as np
   from prefjax.models import make_config
@@ -308,7 +279,7 @@ def main(argv):
   tokens /= _STEPS.value
   # In a worker: jax in this process would hold most of the accelerator's memory
   # (XLA_PYTHON_CLIENT_PREALLOCATE) while the workers run.
-  peak = run_worker("matmul", {}).get("tflops", float("nan"))
+  peak = bench.run_worker(__file__, "matmul", {}).get("tflops", float("nan"))
   print(f"model {_SIZE.value}: {cfg.num_params() / 1e9:.3f}B parameters; {_PAIRS.value} pairs/step, "
         f"{tokens:.0f} useful tokens/step, {flops / 1e12:.1f} useful TFLOP/step; "
         f"measured matmul {peak:.0f} TFLOP/s; MFU against {_PEAK.value:.0f} TFLOP/s", flush=True)
@@ -321,11 +292,11 @@ def main(argv):
   results = {}
   for label, worker, extra in runs:
     args = dict(base, workdir=os.path.join(tmp, label.replace("[", "_").strip("]")), **extra)
-    res = run_worker(worker, args)
+    res = bench.run_worker(__file__, worker, args)
     if worker == "prefjax" and "error" in res and "cudnn" in json.dumps(res).lower():
       print(f"{label}: cuDNN attention failed ({res['error']}); retrying with dense attention")
       label += "+dense_attention"
-      res = run_worker(worker, dict(args, attention="dense"))
+      res = bench.run_worker(__file__, worker, dict(args, attention="dense"))
     if res.get("step_seconds"):
       s = float(np.median(res["step_seconds"]))
       res.update(sec_per_step=s, pairs_per_sec=_PAIRS.value / s, tokens_per_sec=tokens / s,

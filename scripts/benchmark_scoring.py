@@ -22,7 +22,6 @@ summed log-probs between the two, and ends with ``prefjax/transformers scoring r
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout first
+from prefjax import bench
 from prefjax.cli import main_guard
 
 _PAIRS = flags.DEFINE_integer("pairs", 200, "HH pairs to score (the first that parse).")
@@ -43,7 +43,7 @@ _HF_BATCH = flags.DEFINE_integer("hf_batch", 16, "transformers: sequences per ba
 _SIDES = flags.DEFINE_string("sides", "prefjax,transformers", "Which sides to run.")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one side.")
-_ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON arguments of the worker.")
+_ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON file of the worker's arguments.")
 
 HH = "hh-rlhf/harmless-base_test.jsonl.gz"
 
@@ -110,30 +110,10 @@ def worker_transformers(a):
 WORKERS = {"prefjax": worker_prefjax, "transformers": worker_transformers}
 
 
-def run_worker(name, args):
-  """Runs one worker in a fresh process; returns its result plus peak RSS (MB)."""
-  env = dict(os.environ, OMP_NUM_THREADS=str(args["threads"]),
-             MKL_NUM_THREADS=str(args["threads"]))
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
-         f"--worker_args={json.dumps(args)}"]
-  with tempfile.TemporaryFile("w+") as out:
-    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    _, status, ru = os.wait4(p.pid, 0)
-    out.seek(0)
-    text = out.read()
-  last = [l for l in text.splitlines() if l.startswith("RESULT ")]
-  if status != 0 or not last:
-    return {"error": text.strip().splitlines()[-1][:300] if text.strip() else f"exit {status}"}
-  res = json.loads(last[-1][len("RESULT "):])
-  res["peak_rss_mb"] = ru.ru_maxrss / 1024
-  return res
-
-
 def main(argv):
   del argv
   if _WORKER.value:
-    res = WORKERS[_WORKER.value](json.loads(_ARGS.value))
-    print("RESULT " + json.dumps(res), flush=True)
+    bench.worker_main(WORKERS, _WORKER.value, _ARGS.value)
     return
   import numpy as np
   from prefjax import assets
@@ -142,9 +122,7 @@ def main(argv):
   gguf = assets.smollm2_gguf()
   tmp = tempfile.mkdtemp(prefix="bench_scoring_")
   hf_dir = os.path.join(tmp, "hf")
-  subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "convert.py"),
-                  f"--from={gguf}", f"--to={hf_dir}", "--to_format=hf"], check=True,
-                 capture_output=True)
+  bench.export_hf(gguf, hf_dir)
   _, _, _, tok = load_model(gguf)
   pairs = ranking_sources.load_pairs("hh:" + assets.shared_data(HH, required=True),
                                      limit=_PAIRS.value)
@@ -166,7 +144,7 @@ def main(argv):
               row_len=_ROW_LEN.value, repeats=_REPEATS.value, hf_batch=_HF_BATCH.value)
   results = {}
   for side in _SIDES.value.split(","):
-    res = run_worker(side, base)
+    res = bench.run_worker(__file__, side, base, threads=base["threads"])
     results[side] = res
     if "error" in res:
       print(f"{side:13s} failed: {res['error']}", flush=True)

@@ -1,19 +1,6 @@
-"""Study: ranking accuracy and the alignment gap of a real model before and after DPO.
-
-Chen et al., "Preference Learning Algorithms Do Not Learn Preference Rankings" (arXiv
-2405.19534), on a real checkpoint: for a finished ``scripts/train.py`` workdir of an SFT ->
-DPO run on real pairs (e.g. ``experiments/real/smollm2_dpo.py``), scores the run's own
-held-out pairs and its DPO training pairs (the same seeded split, rebuilt from the workdir's
-config) under the reference (the SFT model) and the policy (the final model), and writes
-
-  OUT/table1.md       Table-1-style rows, reference (before) and policy (after), held-out
-                      and training pairs: R, R~ (per-token means), the idealized R* / R~*
-                      (min / median / max over --beta_grid, from the reference), the gap
-  OUT/flips.md        of the training pairs the reference misranks, the fraction DPO flipped
-                      to correct, by DPO difficulty c = log pi_ref(y_l) - log pi_ref(y_w)
-                      (quartiles of c among them), and right -> wrong flips
-  OUT/flips.png       the same as a bar chart, with the histogram of c
-  OUT/results.json    everything above plus the per-pair scores' summaries
+"""Study: ranking accuracy and the alignment gap of a real model before and after DPO
+(arXiv 2405.19534) on a finished SFT -> DPO workdir on real pairs; writes OUT/table1.md,
+flips.md, flips.png and results.json (see ``prefjax/eval/real_ranking_study.py``).
 
   python scripts/study_real_ranking.py --workdir runs/smollm2_dpo --out experiments/real/ranking
 """

@@ -16,6 +16,9 @@ from prefjax.train.recipes import apply_options, real_config
 def get_config(arg=None):
   c = real_config(stages=("reward", "eval_reward"))
   c.reward = _stage(steps=100, batch_size=4, lr=1e-5, warmup=10)
+  # The scalar head starts at zero; at the backbone's lr it barely moves in 100 steps (a
+  # 40-step run stayed at loss 0.693), so it learns at 100x.
+  c.reward.lr_multipliers = ml_collections.ConfigDict(dict(head=100.0))
   c.reward.loss = "bradley_terry"
   c.reward.loss_kwargs = ml_collections.ConfigDict(dict(margin=0.0, center_coef=0.0))
   c.reward.data = ""                      # = config.data.train (HH pairs)

@@ -13,10 +13,12 @@ from prefjax.errors import ConfigError
 def _stage(steps, batch_size, lr, warmup):
   """A training stage's optimisation fields. ``batch_size`` is per micro-batch; with
   ``accum_steps`` = k the optimiser sees k * batch_size examples per step (exact
-  gradient accumulation)."""
+  gradient accumulation). ``lr_multipliers`` scales the lr of top-level parameter groups,
+  e.g. ``{"head": 100.0}`` for a reward model's zero-initialised scalar head."""
   return ml_collections.ConfigDict(dict(
       steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=0.0,
-      b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1, accum_steps=1))
+      b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1, accum_steps=1,
+      lr_multipliers=ml_collections.ConfigDict()))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -121,6 +123,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{name}.lr must be positive, got {st.lr}")
     if st.get("accum_steps", 1) < 1:
       raise ConfigError(f"config.{name}.accum_steps must be >= 1, got {st.accum_steps}")
+    for k, v in dict(st.get("lr_multipliers", None) or {}).items():
+      if not isinstance(v, (int, float)) or v <= 0:
+        raise ConfigError(f"config.{name}.lr_multipliers.{k} must be a positive number, got {v!r}")
   if c.model.get("dtype", "") not in ("", "float32", "bfloat16"):
     raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {c.model.dtype!r}")
   if c.data.get("layout", "plain") not in ("plain", "prefix", "packed"):

@@ -160,7 +160,8 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   tx, schedule = make_optimizer(section.lr, section.steps, warmup_steps=section.warmup_steps,
                                 weight_decay=section.weight_decay, b1=section.b1, b2=section.b2,
                                 clip_norm=section.clip_norm,
-                                final_lr_fraction=section.final_lr_fraction)
+                                final_lr_fraction=section.final_lr_fraction,
+                                lr_multipliers=dict(section.get("lr_multipliers", None) or {}))
   if isinstance(encode, layout_lib.RowsEncoder):     # prefix-shared / packed rows
     batches = layout_lib.plan_batches(examples, encode, seed=c.seed, num_steps=section.steps,
                                       shuffle=c.data.get("shuffle", True))
