@@ -27,7 +27,7 @@ setup(
         "ml_dtypes",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],   # the suite runs on 2 workers (pytest.ini)
         # executing experiments/notebooks/ (tests/notebooks/test_notebooks.py)
         "notebooks": ["nbclient", "nbformat", "ipykernel"],
         "calibration": ["statsmodels", "scipy"],
