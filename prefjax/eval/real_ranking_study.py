@@ -57,11 +57,11 @@ def flips_by_difficulty(s, alpha):
   ref_ok = np.asarray(ranking.ranking_accuracy(rc.sums, rr.sums, alpha)[0]).astype(bool)
   pol_ok = np.asarray(ranking.ranking_accuracy(pc.sums, pr.sums, alpha)[0]).astype(bool)
   wrong = ~ref_ok
-  edges = np.quantile(c[wrong], [0, .25, .5, .75, 1]) if wrong.sum() >= 4 else np.array(
-      [c.min(), c.max()])
+  # Quartiles of c among the misranked pairs (one bin when fewer than 4); outer edges open.
+  inner = np.quantile(c[wrong], [0, .25, .5, .75, 1]) if wrong.sum() >= 4 else None
+  edges = inner.copy() if inner is not None else np.array([c.min(), c.max()])
   edges[0], edges[-1] = -np.inf, np.inf
   by = flips.flip_rates_by_difficulty(ref_ok, pol_ok, c, edges)
-  inner = np.quantile(c[wrong], [0, .25, .5, .75, 1]) if wrong.sum() >= 4 else None
   overall = flips.flip_rates(ref_ok, pol_ok)
   return {
       "difficulty": c, "ref_correct": ref_ok, "policy_correct": pol_ok,
