@@ -52,6 +52,8 @@ import numpy as np
 
 # Elements of one [anchors, groups] block: small enough to stay in cache (fastest on CPU).
 _BLOCK_ELEMS = 1 << 16
+# Up to ~this many delta anchors are found one binary search at a time, not for all n points.
+_FEW_ANCHORS = 4096
 _MIN_WEIGHT = 1e-12  # statsmodels: a weight counts as non-zero only above this
 _MIN_VAR = 1e-12  # statsmodels: floor of the weighted x-variance
 
@@ -62,23 +64,33 @@ def num_neighbours(n: int, frac: float) -> int:
   return min(max(k, 2), n)
 
 
-def _delta_anchors(xs: np.ndarray, delta: float, group_end: np.ndarray) -> np.ndarray:
+def _delta_anchors(xs: np.ndarray, delta: float, group_end=None) -> np.ndarray:
   """Sorted indices statsmodels fits at when ``delta`` > 0 (``update_indices``).
 
   From anchor i, ties of x[i] copy its fit; k is the first index with x[k] > x[i] + delta
   (or n - 1 if there is none), and the next anchor is max(k - 1, last tie of x[i] + 1).
+  Few anchors (range / delta small, the usual case): two binary searches per anchor; many:
+  the searches for every point at once (``group_end``: last index of each point's tie group).
   """
   n = xs.size
-  first_beyond = np.searchsorted(xs, xs + delta, side="right").tolist()
-  group_end = group_end.tolist()
+  if group_end is None:
+    def last_tie(i):
+      return int(np.searchsorted(xs, xs[i], side="right")) - 1
+
+    def beyond(i):
+      return int(np.searchsorted(xs, xs[i] + delta, side="right"))
+  else:
+    first_beyond, group_end = (np.searchsorted(xs, xs + delta, side="right").tolist(),
+                               group_end.tolist())
+    last_tie, beyond = group_end.__getitem__, first_beyond.__getitem__
   anchors = []
   i = 0
   while True:
     anchors.append(i)
-    last = group_end[i]
+    last = last_tie(i)
     if last >= n - 1:
       break
-    k = first_beyond[i] if first_beyond[i] < n else n - 1
+    k = min(beyond(i), n - 1)
     i = max(k - 1, last + 1)
   return np.asarray(anchors, dtype=np.int32)
 
@@ -111,9 +123,13 @@ def _plan(x, delta, k):
   if delta == 0.0:
     anchors = starts  # every distinct value is fitted
   else:
-    group_end = np.append(starts[1:], n)[seg] - 1  # last index of each point's tie group
+    few = (xs[-1] - xs[0]) / delta < _FEW_ANCHORS
+    # last index of each point's tie group (only for the many-anchor search)
+    group_end = None if few else np.append(starts[1:], n)[seg] - 1
     anchors = _delta_anchors(xs, delta, group_end)
-  prev = np.searchsorted(anchors, np.arange(n), side="right") - 1
+  prev = np.zeros(n, dtype=np.int64)  # the last anchor at or before each point
+  prev[anchors] = 1
+  prev = np.cumsum(prev) - 1
   nxt = np.minimum(prev + 1, anchors.size - 1)
   inverse = np.empty(n, dtype=np.int32)
   inverse[order] = np.arange(n, dtype=np.int32)
@@ -177,14 +193,13 @@ def _fit_block(x0, h, y_fallback, gx, g_w, g_wy, g_max1, g_max2):
   u_ag = jnp.abs(d_ag) / safe_h
   t_ag = 1.0 - u_ag * u_ag * u_ag
   t_ag = jnp.where(u_ag < 1.0, t_ag * t_ag * t_ag, 0.0)  # tricube; 0 on and beyond h
-  # Weighted sums over groups as matmuls: [Ab, G] @ [G, 2] -> (sum w, sum w y) etc.
-  # HIGHEST: no reduced-precision (TF32) matmuls on accelerators.
-  dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
-  w_g2 = jnp.stack([g_w, g_wy], axis=1)
-  s0, t0 = dot(t_ag, w_g2).T
-  td_ag = t_ag * d_ag
-  s1, t1 = dot(td_ag, w_g2).T
-  s2 = dot(td_ag * d_ag, g_w)
+  # The five weighted sums as elementwise products reduced over groups: XLA fuses them with
+  # the tricube into one pass over [Ab, G] (as matmuls [Ab, G] @ [G, 2] the weights would be
+  # materialised first: ~3x slower on CPU), and no reduced-precision (TF32) matmul can occur.
+  tw, twy = t_ag * g_w, t_ag * g_wy
+  s0, t0 = tw.sum(1), twy.sum(1)
+  s1, t1 = (tw * d_ag).sum(1), (twy * d_ag).sum(1)
+  s2 = (tw * d_ag * d_ag).sum(1)
   # Points with weight > 1e-12; monotone in r_j, so each group's top two decide "at least 2".
   n_pos = ((t_ag * g_max1 > _MIN_WEIGHT).astype(jnp.int32)
            + (t_ag * g_max2 > _MIN_WEIGHT).astype(jnp.int32)).sum(1)

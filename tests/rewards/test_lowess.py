@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from prefjax.rewards.lowess import _plan, lowess, num_neighbours
+from prefjax.rewards.lowess import _FEW_ANCHORS, _delta_anchors, _plan, lowess, num_neighbours
 
 
 @pytest.fixture
@@ -113,6 +113,29 @@ def test_parity_float64_delta(x64, kind):
     np.testing.assert_allclose(lowess(y, x, frac=0.3, it=3, delta=delta),
                                _reference(y, x, 0.3, 3, delta), rtol=0, atol=1e-6,
                                err_msg=f"delta={delta}")
+
+
+@pytest.mark.parametrize("kind", ["continuous", "lengths"])
+def test_delta_anchor_searches_agree(kind):
+  # Few anchors: two binary searches per anchor; many: all points searched at once.
+  x, _ = _data(kind, 2000, seed=4)
+  xs = np.sort(x)
+  starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+  seg = np.cumsum(np.r_[True, xs[1:] != xs[:-1]]) - 1
+  group_end = np.append(starts[1:], xs.size)[seg] - 1
+  for delta in (1e-5 * np.ptp(x), 0.003 * np.ptp(x), 0.3 * np.ptp(x)):
+    np.testing.assert_array_equal(_delta_anchors(xs, delta), _delta_anchors(xs, delta, group_end))
+
+
+def test_parity_float64_many_delta_anchors(x64):
+  # range / delta above the few-anchor threshold: the vectorised anchor search.
+  x, y = _data("continuous", 1200, seed=6)
+  delta = np.ptp(x) / 10_000
+  plan = _plan(x, delta, num_neighbours(x.size, 0.3))
+  assert np.ptp(x) / delta >= _FEW_ANCHORS
+  assert plan["anchors"].size > 1000
+  np.testing.assert_allclose(lowess(y, x, frac=0.3, it=2, delta=delta),
+                             _reference(y, x, 0.3, 2, delta), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["continuous", "lengths"])
