@@ -28,6 +28,9 @@ from flax import nnx
 
 from prefjax.models.layers import RMSNorm, acc_dtype, param, rope, rope_inv_freq
 
+# Without a KV cache the mask is causal: the dense kernel then runs query blocks of this many
+# rows against keys up to each block's end (1.6x faster forward at T = 1024 on CPU); 0 = off.
+CAUSAL_BLOCK = 256
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays finite (it is never read).
 
 
@@ -52,17 +55,30 @@ def select_kernel(backend: str, dtype, *, softcap=None, head_dim: int = 64) -> s
 
 
 def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
-           kernel: str = "dense"):
+           kernel: str = "dense", causal_block: int = 0):
   """softmax(softcap(scale * q k^T) masked) v with grouped-query heads; (B, T, H, K).
 
   ``kernel``: "dense" (einsum scores), "xla" or "cudnn" (``jax.nn.dot_product_attention``
   with that implementation; "xla" exists to test this glue on CPU). Softcapping needs
   "dense". In the kernel paths every query also sees itself, so padding queries (whose
-  mask row is empty) stay finite; real queries already see themselves.
+  mask row is empty) stay finite; real queries already see themselves. ``causal_block`` > 0
+  declares the mask causal (query i never sees a key after slot i, true without a KV cache):
+  the dense kernel then skips the all-masked key blocks above the diagonal.
   """
   b, t, h, hd = q_bthk.shape
   g = k_bsgk.shape[2]
   dtype = q_bthk.dtype
+  if kernel == "dense" and causal_block and t == k_bsgk.shape[1] and t > causal_block:
+    # Causal mask (no cache): query block i only needs keys [0, end of block i). Skipping
+    # the all-masked upper blocks saves ~(1 - (n+1)/2n) of the score work and keeps each
+    # block's scores small; every row's softmax sees the same unmasked keys as the full one.
+    outs = []
+    for lo in range(0, t, causal_block):
+      hi = min(lo + causal_block, t)
+      outs.append(attend(q_bthk[:, lo:hi], k_bsgk[:, :hi], v_bsgk[:, :hi],
+                         mask_b1ts[:, :, lo:hi, :hi], scale=scale, softcap=softcap,
+                         kernel="dense"))
+    return jnp.concatenate(outs, axis=1)
   if kernel == "dense":
     q = q_bthk.reshape(b, t, g, h // g, hd)                                         # (B, T, G, R, K)
     scores = jnp.einsum("btgrk,bsgk->bgrts", q, k_bsgk).astype(acc_dtype(dtype)) * scale
@@ -159,7 +175,7 @@ class Attention(nnx.Module):
     kernel = self.kernel or select_kernel(jax.default_backend(), dtype, softcap=self.softcap,
                                           head_dim=self.head_dim)
     out = attend(q, k, v, mask_b1ts, scale=self.logit_scale, softcap=self.softcap,
-                 kernel=kernel)                                                     # (B, T, H, K)
+                 kernel=kernel, causal_block=CAUSAL_BLOCK if kv_cache is None else 0)  # (B, T, H, K)
     out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))                # (B, T, D)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dtype)

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -166,11 +167,13 @@ class Result:
   status: str           # "hit" | "miss" | "recomputed" (a corrupt entry was replaced)
   key: str
   path: str
+  seconds: float = 0.0  # wall time to load or compute (and save) the entry
 
 
 def prepare(graphdef, objective: Objective, ref_params, batches, num_steps: int, *,
             batch_sharding, directory, extra: Mapping[str, Any]) -> Result:
   """Loads (or computes and saves) the reference log-probs of ``batches[:num_steps]``."""
+  t0 = time.perf_counter()
   directory = resolve(directory)
   key = cache_key(ref_params, batches, num_steps, extra)
   npz, _ = entry_paths(directory, key)
@@ -187,4 +190,5 @@ def prepare(graphdef, objective: Objective, ref_params, batches, num_steps: int,
   else:
     arrays = compute(graphdef, objective, ref_params, batches, num_steps, batch_sharding)
     save(directory, key, arrays)
-  return Result(WithReference(batches, arrays), status, key, str(npz))
+  return Result(WithReference(batches, arrays), status, key, str(npz),
+                time.perf_counter() - t0)

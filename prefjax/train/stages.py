@@ -204,7 +204,7 @@ def cached_reference(ctx: RunContext, name: str, objective: Objective, reference
   """(batches, cached): with ``config.reference_cache.enabled`` and a loss that needs a
   reference, the batches carry its ``ref_*`` log-probs from the cache (ref_cache.py) and the
   step never runs the reference; the summary records ``reference_cache/<stage>`` (hit /
-  miss / recomputed) and its key. Single-process runs only (the key hashes the weights on
+  miss / recomputed), its key and the seconds it took to load or compute. Single-process runs only (the key hashes the weights on
   this host)."""
   rc = ctx.config.get("reference_cache")
   if rc is None or not rc.enabled or not objective.needs_reference or reference is None:
@@ -223,6 +223,7 @@ def cached_reference(ctx: RunContext, name: str, objective: Objective, reference
                           extra=extra)
   ctx.summary[f"reference_cache/{name}"] = res.status
   ctx.summary[f"reference_cache/{name}/key"] = res.key
+  ctx.summary[f"reference_cache/{name}/seconds"] = round(res.seconds, 3)
   return res.batches, True
 
 

@@ -59,3 +59,26 @@ def test_kernel_selection():
   with pytest.raises(ValueError, match="dense"):
     x = jnp.zeros((1, 2, 1, 8))
     attend(x, x, x, jnp.ones((1, 1, 2, 2), bool), scale=1.0, softcap=1.0, kernel="xla")
+
+
+@pytest.mark.parametrize("block,softcap", [(3, None), (4, 30.0), (16, None)])
+def test_causal_blocks_equal_full_dense(block, softcap):
+  # Query blocks against keys up to each block's end (T = 10 is not a multiple of 3 or 4;
+  # 16 > T is the plain path): values and gradients equal the full (T, T) computation.
+  rng = np.random.default_rng(1)
+  b, t, h, g, hd = 2, SEG.shape[1], 4, 2, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, hd)), jnp.float32) for n in (h, g, g))
+  mask = causal_segment_mask(jnp.asarray(SEG), jnp.asarray(BRANCH))
+
+  def loss(q, k, v, causal_block):
+    out = attend(q, k, v, mask, scale=hd ** -0.5, softcap=softcap, causal_block=causal_block)
+    real = jnp.asarray(SEG != 0)[:, :, None, None]
+    return jnp.sum(jnp.where(real, out, 0.0) * jnp.cos(jnp.arange(hd))), out
+
+  (l_full, o_full), g_full = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, 0)
+  (l_blk, o_blk), g_blk = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, block)
+  real = (SEG != 0)[:, :, None, None]
+  np.testing.assert_allclose(np.where(real, o_blk, 0), np.where(real, o_full, 0), atol=1e-6)
+  np.testing.assert_allclose(l_blk, l_full, rtol=1e-6)
+  for a, e in zip(g_blk, g_full):
+    np.testing.assert_allclose(a, e, atol=1e-6)

@@ -212,6 +212,7 @@ def test_run_twice_hits_and_matches_the_uncached_run(files, tmp_path, monkeypatc
   assert "reference_cache/dpo" not in s0 and not cache.exists()
   s1, first = _run(files, tmp_path / "a", cache, loss=loss, train=spec, layout=lay)
   assert s1["reference_cache/dpo"] == "miss"
+  assert s1["reference_cache/dpo/seconds"] > 0       # the precompute is timed
   calls.clear()
   s2, second = _run(files, tmp_path / "b", cache, loss=loss, train=spec, layout=lay)
   assert s2["reference_cache/dpo"] == "hit" and not calls      # the reference never ran
