@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,11 @@ def run_worker(script: str, name: str, args: dict, *, threads: int | None = None
   last = [l for l in text.splitlines() if l.startswith(RESULT)]
   if status != 0 or not last:
     tail = text.strip().splitlines()
+    peak = f"peak RSS {ru.ru_maxrss / 1024:.0f} MB"
+    if os.WIFSIGNALED(status):   # e.g. the kernel's OOM killer: no traceback to show
+      sig = os.WTERMSIG(status)
+      why = " (out of memory?)" if sig == signal.SIGKILL else ""
+      return {"error": f"killed by signal {sig}{why}, {peak}", "log_tail": tail[-25:]}
     return {"error": tail[-1][:400] if tail else f"exit status {status}", "log_tail": tail[-25:]}
   res = json.loads(last[-1][len(RESULT):])
   res["peak_rss_mb"] = ru.ru_maxrss / 1024
