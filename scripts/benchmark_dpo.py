@@ -61,6 +61,9 @@ VARIANTS = {
     # Layers under one scan with each block rematerialised: of the settings tried on XLA:CPU
     # (remat alone, scan alone, both) the one that lowers the backward pass's temporaries.
     "scan_remat": {"model.overrides.scan_layers": True, "model.overrides.remat": "block"},
+    # Each block rematerialised, under XLA:CPU's memory scheduler (prefjax.xla_cpu, chosen by
+    # the run for remat != "none"): the step's temporaries stay flat in depth.
+    "remat": {"model.overrides.remat": "block"},
 }
 
 

@@ -22,6 +22,8 @@ window is a mask, so generation needs no special path.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -80,13 +82,7 @@ def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
                          kernel="dense"))
     return jnp.concatenate(outs, axis=1)
   if kernel == "dense":
-    q = q_bthk.reshape(b, t, g, h // g, hd)                                         # (B, T, G, R, K)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k_bsgk).astype(acc_dtype(dtype)) * scale
-    if softcap is not None:
-      scores = softcap * jnp.tanh(scores / softcap)
-    scores = jnp.where(mask_b1ts[:, :, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    return jnp.einsum("bgrts,bsgk->btgrk", probs, v_bsgk).reshape(b, t, h, hd)
+    return _dense(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap)
   if softcap is not None:
     raise ValueError("attention softcapping needs the dense kernel")
   s = k_bsgk.shape[1]
@@ -94,6 +90,62 @@ def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
   mask = mask_b1ts | diag
   return jax.nn.dot_product_attention(q_bthk, k_bsgk, v_bsgk, mask=mask, scale=scale,
                                       implementation=kernel)
+
+
+def _scores(q_btgrk, k_bsgk, mask_b1ts, scale, softcap):
+  """(raw scale * q k^T, the softcapped and masked scores), both (B, G, R, T, S), float32+."""
+  raw = jnp.einsum("btgrk,bsgk->bgrts", q_btgrk, k_bsgk).astype(acc_dtype(q_btgrk.dtype)) * scale
+  s = raw if softcap is None else softcap * jnp.tanh(raw / softcap)
+  return raw, jnp.where(mask_b1ts[:, :, None], s, _NEG)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _dense(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap):
+  """The dense kernel. Its VJP keeps only q, k, v and the softmax row max and sum, and
+  recomputes the (T, S) probabilities in the backward pass (as flash attention does): the
+  autodiff of the plain formula keeps the scores and probabilities of every layer alive
+  until the backward pass (3 x H x T x S floats per layer: 3.4 GiB for one 1024-token row of
+  SmolLM2-135M), this one holds them for one layer at a time."""
+  return _dense_fwd(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap)[0]
+
+
+def _dense_fwd(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap):
+  b, t, h, hd = q_bthk.shape
+  g = k_bsgk.shape[2]
+  _, s = _scores(q_bthk.reshape(b, t, g, h // g, hd), k_bsgk, mask_b1ts, scale, softcap)
+  row_max = jnp.max(s, axis=-1, keepdims=True)
+  e = jnp.exp(s - row_max)
+  row_sum = jnp.sum(e, axis=-1, keepdims=True)
+  probs = (e / row_sum).astype(q_bthk.dtype)
+  out = jnp.einsum("bgrts,bsgk->btgrk", probs, v_bsgk).reshape(b, t, h, hd)
+  return out, (q_bthk, k_bsgk, v_bsgk, mask_b1ts, row_max, row_sum)
+
+
+def _dense_bwd(scale, softcap, res, dout_bthk):
+  # The barrier ties the recomputation to the incoming cotangent: without it XLA may
+  # schedule every layer's recomputed scores early (they depend on residuals only) and keep
+  # them all alive, which is what the VJP exists to avoid (as jax.checkpoint does).
+  (q_bthk, k_bsgk, v_bsgk, mask_b1ts, row_max, row_sum), dout_bthk = jax.lax.optimization_barrier(
+      (res, dout_bthk))
+  b, t, h, hd = q_bthk.shape
+  g = k_bsgk.shape[2]
+  dtype = q_bthk.dtype
+  q = q_bthk.reshape(b, t, g, h // g, hd)
+  do = dout_bthk.reshape(b, t, g, h // g, hd)
+  raw, s = _scores(q, k_bsgk, mask_b1ts, scale, softcap)
+  p = jnp.exp(s - row_max) / row_sum                                                # (B, G, R, T, S)
+  dv = jnp.einsum("bgrts,btgrk->bsgk", p.astype(dtype), do)
+  dp = jnp.einsum("btgrk,bsgk->bgrts", do, v_bsgk).astype(p.dtype)
+  ds = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))                           # softmax VJP
+  if softcap is not None:
+    ds = ds * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+  ds = (jnp.where(mask_b1ts[:, :, None], ds, 0.0) * scale).astype(dtype)
+  dq = jnp.einsum("bgrts,bsgk->btgrk", ds, k_bsgk).reshape(b, t, h, hd)
+  dk = jnp.einsum("bgrts,btgrk->bsgk", ds, q)
+  return (dq.astype(q_bthk.dtype), dk.astype(k_bsgk.dtype), dv.astype(v_bsgk.dtype), None)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def sliding_window_mask(mask_b1ts, window: int, index=0):

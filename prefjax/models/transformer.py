@@ -44,9 +44,52 @@ def _block_fn(graphdef, remat: str):
   def fn(state, x, positions, mask, kv, index):
     return nnx.merge(graphdef, state)(x, positions, mask, kv, index)
 
-  if remat == "none":
-    return fn
-  return jax.checkpoint(fn, policy=REMAT_POLICIES[remat])
+  if remat != "none":
+    fn = jax.checkpoint(fn, policy=REMAT_POLICIES[remat])
+  return _ordered_backward(fn)
+
+
+def _after(dx, d_state):
+  """``dx``, made to depend on every array of ``d_state`` (adds 0 * a finite sum of them).
+
+  A block's weight gradients are outputs of the backward pass that nothing else reads, so
+  XLA's scheduler is free to defer them to its end, keeping every block's activations and
+  cotangents alive until then (measured on CPU: about 50 MB per layer per 1024 tokens of
+  SmolLM2-135M, with or without remat, which is why remat alone saved < 5%). Making the
+  cotangent passed to the previous block depend on them forces each block's weight
+  gradients into its own backward step. An optimization barrier does not do this (XLA
+  removes barriers before it schedules); XLA does not fold ``0 * x`` for floats (NaN
+  semantics), and the ``isfinite`` keeps an overflowing weight gradient from turning ``dx``
+  into NaN.
+  """
+  total = sum(jnp.sum(leaf.astype(jnp.float32)) for leaf in jax.tree.leaves(d_state)
+              if jnp.issubdtype(leaf.dtype, jnp.inexact))
+  return dx + (jnp.where(jnp.isfinite(total), total, 0.0) * 0.0).astype(dx.dtype)
+
+
+def _ordered_backward(fn):
+  """``fn`` (a block) with the same VJP, computed in order: see ``_after``. With a KV cache
+  (generation, no backward pass) it is ``fn``."""
+
+  @jax.custom_vjp
+  def block(state, x, positions, mask, kv, index):
+    return fn(state, x, positions, mask, kv, index)
+
+  def fwd(state, x, positions, mask, kv, index):
+    return jax.vjp(lambda s, h: fn(s, h, positions, mask, None, index), state, x)
+
+  def bwd(vjp, g):
+    d_state, dx = vjp(g)
+    return d_state, _after(dx, d_state), None, None, None, None
+
+  block.defvjp(fwd, bwd)
+
+  def call(state, x, positions, mask, kv, index):
+    if kv is not None:
+      return fn(state, x, positions, mask, kv, index)
+    return block(state, x, positions, mask, kv, index)
+
+  return call
 
 
 class Block(nnx.Module):

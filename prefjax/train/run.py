@@ -22,7 +22,7 @@ import time
 import jax
 import ml_collections
 
-from prefjax import distributed, sharding
+from prefjax import distributed, sharding, xla_cpu
 from prefjax.train import config as config_lib
 from prefjax.train import sources
 from prefjax.train import stage_fns   # noqa: F401  (registers the built-in stages)
@@ -51,6 +51,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     distributed.initialize(dc.coordinator_address or None, dc.num_processes or None,
                            None if dc.process_id < 0 else dc.process_id)
   config_lib.validate(c)
+  scheduler = None
+  if (c.model.get("overrides") or {}).get("remat", "none") != "none":
+    scheduler = xla_cpu.prefer_memory_scheduler()   # before the first JAX computation
   for name in c.stages:                        # fail fast: bad loss names / hyper-parameters
     STAGES[name].check(c)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -66,6 +69,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   ctx = RunContext(config=c, graphdef=model.graphdef, model_cfg=model.cfg,
                    tokenizer=model.tokenizer, mesh=mesh, param_shardings=model.param_shardings,
                    workdir=workdir, writer=writer, data=data, summary=summary)
+  if scheduler is not None and jax.default_backend() == "cpu":
+    summary["xla_cpu_scheduler"] = scheduler
   clock = Clock(summary)
   clock("setup")
 

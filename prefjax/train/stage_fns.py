@@ -98,7 +98,7 @@ def dpo(ctx: RunContext, models: Models) -> None:
   c = ctx.config
   objective = preference_objective(c.dpo, c)
   kind = objective.spec.kind
-  reference = copy_params(models.policy)
+  reference = models.policy       # read only (the step donates ``start``, a copy): no 2nd copy
   examples = ctx.data.examples(kind)
   lora = Lora.from_config(c)
   start = lora.init(reference, c.lora.seed) if lora else copy_params(reference)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prefjax import losses, sharding
+from prefjax import hostmem, losses, sharding
 from prefjax.data import layout as layout_lib
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError
@@ -221,6 +221,7 @@ def cached_reference(ctx: RunContext, name: str, objective: Objective, reference
   res = ref_cache.prepare(graphdef, objective, reference, batches, num_steps,
                           batch_sharding=sharding.batch_sharding(ctx.mesh), directory=rc.dir,
                           extra=extra)
+  hostmem.trim()          # the reference pass's host-side buffers
   ctx.summary[f"reference_cache/{name}"] = res.status
   ctx.summary[f"reference_cache/{name}/key"] = res.key
   ctx.summary[f"reference_cache/{name}/seconds"] = round(res.seconds, 3)
