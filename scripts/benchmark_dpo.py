@@ -26,6 +26,7 @@ from the optional extra ``pip install -e '.[bench]'`` (torch pinned to 2.13.0).
 import json
 import os
 import sys
+import shutil
 import tempfile
 import time
 
@@ -185,11 +186,18 @@ def main(argv):
   if _WORKER.value:
     bench.worker_main(WORKERS, _WORKER.value, _ARGS.value)
     return
+  tmp = tempfile.mkdtemp(prefix="bench_dpo_")
+  try:
+    _measure(tmp)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)      # ~2 GB per run: checkpoints, HF export
+
+
+def _measure(tmp):
   import numpy as np
   from prefjax import assets
   from prefjax.models.loading import load_model
   gguf = assets.smollm2_gguf()
-  tmp = tempfile.mkdtemp(prefix="bench_dpo_")
   hf_dir = os.path.join(tmp, "hf")
   bench.export_hf(gguf, hf_dir)
   cfg, _, _, tok = load_model(gguf)

@@ -28,8 +28,10 @@ MFU = useful FLOPs / (seconds * peak), where
 
 The bf16 matmul rate measured in the same run (8192^3 in jax) is printed beside it.
 """
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -284,6 +286,7 @@ def main(argv):
         f"{tokens:.0f} useful tokens/step, {flops / 1e12:.1f} useful TFLOP/step; "
         f"measured matmul {peak:.0f} TFLOP/s; MFU against {_PEAK.value:.0f} TFLOP/s", flush=True)
   tmp = tempfile.mkdtemp(prefix="bench_gpu_")
+  atexit.register(shutil.rmtree, tmp, True)       # the HF export: ~0.5 GB or more
   base = dict(size=size, pairs=pairs, batch=_PAIRS.value, n_steps=n_steps, warmup=_WARMUP.value,
               max_len=_MAX_LEN.value, dtype="bfloat16", logps_chunk=_CHUNK.value,
               remat=_REMAT.value)

@@ -20,8 +20,10 @@ Prints sequences/s for each, peak RSS, the load average, the max |difference| of
 summed log-probs between the two, and ends with ``prefjax/transformers scoring ratio: X``
 (first prefjax run, compiles included, over transformers).
 """
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -121,6 +123,7 @@ def main(argv):
   from prefjax.models.loading import load_model
   gguf = assets.smollm2_gguf()
   tmp = tempfile.mkdtemp(prefix="bench_scoring_")
+  atexit.register(shutil.rmtree, tmp, True)       # the HF export: ~0.5 GB or more
   hf_dir = os.path.join(tmp, "hf")
   bench.export_hf(gguf, hf_dir)
   _, _, _, tok = load_model(gguf)
