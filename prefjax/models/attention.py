@@ -122,9 +122,9 @@ def _dense_fwd(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap):
 
 
 def _dense_bwd(scale, softcap, res, dout_bthk):
-  # The barrier ties the recomputation to the incoming cotangent: without it XLA may
-  # schedule every layer's recomputed scores early (they depend on residuals only) and keep
-  # them all alive, which is what the VJP exists to avoid (as jax.checkpoint does).
+  # The barrier keeps XLA from merging the recomputed scores with the forward pass's (common
+  # subexpressions), which would keep every layer's scores alive until its backward step
+  # (tests/models/test_attention_kernels.py fails without it); as jax.checkpoint does.
   (q_bthk, k_bsgk, v_bsgk, mask_b1ts, row_max, row_sum), dout_bthk = jax.lax.optimization_barrier(
       (res, dout_bthk))
   b, t, h, hd = q_bthk.shape

@@ -55,7 +55,8 @@ def _after(dx, d_state):
   A block's weight gradients are outputs of the backward pass that nothing else reads, so
   XLA's scheduler is free to defer them to its end, keeping every block's activations and
   cotangents alive until then (measured on CPU: about 50 MB per layer per 1024 tokens of
-  SmolLM2-135M, with or without remat, which is why remat alone saved < 5%). Making the
+  SmolLM2-135M, with or without remat; remat also needs XLA:CPU's memory scheduler,
+  ``prefjax/xla_cpu.py``). Making the
   cotangent passed to the previous block depend on them forces each block's weight
   gradients into its own backward step. An optimization barrier does not do this (XLA
   removes barriers before it schedules); XLA does not fold ``0 * x`` for floats (NaN
