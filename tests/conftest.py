@@ -1,10 +1,37 @@
-"""Shared fixtures: one tiny model used across the suite."""
-import jax
-import numpy as np
-import pytest
-from flax import nnx
+"""Shared fixtures: one tiny model used across the suite; XLA compiles at LLVM -O0 here.
 
-from prefjax.models import Transformer, make_config
+The suite is compile-bound: hundreds of distinct small programs on tiny models, each compiled
+once. XLA:CPU's LLVM optimisation level 0 compiles them ~1.6x faster (measured:
+tests/train/test_layouts_step.py 166 -> 104 s on the 2-core machine); the matmuls are library
+calls either way. Tests that run long real-model or notebook jobs in a subprocess pass
+``FULL_OPT_ENV`` (the caller's own XLA_FLAGS) instead. PREFJAX_TEST_XLA_O0=0, or any
+``xla_backend_optimization_level`` already in XLA_FLAGS, leaves the flags alone.
+"""
+import os
+
+ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+if ("xla_backend_optimization_level" not in ORIGINAL_XLA_FLAGS
+    and os.environ.get("PREFJAX_TEST_XLA_O0", "1") != "0"):
+  # Before any JAX backend starts (it reads XLA_FLAGS once); subprocesses inherit it.
+  os.environ["XLA_FLAGS"] = (ORIGINAL_XLA_FLAGS + " --xla_backend_optimization_level=0").strip()
+
+
+def full_opt_env(**extra):
+  """os.environ with the caller's original XLA_FLAGS, for execution-bound subprocesses."""
+  env = dict(os.environ, **extra)
+  if ORIGINAL_XLA_FLAGS:
+    env["XLA_FLAGS"] = ORIGINAL_XLA_FLAGS
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from prefjax.models import Transformer, make_config  # noqa: E402
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

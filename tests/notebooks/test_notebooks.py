@@ -1,9 +1,10 @@
 """The notebooks of experiments/notebooks/: in sync with their sources, committed without
-outputs, and executed top to bottom (QUICK) with nbclient; any cell error fails.
+outputs, and executed top to bottom (SMOKE sizes) with nbclient; any cell error fails.
 
 Needs the ``notebooks`` extra (``pip install -e ".[notebooks]"``: nbclient, nbformat,
 ipykernel); skipped with the reason when it is absent. The kernel runs this interpreter
-(a kernelspec written to a temporary JUPYTER_PATH), with PREFJAX_NB_QUICK=1.
+(a kernelspec written to a temporary JUPYTER_PATH), with PREFJAX_NB_QUICK=smoke: every
+cell at toy sizes (QUICK plus smaller steps and counts), checking the code, not the numbers.
 """
 import json
 import os
@@ -61,7 +62,7 @@ def kernel_env(tmp_path_factory):
   (spec / "kernel.json").write_text(json.dumps({
       "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "prefjax test", "language": "python"}))
-  return {"JUPYTER_PATH": str(root), "PREFJAX_NB_QUICK": "1"}
+  return {"JUPYTER_PATH": str(root), "PREFJAX_NB_QUICK": "smoke"}
 
 
 @pytest.mark.slow
@@ -86,6 +87,7 @@ def test_notebook_executes(name, kernel_env, monkeypatch):
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(c.execution_count is not None for c in code), f"{name}: a cell did not run"
   text = "".join(o.get("text", "") for c in code for o in c.outputs)
-  assert "QUICK = True" in text, f"{name}: PREFJAX_NB_QUICK=1 did not reach the kernel"
+  assert "QUICK = True" in text and "SMOKE sizes" in text, (
+      f"{name}: PREFJAX_NB_QUICK=smoke did not reach the kernel")
   assert any(o.get("data", {}).get("image/png") for c in code for o in c.outputs), (
       f"{name}: no inline plot")

@@ -45,6 +45,11 @@ if QUICK:
   c.eval.n_prompts, c.eval.n_samples = 64, 2
   c.checkpoint.every = 30
   c.ranking.n_train = 64
+if SMOKE:
+  c.sft.steps, c.sft.batch_size, c.dpo.steps = 30, 16, 8
+  c.eval.n_prompts, c.eval.n_samples = 16, 1
+  c.checkpoint.every = 10
+  c.ranking.n_train = 16
 print(f"SFT {c.sft.steps} steps x {c.sft.batch_size}; {c.dpo.loss} {c.dpo.steps} steps x "
       f"{c.dpo.batch_size}, beta {c.dpo.loss_kwargs.beta}; eval {c.eval.n_prompts} prompts x "
       f"{c.eval.n_samples}")

@@ -36,6 +36,8 @@ from prefjax.metrics import flips, ranking
 from prefjax import assets
 
 LIMIT, MAX_LEN = (16, 512) if QUICK else (None, 1024)
+if SMOKE:
+  LIMIT = 8
 BETAS = ranking.BETAS                      # (0.01, 0.1, 1, 5, 10), the paper's grid
 # ../shared/data beside the clone, or $PREFJAX_DATA; PREFJAX_HH_PATH names the file itself
 HH_PATH = os.environ.get("PREFJAX_HH_PATH") or assets.shared_data(

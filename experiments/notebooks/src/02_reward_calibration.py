@@ -52,6 +52,10 @@ N_STUDY = 500
 if QUICK:
   c.sft.steps, c.reward.steps, c.reward.n_eval_pairs = 60, 150, 256
   c.checkpoint.every = 50
+if SMOKE:
+  c.sft.steps, c.reward.steps, c.reward.n_pairs, c.reward.n_eval_pairs = 20, 20, 400, 64
+  c.checkpoint.every = 10
+  N_STUDY = 100
 
 WORK = tempfile.mkdtemp(prefix="prefjax_nb02_")
 t = time.perf_counter()

@@ -42,6 +42,9 @@ G = dict(tasks=("sort", "add"), sizes=(32, 100, 320), sft_steps=200, align_steps
 if QUICK:
   METHODS = {k: METHODS[k] for k in ("sft_only", "dpo", "ipo", "orpo")}
   G.update(tasks=("sort",), sizes=(320,))
+if SMOKE:
+  METHODS = {k: METHODS[k] for k in ("sft_only", "dpo")}
+  G.update(sizes=(64,), sft_steps=30, align_steps=5, n_eval=16, n_eval_samples=1)
 print(f"{len(METHODS)} losses x {len(STARTS)} starts x {len(G['tasks'])} tasks x "
       f"{len(G['sizes'])} sizes = "
       f"{len(METHODS) * len(STARTS) * len(G['tasks']) * len(G['sizes'])} runs")

@@ -37,6 +37,10 @@ G = dict(sft_steps=300, align_steps=40, batch=16, n_prompts=256, n_eval=64, n_ev
 if QUICK:
   METHODS = [("dpo", 1), ("ipo", 1), ("mdpo", 4), ("mipo", 4)]
   NOISES = (0.0, 0.2, 0.4)
+if SMOKE:
+  METHODS = [("dpo", 1), ("mdpo", 4)]
+  NOISES = (0.0, 0.4)
+  G.update(sft_steps=30, align_steps=5, n_prompts=64, n_eval=16, n_eval_samples=1)
 label = lambda loss, k: loss if k == 1 else f"{loss} k={k}"
 print(f"{len(METHODS)} methods x {len(NOISES)} noise levels = {len(METHODS) * len(NOISES)} runs")
 

@@ -60,6 +60,13 @@ if QUICK:
   c.rl.token_rm.steps, c.rl.token_rm.n_pairs, c.rl.token_rm.n_eval_pairs = 100, 1000, 128
   c.eval.n_prompts, c.eval.n_samples = 64, 2
   c.testbed.n_eval_pairs = 64
+if SMOKE:
+  c.sft.steps, c.sft.batch_size = 30, 16
+  c.rl.iterations, c.rl.rollout_batch_size, c.rl.minibatch_size = 2, 16, 8
+  c.rl.n_prompts = 64
+  c.rl.token_rm.steps, c.rl.token_rm.n_pairs, c.rl.token_rm.n_eval_pairs = 20, 200, 32
+  c.eval.n_prompts, c.eval.n_samples = 16, 1
+  c.testbed.n_eval_pairs = 16
 
 WORK = tempfile.mkdtemp(prefix="prefjax_nb05_")
 t = time.perf_counter()

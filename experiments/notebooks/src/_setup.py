@@ -32,6 +32,9 @@ elif importlib.util.find_spec("prefjax") is None:
 # QUICK (default on; PREFJAX_NB_QUICK=0 turns it off): sizes that run in a few minutes on a
 # 2-core CPU. The full settings are listed in the markdown cell below each QUICK switch.
 QUICK = os.environ.get("PREFJAX_NB_QUICK", "1") != "0"
+# SMOKE (PREFJAX_NB_QUICK=smoke; the test suite's setting): every cell runs at toy sizes, to
+# check the code, not the numbers; the text below discusses QUICK and full results.
+SMOKE = os.environ.get("PREFJAX_NB_QUICK") == "smoke"
 
 import time
 import warnings
@@ -42,4 +45,5 @@ import numpy as np
 warnings.filterwarnings("ignore")
 T0 = time.perf_counter()
 print(f"prefjax from {ROOT or 'site-packages'}; QUICK = {QUICK}; "
+      f"{'SMOKE sizes; ' if SMOKE else ''}"
       f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
