@@ -32,7 +32,7 @@ def workdir(tmp_path_factory):
          f"--config={os.path.join(REPO, 'experiments', 'real', 'smollm2_dpo.py')}:quick",
          f"--workdir={w}", "--config.progress=False", "--config.tensorboard=False",
          f"--config.reference_cache.dir={w.parent / 'ref_cache'}"]
-  # A 135M model: execution-bound, so the compiler's full optimisation (not the suite's -O0).
+  # A 135M model: execution-bound, so the compiler's full optimisation (not the suite's -O1).
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1800,
                      env=full_opt_env())
   assert r.returncode == 0, r.stderr[-3000:]
