@@ -1,6 +1,8 @@
 """prefjax/bench.py: fresh-process workers report their result, or why they have none."""
 import json
 
+import pytest
+
 from prefjax import bench
 
 
@@ -26,6 +28,7 @@ def test_killed_worker_names_the_signal(tmp_path):
   assert res["log_tail"] == ["some log line"]
 
 
+@pytest.mark.slow
 def test_failing_worker_reports_its_last_line(tmp_path):
   script = _worker(tmp_path, "print('error: no such file', flush=True)\nsys.exit(1)\n")
   assert bench.run_worker(script, "w", {})["error"] == "error: no such file"

@@ -17,6 +17,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 pytest.importorskip("gguf")
 
+pytestmark = pytest.mark.slow   # real checkpoints (SmolLM2-135M, Gemma-3-270M): minutes
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402

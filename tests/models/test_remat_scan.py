@@ -158,6 +158,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_remat_memory_is_flat_in_depth_under_the_memory_scheduler():
   # The whole mechanism on XLA:CPU, in a fresh process with the scheduler prefjax.xla_cpu
   # selects for remat runs: with remat="block" the compiled gradient's temporaries do not

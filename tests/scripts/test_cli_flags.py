@@ -69,6 +69,7 @@ def test_study_insights_bad_starts(tmp_path):
   assert not out.exists()
 
 
+@pytest.mark.slow
 def test_study_multi_sample_bad_overrides(tmp_path):
   out = tmp_path / "out"
   _one_line_error(_run(MULTI, f"--out={out}", "--quick", "--seed=1", "--lr=-1e-4",

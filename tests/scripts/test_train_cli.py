@@ -37,6 +37,7 @@ def _summary(workdir):
           if not k.startswith(("wall_seconds", "seconds/", "outputs/"))}   # outputs: paths
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_checkpoints_summary_and_resumes_after_kill9(tmp_path):
   full = tmp_path / "full"
   r = _run(full)
