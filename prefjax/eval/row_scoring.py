@@ -113,15 +113,19 @@ def pack_rows(units: Sequence[dict], *, row_len: int, buckets: Sequence[int]):
 
 def score_units(graphdef, params, units: Sequence[dict], n_seq: int, *, row_len: int,
                 buckets: Sequence[int], batch_size: int = 32, batch_tokens: int | None = None,
-                chunk_size: int = 512, progress: bool = False, desc: str = "scoring"):
+                chunk_size: int = 512, progress: bool = False, desc: str = "scoring",
+                values=None):
   """Summed completion log-probs and token counts ([N] float32) of packed units.
 
   ``buckets`` must end at a length >= ``row_len``. A bucket of length L runs
   ``clamp(batch_tokens // L, 1, batch_size)`` rows per pass (``batch_size`` without a
   budget); the last pass of a bucket is padded with empty rows.
+  ``values``: instead of log-probs, ``values(graphdef, params, rows, idx_bw) -> [B, W]``
+  read at each sequence's LAST completion slot (a reward head: ``RewardModel.rewards_at``);
+  the first output is then those values.
 
   Returns:
-    (sums [N], lengths [N], seconds, number of buckets run).
+    (sums [N] (or values), lengths [N], seconds, number of buckets run).
   """
   by_len = pack_rows(units, row_len=row_len, buckets=buckets)
   sums, lengths = np.zeros(n_seq, np.float32), np.zeros(n_seq, np.float32)
@@ -144,9 +148,15 @@ def score_units(graphdef, params, units: Sequence[dict], n_seq: int, *, row_len:
         slots = np.flatnonzero(r["loss_mask"])
         idx[b, :len(slots)] = slots
         seq[b, :len(slots)] = r["slot_ids"][slots]
-      tok = np.asarray(_window_logps(graphdef, params, batch, idx, chunk_size))
       real = seq >= 0
-      np.add.at(sums, seq[real], tok[real])
+      if values is None:
+        tok = np.asarray(_window_logps(graphdef, params, batch, idx, chunk_size))
+        np.add.at(sums, seq[real], tok[real])
+      else:   # a sequence's slots are contiguous in its row: keep the value at the last one
+        val = np.asarray(values(graphdef, params, batch, idx))
+        nxt = np.concatenate([seq[:, 1:], np.full((len(seq), 1), -2)], axis=1)
+        last = real & (nxt != seq)
+        sums[seq[last]] = val[last]
       np.add.at(lengths, seq[real], 1.0)
       bar.update(len(set(seq[real].tolist())))
   bar.close()

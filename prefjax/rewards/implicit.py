@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from prefjax.eval.pair_scoring import _window_ok, score_sequences
 from prefjax.models.logprobs import forward_logps
 from prefjax.rewards.scoring import RewardScorer, batched_apply
 
@@ -46,9 +47,10 @@ class ImplicitRewardScorer(RewardScorer):
   """
 
   def __init__(self, graphdef, policy_params, ref_params, tokenizer, *, beta: float = 1.0,
-               max_len: int, batch_size: int = 32, normalize: bool = False):
+               max_len: int, batch_size: int = 32, normalize: bool = False,
+               layout: str = "prefix"):
     super().__init__(graphdef, policy_params, tokenizer, max_len=max_len,
-                     batch_size=batch_size)
+                     batch_size=batch_size, layout=layout)
     self.ref_params, self.beta, self.normalize = ref_params, beta, normalize
 
   def _sums(self, params, rows):
@@ -61,11 +63,27 @@ class ImplicitRewardScorer(RewardScorer):
   def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     if len(prompts) != len(responses):
       raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    rows = self._rows(prompts, responses)
-    pol = self._sums(self.params, rows)
+    if self.layout == "prefix" and _window_ok(self.graphdef):
+      pol = self._sums_units(self.params, prompts, responses)
+    else:
+      pol = self._sums(self.params, self._rows(prompts, responses))
     r = pol["logps"]
     if self.ref_params is not None:
-      r = r - self._sums(self.ref_params, rows)["logps"]
+      r = r - (self._sums_units(self.ref_params, prompts, responses) if "units" in pol
+               else self._sums(self.ref_params, self._rows(prompts, responses)))["logps"]
     if self.normalize:
       r = r / np.maximum(pol["lengths"], 1.0)
     return (self.beta * r).astype(np.float32)
+
+  def _sums_units(self, params, prompts, responses):
+    """Summed log-probs on prefix-shared rows: responses to one prompt share its unit."""
+    p_ids, comp, groups = self._fit(prompts, responses)
+    if not comp:
+      return {"logps": np.zeros(0, np.float32), "lengths": np.zeros(0, np.float32),
+              "units": True}
+    kw = self._unit_kwargs(len(comp))
+    kw.pop("buckets")
+    sc = score_sequences(self.graphdef, params, p_ids, comp, max_len=self.max_len,
+                         layout="prefix", groups=list(groups.values()), **kw)
+    self.last_truncated = self.last_truncated | sc.truncated
+    return {"logps": sc.sums, "lengths": sc.lengths, "units": True}

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -50,6 +51,37 @@ class RewardModel(nnx.Module):
     idx_b = last_completion_index(loss_mask_bt)
     h_bd = jnp.take_along_axis(h_btd, idx_b[:, None, None], axis=1)[:, 0]        # (B, D)
     return (h_bd.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
+
+  def rewards_at(self, rows, idx_bw):
+    """Rewards [B, W] read at row slots ``idx_bw`` of prefix-shared / packed rows
+    (``rows``: input_ids, positions, segment_ids, branch_ids [B, T]; prefjax/data/layout.py):
+    the reward of a response is the value at its last completion slot."""
+    h_btd, _ = self.backbone(rows["input_ids"], rows["positions"], rows["segment_ids"],
+                             return_hidden=True, branch_ids_bt=rows["branch_ids"])
+    h_bwd = jnp.take_along_axis(h_btd, idx_bw[..., None], axis=1)
+    return (h_bwd.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
+
+  def slot_rewards(self, batch, n_examples: int, n_slots: int):
+    """Rewards [B, S] of a ``rows_*`` batch (one per example and response slot).
+
+    Each slot's reward is read at its last completion position (the largest flat index
+    with ``rows_slot_ids == example * S + slot`` and ``rows_loss_mask`` set), where its
+    hidden state has seen the prompt and the whole response, as in its own plain row.
+    Slots without tokens read position 0; ``slot_source`` maps copies to their source.
+    """
+    r, t = batch["rows_input_ids"].shape
+    n = n_examples * n_slots
+    rows = {k: batch["rows_" + k] for k in ("input_ids", "positions", "segment_ids",
+                                           "branch_ids")}
+    ids = batch["rows_slot_ids"].reshape(-1)
+    ids = jnp.where((ids >= 0) & (batch["rows_loss_mask"].reshape(-1) > 0), ids, n)
+    last = jax.ops.segment_max(jnp.arange(r * t), ids, num_segments=n + 1)[:n]
+    last = jnp.clip(last, 0, r * t - 1)                  # empty slots: -inf -> position 0
+    h_btd, _ = self.backbone(rows["input_ids"], rows["positions"], rows["segment_ids"],
+                             return_hidden=True, branch_ids_bt=rows["branch_ids"])
+    h_nd = jnp.take(h_btd.reshape(r * t, -1), last, axis=0)
+    rew = (h_nd.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
+    return jnp.take_along_axis(rew.reshape(n_examples, n_slots), batch["slot_source"], axis=1)
 
   def rewards(self, batch, prefix: str = ""):
     """Rewards of a packed batch ``{prefix}input_ids, ...`` of shape [..., T] -> [...]."""

@@ -20,12 +20,13 @@ from prefjax.data.collate import pack, stack
 from prefjax.errors import DataError
 
 
-def pack_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
-                     where: str = "example"):
-  """One packed row for scoring; returns (row, completion tokens before any cut, truncated).
+def fit_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
+                    where: str = "example"):
+  """(prompt ids, completion ids cut to fit, completion tokens before the cut, cut).
 
   A response longer than fits (with at least min(prompt, max_len // 4) prompt tokens) keeps
-  its first tokens; the prompt is then cut from the left (BOS kept) by ``pack``.
+  its first tokens; the prompt is then cut from the left (BOS kept) where it is laid out
+  (``collate.pack`` / ``layout.cut_prompt``).
   """
   try:
     p = tokenizer.encode_prompt(prompt)
@@ -36,8 +37,14 @@ def pack_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
   n_tokens = len(c)
   room = max_len - min(len(p), max(1, max_len // 4)) + 1
   cut = len(c) > room
-  if cut:
-    c = c[:room]
+  return p, (c[:room] if cut else c), n_tokens, cut
+
+
+def pack_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
+                     where: str = "example"):
+  """One packed row for scoring; returns (row, completion tokens before any cut, truncated)
+  (the cuts of ``fit_for_scoring``)."""
+  p, c, n_tokens, cut = fit_for_scoring(tokenizer, prompt, response, max_len, where=where)
   row, cut_prompt = pack(p, c, max_len, truncate="prompt_left", where=where)
   return row, n_tokens, cut or cut_prompt
 
@@ -81,17 +88,33 @@ def _rewards(graphdef, params, batch):
   return nnx.merge(graphdef, params).rewards(batch)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _rewards_at(graphdef, params, rows, idx_bw):
+  return nnx.merge(graphdef, params).rewards_at(rows, idx_bw)
+
+
+SCORING_LAYOUTS = ("prefix", "plain")
+
+
 class RewardScorer:
   """A trained ``RewardModel`` as a scorer.
+
+  ``layout="prefix"`` (default): responses to the same prompt share one prefix-shared unit
+  (the prompt run once; ``prefjax.eval.row_scoring``), units packed best-fit decreasing
+  into rows of ``2 * max_len`` tokens, length-bucketed; ``"plain"``: one row per
+  (prompt, response), length-sorted. Equal rewards (tests/rewards/test_scoring_layouts.py).
 
   Attributes:
     last_tokens: [N] completion token counts (incl. EOS) of the last ``score`` call.
     last_truncated: [N] bool, rows that were cut to fit ``max_len``.
   """
 
-  def __init__(self, graphdef, params, tokenizer, *, max_len: int, batch_size: int = 32):
+  def __init__(self, graphdef, params, tokenizer, *, max_len: int, batch_size: int = 32,
+               layout: str = "prefix"):
+    if layout not in SCORING_LAYOUTS:
+      raise ValueError(f"unknown scoring layout {layout!r}; expected one of {SCORING_LAYOUTS}")
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
-    self.max_len, self.batch_size = max_len, batch_size
+    self.max_len, self.batch_size, self.layout = max_len, batch_size, layout
     self.last_tokens = self.last_truncated = None
 
   def _rows(self, prompts, responses):
@@ -108,6 +131,49 @@ class RewardScorer:
     """Rewards [N] (float32) of the N (prompt, response) pairs."""
     if len(prompts) != len(responses):
       raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if self.layout == "prefix":
+      return self._score_units(prompts, responses)
     rows = self._rows(prompts, responses)
     fn = lambda b: _rewards(self.graphdef, self.params, b)
     return batched_apply(fn, rows, self.batch_size, desc="scoring").astype(np.float32)
+
+  def _fit(self, prompts, responses):
+    """(prompt ids [N], completion ids cut to fit [N], groups {prompt ids: [indices]});
+    sets ``last_tokens`` and ``last_truncated`` (response cuts; callers add prompt cuts)."""
+    groups: dict[tuple, list[int]] = {}
+    p_ids, comp, toks, cut = [], [], [], []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+      pi, c, k, cu = fit_for_scoring(self.tokenizer, p, r, self.max_len, where=f"response {i}")
+      groups.setdefault(tuple(pi), []).append(i)
+      p_ids.append(pi)
+      comp.append(c)
+      toks.append(k)
+      cut.append(cu)
+    self.last_tokens = np.asarray(toks, dtype=np.int64)
+    self.last_truncated = np.asarray(cut, dtype=bool)
+    return p_ids, comp, groups
+
+  def _unit_kwargs(self, n: int) -> dict:
+    """Rows of 2 * max_len tokens (a prompt and two responses fit), the plain path's token
+    budget per pass."""
+    from prefjax.eval.pair_scoring import bucket_lengths
+    row_len = 2 * self.max_len
+    return dict(row_len=row_len, buckets=bucket_lengths(row_len, min(32, row_len)),
+                batch_size=self.batch_size, batch_tokens=self.batch_size * self.max_len,
+                progress=n >= 4 * self.batch_size, desc="scoring")
+
+  def _score_units(self, prompts, responses) -> np.ndarray:
+    from prefjax.eval import row_scoring
+    n = len(responses)
+    _, comp, groups = self._fit(prompts, responses)
+    if n == 0:
+      return np.zeros((0,), np.float32)
+    window = nnx.merge(self.graphdef, self.params).cfg.sliding_window
+    kw = self._unit_kwargs(n)
+    units, cut_prompt = row_scoring.make_units(
+        [list(k) for k in groups], list(groups.values()), comp, max_len=self.max_len,
+        row_len=kw["row_len"], window=window)
+    values, _, _, _ = row_scoring.score_units(self.graphdef, self.params, units, n,
+                                              values=_rewards_at, **kw)
+    self.last_truncated = self.last_truncated | cut_prompt
+    return values.astype(np.float32)

@@ -75,7 +75,7 @@ def _max_len(c):
 
 def train_reward_model(ctx, backbone_params) -> dict:
   """Trains ``RewardModel(backbone = backbone_params)``; returns summary entries."""
-  from prefjax.train.stages import copy_params, train_stage
+  from prefjax.train.stages import accum, copy_params, train_stage
   c = ctx.config
   model, graphdef, params = build_reward_model(c, ctx.tokenizer, ctx.model_cfg)
   params = reward_params_from_backbone(params, copy_params(backbone_params))
@@ -84,7 +84,8 @@ def train_reward_model(ctx, backbone_params) -> dict:
   pairs = reward_pairs(c, "train", c.reward.n_pairs, ctx.data)
   objective = make_objective(c.reward.loss, c.reward.loss_kwargs.to_dict())
   params = train_stage(ctx, "reward", c.reward, objective, params=params, examples=pairs,
-                       encode=ctx.data.encoder("reward", max_len=_max_len(c)),
+                       encode=ctx.data.encoder("reward", max_len=_max_len(c),
+                                               batch_size=c.reward.batch_size * accum(c.reward)),
                        graphdef=graphdef, param_shardings=param_sh)
   d = os.path.join(ctx.workdir, "params")
   save_params(os.path.join(d, "reward"), params)
@@ -112,8 +113,9 @@ def evaluate_reward_model(ctx) -> dict:
 def evaluate_pairs(scorer, pairs, prefix: str = "reward_eval/") -> dict:
   """Held-out accuracy (tie = wrong), oracle accuracy where pairs carry r*, Spearman(r, len)."""
   prompts = [p.get("chat") or p["prompt"] for p in pairs]
-  rc = scorer.score(prompts, [p["chosen"] for p in pairs])
-  rr = scorer.score(prompts, [p["rejected"] for p in pairs])
+  n = len(pairs)   # one call: each pair's two responses share their prompt's unit
+  r = scorer.score(prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+  rc, rr = r[:n], r[n:]
   out = {prefix + "accuracy": float(np.mean(rc > rr)), prefix + "n_pairs": len(pairs),
          prefix + "margin": float(np.mean(rc - rr))}
   if "reward_chosen" in pairs[0]:

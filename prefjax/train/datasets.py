@@ -95,12 +95,14 @@ class DataSource:
   def encoder(self, kind: str, tokenizer=None, max_len: int | None = None,
               batch_size: int | None = None):
     """The row encoder of ``kind`` in ``config.data.layout`` ("plain" | "prefix" | "packed",
-    ``prefjax.data.layout``); reward models always read plain rows."""
+    ``prefjax.data.layout``); reward models read pairwise rows. Without ``batch_size``,
+    plain rows."""
     c, tok = self.c, tokenizer or self.tokenizer
     max_len = max_len or c.data.max_len
     lay = c.data.get("layout", "plain")
-    if kind == "reward" or batch_size is None:
-      lay, kind = "plain", ("pairwise" if kind == "reward" else kind)
+    kind = "pairwise" if kind == "reward" else kind
+    if batch_size is None:
+      lay = "plain"
     if kind not in ("sft", "pairwise", "unpaired", "multi"):
       raise ConfigError(f"no row encoder for batch kind {kind!r}")
     return layout.make_encoder(kind, tok, max_len, layout=lay, group_size=self.group_size(),

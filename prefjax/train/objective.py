@@ -101,8 +101,16 @@ def forward_reward(model, batch):
   """Reward models (``prefjax.rewards.model.RewardModel``): scalar rewards of both sides.
 
   The graphdef is a reward model's, not a Transformer's; one call over chosen and rejected
-  rows concatenated. A batch field ``margin`` [B] becomes the loss's per-pair ``margins``.
+  rows concatenated (or one call over prefix-shared / packed rows, ``slot_rewards``). A
+  batch field ``margin`` [B] becomes the loss's per-pair ``margins``.
   """
+  if is_rows_batch(batch):
+    b, s = batch["slot_source"].shape
+    r = model.slot_rewards(batch, b, s)
+    out = {"chosen_rewards": r[:, 0], "rejected_rewards": r[:, 1]}
+    if "margin" in batch:
+      out["margins"] = batch["margin"]
+    return out
   keys = ("input_ids", "loss_mask", "positions", "segment_ids")
   joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
            for k in keys}
