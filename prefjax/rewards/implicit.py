@@ -84,6 +84,6 @@ class ImplicitRewardScorer(RewardScorer):
     kw = self._unit_kwargs(len(comp))
     kw.pop("buckets")
     sc = score_sequences(self.graphdef, params, p_ids, comp, max_len=self.max_len,
-                         layout="prefix", groups=list(groups.values()), **kw)
+                         layout="prefix", groups=[g[1] for g in groups], **kw)
     self.last_truncated = self.last_truncated | sc.truncated
     return {"logps": sc.sums, "lengths": sc.lengths, "units": True}

@@ -138,8 +138,12 @@ class RewardScorer:
     return batched_apply(fn, rows, self.batch_size, desc="scoring").astype(np.float32)
 
   def _fit(self, prompts, responses):
-    """(prompt ids [N], completion ids cut to fit [N], groups {prompt ids: [indices]});
-    sets ``last_tokens`` and ``last_truncated`` (response cuts; callers add prompt cuts)."""
+    """(prompt ids [N], completion ids cut to fit [N], groups [(prompt ids, [indices])]);
+    sets ``last_tokens`` and ``last_truncated`` (response cuts; callers add prompt cuts).
+
+    A group holds responses to one prompt, as many as fit one row of ``2 * max_len`` tokens
+    (prompt once, then each response); a prompt with more responses gets several groups.
+    """
     groups: dict[tuple, list[int]] = {}
     p_ids, comp, toks, cut = [], [], [], []
     for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -151,7 +155,17 @@ class RewardScorer:
       cut.append(cu)
     self.last_tokens = np.asarray(toks, dtype=np.int64)
     self.last_truncated = np.asarray(cut, dtype=bool)
-    return p_ids, comp, groups
+    row_len, out = 2 * self.max_len, []
+    for key, idx in groups.items():
+      cur, size = [], len(key) - 1
+      for i in idx:
+        if cur and size + len(comp[i]) > row_len:
+          out.append((list(key), cur))
+          cur, size = [], len(key) - 1
+        cur.append(i)
+        size += len(comp[i])
+      out.append((list(key), cur))
+    return p_ids, comp, out
 
   def _unit_kwargs(self, n: int) -> dict:
     """Rows of 2 * max_len tokens (a prompt and two responses fit), the plain path's token
@@ -171,7 +185,7 @@ class RewardScorer:
     window = nnx.merge(self.graphdef, self.params).cfg.sliding_window
     kw = self._unit_kwargs(n)
     units, cut_prompt = row_scoring.make_units(
-        [list(k) for k in groups], list(groups.values()), comp, max_len=self.max_len,
+        [g[0] for g in groups], [g[1] for g in groups], comp, max_len=self.max_len,
         row_len=kw["row_len"], window=window)
     values, _, _, _ = row_scoring.score_units(self.graphdef, self.params, units, n,
                                               values=_rewards_at, **kw)

@@ -83,10 +83,10 @@ def test_prefix_scoring_equals_plain_scoring_with_shared_prompts_and_cuts():
   nums = lambda k: ",".join(str(x) for x in rng.integers(0, 9, k))
   prompts, responses = [], []
   for i in range(7):
-    p = "sort:" + nums(int(rng.integers(1, 30)))
-    for _ in range(1 + i % 3):                     # 1-3 responses per prompt, interleaved
+    p = "sort:" + nums(int(rng.integers(1, 5)) if i % 2 else int(rng.integers(5, 16)))
+    for _ in range(8 if i == 0 else 1 + i % 3):   # 1-3 per prompt (8: several groups)
       prompts.append(p)
-      responses.append(nums(int(rng.integers(1, 20))))
+      responses.append(nums(int(rng.integers(1, 8)) if rng.random() < 0.8 else 16))
   order = rng.permutation(len(prompts))
   prompts, responses = [prompts[i] for i in order], [responses[i] for i in order]
   plain = RewardScorer(graphdef, params, TOK, max_len=MAX_LEN, batch_size=4, layout="plain")
