@@ -102,7 +102,7 @@ class RewardScorer:
   ``layout="prefix"`` (default): responses to the same prompt share one prefix-shared unit
   (the prompt run once; ``prefjax.eval.row_scoring``), units packed best-fit decreasing
   into rows of ``2 * max_len`` tokens, length-bucketed; ``"plain"``: one row per
-  (prompt, response), length-sorted. Equal rewards (tests/rewards/test_scoring_layouts.py).
+  (prompt, response), length-sorted. Equal rewards (tests/rewards/test_reward_layouts.py).
 
   Attributes:
     last_tokens: [N] completion token counts (incl. EOS) of the last ``score`` call.
