@@ -33,6 +33,39 @@ def param(rngs: nnx.Rngs, shape, axes, *, init="normal", scale=None, dtype=jnp.f
   return nnx.Param(value, logical_axes=tuple(axes), eager_sharding=False)
 
 
+def transposed(x):
+  """``x.T`` (2-D); on CPU a physical copy behind an optimization barrier.
+
+  XLA:CPU runs a dot through YNNPACK only when its LHS contracts over the minor dimension;
+  a weight gradient ``x^T @ g`` (contracting over tokens, the major dimension of both) falls
+  back to Eigen, ~2.5x slower at SmolLM2's shapes (measured: scripts/benchmark_dpo.py,
+  README). The barrier keeps XLA from folding the transpose back into the dot.
+  """
+  if jax.default_backend() == "cpu":
+    return jax.lax.optimization_barrier(x.T)
+  return x.T
+
+
+@jax.custom_vjp
+def dense(x, w):
+  """``x [..., K] @ w [K, N]`` whose weight gradient is one canonical dot (``transposed``)."""
+  return x @ w
+
+
+def _dense_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _dense_bwd(res, g):
+  x, w = res
+  k, n = w.shape
+  dw = transposed(x.reshape(-1, k)) @ g.reshape(-1, n)                    # sum over tokens
+  return g @ w.T, dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 class RMSNorm(nnx.Module):
   """y = x / sqrt(mean(x^2) + eps) * (offset + w), computed in float32.
 
@@ -156,9 +189,9 @@ class MLP(nnx.Module):
     dtype = x_btd.dtype
     act = ACTIVATIONS[self.act]
     b = (lambda name: getattr(self, name)[...].astype(dtype)) if self.bias else (lambda _: 0)
-    u = x_btd @ self.up[...].astype(dtype) + b("up_bias")                           # (B, T, F)
+    u = dense(x_btd, self.up[...].astype(dtype)) + b("up_bias")                    # (B, T, F)
     if self.gated:
-      h = act(x_btd @ self.gate[...].astype(dtype) + b("gate_bias")) * u
+      h = act(dense(x_btd, self.gate[...].astype(dtype)) + b("gate_bias")) * u
     else:
       h = act(u)
-    return h @ self.down[...].astype(dtype) + b("down_bias")                        # (B, T, D)
+    return dense(h, self.down[...].astype(dtype)) + b("down_bias")                 # (B, T, D)

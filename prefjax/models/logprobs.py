@@ -18,6 +18,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from prefjax.models.layers import transposed
+
 
 def token_logprobs(logits_btv, targets_bt):
   """log softmax(logits)[targets], (B, T), in float32."""
@@ -64,16 +66,16 @@ def _chunked_bwd(vocab_major, softcap, res, g_nc):
     if softcap is not None:                   # d/dx softcap*tanh(x/softcap) = 1 - tanh^2
       g_cv = g_cv * (1.0 - jnp.square(logits / softcap))
     g_cv = g_cv.astype(dtype)
-    if vocab_major:
-      dh = jnp.einsum("cv,vd->cd", g_cv, wc)
-      dw = dw + jnp.einsum("cv,cd->vd", g_cv, h_cd).astype(jnp.float32)
-    else:
-      dh = jnp.einsum("cv,dv->cd", g_cv, wc)
-      dw = dw + jnp.einsum("cd,cv->dv", h_cd, g_cv).astype(jnp.float32)
+    dh = jnp.einsum("cv,vd->cd" if vocab_major else "cv,dv->cd", g_cv, wc)
+    # dW as [D, V] = h^T g: a canonical dot on CPU (layers.transposed); transposed once at
+    # the end for a vocab-major (tied) table
+    dw = dw + (transposed(h_cd) @ g_cv).astype(jnp.float32)
     return dw, dh
 
-  dw, dh_ncd = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (h_ncd, y_nc, lse_nc, g_nc))
-  return dh_ncd, dw.astype(w.dtype), None
+  d, v = h_ncd.shape[-1], w.shape[0 if vocab_major else 1]
+  dw_dv, dh_ncd = jax.lax.scan(body, jnp.zeros((d, v), jnp.float32),
+                               (h_ncd, y_nc, lse_nc, g_nc))
+  return dh_ncd, (dw_dv.T if vocab_major else dw_dv).astype(w.dtype), None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
