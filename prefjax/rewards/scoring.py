@@ -110,11 +110,12 @@ class RewardScorer:
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, batch_size: int = 32,
-               layout: str = "prefix"):
+               layout: str = "prefix", progress: bool | None = None):
     if layout not in SCORING_LAYOUTS:
       raise ValueError(f"unknown scoring layout {layout!r}; expected one of {SCORING_LAYOUTS}")
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
     self.max_len, self.batch_size, self.layout = max_len, batch_size, layout
+    self.progress = progress          # None: a bar for long calls (>= 4 batches)
     self.last_tokens = self.last_truncated = None
 
   def _rows(self, prompts, responses):
@@ -135,7 +136,8 @@ class RewardScorer:
       return self._score_units(prompts, responses)
     rows = self._rows(prompts, responses)
     fn = lambda b: _rewards(self.graphdef, self.params, b)
-    return batched_apply(fn, rows, self.batch_size, desc="scoring").astype(np.float32)
+    desc = None if self.progress is False else "scoring"
+    return batched_apply(fn, rows, self.batch_size, desc=desc).astype(np.float32)
 
   def _fit(self, prompts, responses):
     """(prompt ids [N], completion ids cut to fit [N], groups [(prompt ids, [indices])]);
@@ -174,7 +176,8 @@ class RewardScorer:
     row_len = 2 * self.max_len
     return dict(row_len=row_len, buckets=bucket_lengths(row_len, min(32, row_len)),
                 batch_size=self.batch_size, batch_tokens=self.batch_size * self.max_len,
-                progress=n >= 4 * self.batch_size, desc="scoring")
+                progress=(n >= 4 * self.batch_size if self.progress is None
+                          else self.progress), desc="scoring")
 
   def _score_units(self, prompts, responses) -> np.ndarray:
     from prefjax.eval import row_scoring

@@ -106,6 +106,8 @@ def evaluate_reward_model(ctx) -> dict:
     scorer, _ = load_scorer(ctx.workdir, kind="reward")
   else:
     scorer = RewardScorer(graphdef, params, ctx.tokenizer, max_len=_max_len(c))
+  if not c.get("progress", True):
+    scorer.progress = False                 # --config.progress=False: no scoring bar either
   heldout = reward_pairs(c, "eval", c.reward.n_eval_pairs, ctx.data)
   return evaluate_pairs(scorer, heldout)
 
