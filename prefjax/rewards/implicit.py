@@ -64,26 +64,26 @@ class ImplicitRewardScorer(RewardScorer):
     if len(prompts) != len(responses):
       raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if self.layout == "prefix" and _window_ok(self.graphdef):
-      pol = self._sums_units(self.params, prompts, responses)
+      fitted = self._fit(prompts, responses)            # tokenised once for both models
+      sums = lambda params: self._sums_units(params, *fitted)
     else:
-      pol = self._sums(self.params, self._rows(prompts, responses))
+      rows = self._rows(prompts, responses)
+      sums = lambda params: self._sums(params, rows)
+    pol = sums(self.params)
     r = pol["logps"]
     if self.ref_params is not None:
-      r = r - (self._sums_units(self.ref_params, prompts, responses) if "units" in pol
-               else self._sums(self.ref_params, self._rows(prompts, responses)))["logps"]
+      r = r - sums(self.ref_params)["logps"]
     if self.normalize:
       r = r / np.maximum(pol["lengths"], 1.0)
     return (self.beta * r).astype(np.float32)
 
-  def _sums_units(self, params, prompts, responses):
-    """Summed log-probs on prefix-shared rows: responses to one prompt share its unit."""
-    p_ids, comp, groups = self._fit(prompts, responses)
+  def _sums_units(self, params, p_ids, comp, groups):
+    """Summed log-probs on prefix-shared rows (``_fit``'s groups share their prompt)."""
     if not comp:
-      return {"logps": np.zeros(0, np.float32), "lengths": np.zeros(0, np.float32),
-              "units": True}
+      return {"logps": np.zeros(0, np.float32), "lengths": np.zeros(0, np.float32)}
     kw = self._unit_kwargs(len(comp))
     kw.pop("buckets")
     sc = score_sequences(self.graphdef, params, p_ids, comp, max_len=self.max_len,
                          layout="prefix", groups=[g[1] for g in groups], **kw)
     self.last_truncated = self.last_truncated | sc.truncated
-    return {"logps": sc.sums, "lengths": sc.lengths, "units": True}
+    return {"logps": sc.sums, "lengths": sc.lengths}

@@ -50,16 +50,23 @@ class RewardModel(nnx.Module):
     h_btd, _ = self.backbone(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True)
     idx_b = last_completion_index(loss_mask_bt)
     h_bd = jnp.take_along_axis(h_btd, idx_b[:, None, None], axis=1)[:, 0]        # (B, D)
-    return (h_bd.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
+    return self._head(h_bd)
 
   def rewards_at(self, rows, idx_bw):
     """Rewards [B, W] read at row slots ``idx_bw`` of prefix-shared / packed rows
     (``rows``: input_ids, positions, segment_ids, branch_ids [B, T]; prefjax/data/layout.py):
     the reward of a response is the value at its last completion slot."""
+    h_bwd = jnp.take_along_axis(self._rows_hidden(rows), idx_bw[..., None], axis=1)
+    return self._head(h_bwd)
+
+  def _rows_hidden(self, rows):
+    """Final-norm hidden states [B, T, D] of prefix-shared rows (branch ids honoured)."""
     h_btd, _ = self.backbone(rows["input_ids"], rows["positions"], rows["segment_ids"],
                              return_hidden=True, branch_ids_bt=rows["branch_ids"])
-    h_bwd = jnp.take_along_axis(h_btd, idx_bw[..., None], axis=1)
-    return (h_bwd.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
+    return h_btd
+
+  def _head(self, h):
+    return (h.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
 
   def slot_rewards(self, batch, n_examples: int, n_slots: int):
     """Rewards [B, S] of a ``rows_*`` batch (one per example and response slot).
@@ -77,10 +84,8 @@ class RewardModel(nnx.Module):
     ids = jnp.where((ids >= 0) & (batch["rows_loss_mask"].reshape(-1) > 0), ids, n)
     last = jax.ops.segment_max(jnp.arange(r * t), ids, num_segments=n + 1)[:n]
     last = jnp.clip(last, 0, r * t - 1)                  # empty slots: -inf -> position 0
-    h_btd, _ = self.backbone(rows["input_ids"], rows["positions"], rows["segment_ids"],
-                             return_hidden=True, branch_ids_bt=rows["branch_ids"])
-    h_nd = jnp.take(h_btd.reshape(r * t, -1), last, axis=0)
-    rew = (h_nd.astype(jnp.float32) * self.head[...].astype(jnp.float32)).sum(-1)
+    h_nd = jnp.take(self._rows_hidden(rows).reshape(r * t, -1), last, axis=0)
+    rew = self._head(h_nd)
     return jnp.take_along_axis(rew.reshape(n_examples, n_slots), batch["slot_source"], axis=1)
 
   def rewards(self, batch, prefix: str = ""):

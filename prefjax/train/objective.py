@@ -105,18 +105,16 @@ def forward_reward(model, batch):
   batch field ``margin`` [B] becomes the loss's per-pair ``margins``.
   """
   if is_rows_batch(batch):
-    b, s = batch["slot_source"].shape
-    r = model.slot_rewards(batch, b, s)
-    out = {"chosen_rewards": r[:, 0], "rejected_rewards": r[:, 1]}
-    if "margin" in batch:
-      out["margins"] = batch["margin"]
-    return out
-  keys = ("input_ids", "loss_mask", "positions", "segment_ids")
-  joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
-           for k in keys}
-  rewards = model.rewards(joint)
-  n = batch["chosen_input_ids"].shape[0]
-  out = {"chosen_rewards": rewards[:n], "rejected_rewards": rewards[n:]}
+    r = model.slot_rewards(batch, *batch["slot_source"].shape)                     # (B, 2)
+    chosen, rejected = r[:, 0], r[:, 1]
+  else:
+    keys = ("input_ids", "loss_mask", "positions", "segment_ids")
+    joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+             for k in keys}
+    rewards = model.rewards(joint)
+    n = batch["chosen_input_ids"].shape[0]
+    chosen, rejected = rewards[:n], rewards[n:]
+  out = {"chosen_rewards": chosen, "rejected_rewards": rejected}
   if "margin" in batch:
     out["margins"] = batch["margin"]
   return out
