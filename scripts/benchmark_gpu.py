@@ -2,6 +2,7 @@
 
   python scripts/benchmark_gpu.py                           # Llama-3.2-1B shapes, bf16
   python scripts/benchmark_gpu.py --size=tiny --steps=2 --warmup=1 --peers=   # CPU smoke run
+  python scripts/benchmark_gpu.py --variants=packed,packed:reference=cached:rows=6:plan=greedy
 
 The model has Llama-3.2-1B's shapes (dim 2048, 16 layers, 32 query / 8 key-value heads of
 64, MLP 8192, vocabulary 128,256, tied embeddings: 1.24B parameters) with random weights:
@@ -10,20 +11,32 @@ throughput does not depend on the values. Every framework gets the same syntheti
 bfloat16 compute over float32 master weights and AdamW state, the sigmoid DPO loss with a
 reference model, one optimizer step per batch of --pairs pairs.
 
-prefjax runs the shared train step (prefjax/train/step.py) on each --layouts (the real-model
-default "packed": prefix-shared pairs packed into rows of 2 * max_len; "plain": one padded
-row per response) with chunked vocabulary log-probs; TRL runs ``DPOTrainer`` (transformers'
-LlamaForCausalLM, sdpa attention, bf16 autocast) when installed, on the same token ids
-written as a word-level vocabulary ("t<id>"), so it sees the same lengths.
+prefjax runs the shared train step (prefjax/train/step.py) with chunked vocabulary log-probs
+on each of --variants, "LAYOUT[:key=value...]": LAYOUT is "packed" (the real-model default:
+prefix-shared pairs packed into ``rows`` rows of 2 * max_len tokens) or "plain" (one padded
+row per response); keys:
+  attention=auto|cudnn|dense   the attention kernel (auto: cuDNN on GPU in bf16)
+  reference=step|cached        the reference forward inside each step, or its log-probs
+                               computed once beforehand in one no-grad pass per batch (as
+                               scripts/train.py's reference cache does; the step then has no
+                               reference model; the pass's time is reported and amortised)
+  rows=R                       packed rows per step (default ceil(pairs / 2))
+  plan=fixed|greedy            fixed: --pairs consecutive pairs per step; greedy: as many
+                               pairs (at most --pairs) as fit the rows, as scripts/train.py
+                               plans packed batches (fewer padding slots, varying pairs/step)
+TRL runs ``DPOTrainer`` (transformers' LlamaForCausalLM, sdpa attention, bf16 autocast)
+when installed, on --pairs consecutive pairs per step written as a word-level vocabulary
+("t<id>"), so it sees the same lengths.
 
-Reported per run: seconds/step (median of --steps timed steps after --warmup), pairs/s,
-useful tokens/s (each pair's prompt once plus both responses: the tokens a pair has) and
-MFU = useful FLOPs / (seconds * peak), where
+Reported per run over its --steps timed steps (after --warmup): seconds/step (median),
+pairs/s and useful tokens/s (timed pairs or tokens / timed seconds; a pair's useful tokens
+are its prompt once plus both responses) and MFU = useful FLOPs / (timed seconds * peak):
 
   F(t)      = 2 * (N_nonembed + d * V) + 4 * L * d * t   forward FLOPs of a token at context t
                                                         (QK^T and AV; causal: half of T x T)
-  useful    = 4 * sum over useful tokens F(t)           (policy forward + backward 3F,
-                                                         reference forward F)
+  useful    = c * sum over useful tokens F(t)           c = 4: policy forward + backward 3F
+                                                        and reference forward F in the step;
+                                                        c = 3 with reference=cached
   peak      = --peak_tflops (989 TFLOP/s: the H100/H200 SXM dense bf16 datasheet figure)
 
 The bf16 matmul rate measured in the same run (8192^3 in jax) is printed beside it.
@@ -49,7 +62,8 @@ _RESP = flags.DEFINE_integer("response_len", 192, "Mean response length (tokens)
 _MAX_LEN = flags.DEFINE_integer("max_len", 1024, "Longest prompt + response.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation, autotuning).")
-_LAYOUTS = flags.DEFINE_string("layouts", "packed,plain", "prefjax layouts to run.")
+_VARIANTS = flags.DEFINE_list("variants", ["packed", "plain"],
+                              "prefjax runs, LAYOUT[:key=value...] (see the docstring).")
 _CHUNK = flags.DEFINE_integer("logps_chunk", 1024, "Tokens per vocabulary chunk (0: full logits).")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "block", "save_matmuls"], "Rematerialisation.")
 _PEERS = flags.DEFINE_string("peers", "trl", "Peers to run when installed (trl).")
@@ -83,8 +97,8 @@ def synthetic_pairs(n, prompt_len, response_len, max_len, vocab, seed=0):
   return out
 
 
-def useful_flops(cfg, pairs):
-  """4 * sum over each pair's prompt (once) and responses of F(t) (see the docstring)."""
+def useful_flops(cfg, pairs, factor=4):
+  """factor * sum over each pair's prompt (once) and responses of F(t) (see the docstring)."""
   n_nonembed = cfg.num_params() - cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2)
   per_tok = 2 * (n_nonembed + cfg.dim * cfg.vocab_size)
   total = 0.0
@@ -93,7 +107,7 @@ def useful_flops(cfg, pairs):
     for lo, hi in ((0, lp), (lp, lp + len(p["chosen"])), (lp, lp + len(p["rejected"]))):
       t = hi - lo
       total += per_tok * t + 4 * cfg.n_layers * cfg.dim * (lo + hi - 1) * t / 2
-  return 4 * total
+  return factor * total
 
 
 class IdTokenizer:
@@ -109,9 +123,45 @@ def as_text(pair):
   return {k: " ".join(map(str, v)) for k, v in pair.items()}
 
 
+def parse_variant(spec: str) -> dict:
+  """"packed:attention=dense:rows=6" -> {"layout": "packed", "attention": "dense", "rows": 6}."""
+  layout, *items = spec.split(":")
+  out = {"layout": layout, "attention": "auto", "reference": "step", "rows": 0, "plan": "fixed"}
+  allowed = {"attention": ("auto", "cudnn", "dense"), "reference": ("step", "cached"),
+             "plan": ("fixed", "greedy")}
+  if layout not in ("packed", "plain"):
+    raise ValueError(f"variant {spec!r}: layout {layout!r} is not packed or plain")
+  for item in items:
+    k, eq, v = item.partition("=")
+    if not eq or k not in out or k == "layout":
+      raise ValueError(f"variant {spec!r}: {item!r} is not one of "
+                       f"{', '.join(sorted(set(out) - {'layout'}))}=VALUE")
+    if k == "rows":
+      out[k] = int(v)
+    elif v not in allowed[k]:
+      raise ValueError(f"variant {spec!r}: {k} must be one of {', '.join(allowed[k])}")
+    else:
+      out[k] = v
+  if layout == "plain" and (out["rows"] or out["plan"] != "fixed"):
+    raise ValueError(f"variant {spec!r}: rows and plan apply to the packed layout")
+  return out
+
+
 # ----------------------------------------------------------------------------- workers
 def _batches(a):
   return [a["pairs"][i * a["batch"]:(i + 1) * a["batch"]] for i in range(a["n_steps"])]
+
+
+def _groups(a, enc):
+  """Pair indices of each step: --pairs consecutive pairs, or greedy as train.py plans."""
+  if a["plan"] == "greedy":
+    from prefjax.data import layout as layout_lib
+    groups = layout_lib.plan([as_text(p) for p in a["pairs"]], enc)
+  else:
+    groups = [list(range(i * a["batch"], (i + 1) * a["batch"])) for i in range(a["n_steps"])]
+  if len(groups) < a["n_steps"]:
+    raise ValueError(f"{len(a['pairs'])} pairs make {len(groups)} steps, not {a['n_steps']}")
+  return groups[:a["n_steps"]]
 
 
 def worker_prefjax(a):
@@ -138,10 +188,11 @@ def worker_prefjax(a):
   def init():
     return nnx.to_pure_dict(nnx.state(Transformer(cfg, nnx.Rngs(0)), nnx.Param))
   params = jax.device_put(init(), param_sh)
-  if a.get("attention"):
-    for _, m in nnx.iter_graph(nnx.merge(graphdef, params)):
+  if a.get("attention", "auto") != "auto":
+    for _, m in nnx.iter_graph(model):
       if isinstance(m, Attention):
         m.kernel = a["attention"]
+    graphdef, _ = nnx.split(model)
   ref = jax.tree.map(jnp.copy, params)
   objective = make_objective("dpo", {"beta": 0.1}, logps_chunk=a["logps_chunk"] or None)
   tx, schedule = make_optimizer(1e-6, a["n_steps"])
@@ -150,14 +201,38 @@ def worker_prefjax(a):
   step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
                          batch_sharding=batch_sh, ref_shardings=param_sh)
   enc = layout_lib.make_encoder("pairwise", IdTokenizer(), a["max_len"], layout=a["layout"],
-                                batch_size=a["batch"], completion="truncate")
+                                batch_size=a["batch"], rows=a.get("rows") or None,
+                                completion="truncate")
   if a["layout"] == "plain":
     from prefjax.data.collate import stack
     encode = lambda exs: stack([enc(ex) for ex in exs])
   else:
     encode = enc
-  batches = [jax.device_put(encode([as_text(p) for p in b]), batch_sh) for b in _batches(a)]
-  pad = [layout_lib.padding_fraction(jax.device_get(b)) for b in batches]
+  groups = _groups(a, enc)
+  host = [encode([as_text(a["pairs"][i]) for i in g]) for g in groups]
+  pad = [layout_lib.padding_fraction(b) for b in host]
+  out = {}
+  if a.get("reference", "step") == "cached":
+    # As scripts/train.py's reference cache (prefjax/train/ref_cache.py) computes an entry:
+    # one no-grad reference pass per batch; the step then runs without the reference.
+    # The loop of ref_cache.compute, timed per batch (the first includes compilation).
+    from prefjax.train import ref_cache
+    fn = jax.jit(lambda p, b: objective.reference(nnx.merge(graphdef, p), b))
+    per_batch, secs = [], []
+    for b in host:
+      t = time.perf_counter()
+      per_batch.append(jax.device_get(fn(ref, jax.device_put(b, batch_sh))))
+      secs.append(time.perf_counter() - t)
+    arrays = {k: np.stack([o[k] for o in per_batch]) for k in per_batch[0]}
+    out["reference_seconds_per_batch"] = float(np.median(secs[1:] or secs))
+    out["reference_compile_seconds"] = secs[0]
+    host = ref_cache.WithReference(host, arrays)
+    host = [host[i] for i in range(len(groups))]
+    del ref
+    ref = None
+    step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
+                           batch_sharding=batch_sh, ref_shardings=None)
+  batches = [jax.device_put(b, batch_sh) for b in host]
   times, losses = [], []
   for b in batches:
     t = time.perf_counter()
@@ -165,12 +240,13 @@ def worker_prefjax(a):
     losses.append(float(m["loss"]))            # blocks until the step is done
     times.append(time.perf_counter() - t)
   stats = jax.devices()[0].memory_stats() or {}
-  return {"step_seconds": times[a["warmup"]:], "compile_seconds": times[0],
-          "peak_device_gb": stats.get("peak_bytes_in_use", 0) / 1e9,
-          "loss_first_last": [losses[0], losses[-1]], "padding_fraction": float(np.mean(pad)),
-          "shape": list(np.shape(batches[0]["rows_input_ids" if "rows_input_ids" in batches[0]
-                                            else "chosen_input_ids"])),
-          "backend": jax.default_backend(), "device": str(jax.devices()[0])}
+  return dict(out, step_seconds=times[a["warmup"]:], compile_seconds=times[0],
+              groups=groups[a["warmup"]:],
+              peak_device_gb=stats.get("peak_bytes_in_use", 0) / 1e9,
+              loss_first_last=[losses[0], losses[-1]], padding_fraction=float(np.mean(pad)),
+              shape=list(np.shape(host[0]["rows_input_ids" if "rows_input_ids" in host[0]
+                                          else "chosen_input_ids"])),
+              backend=jax.default_backend(), device=str(jax.devices()[0]))
 
 
 def _hf_dir(a, path):
@@ -272,10 +348,14 @@ def main(argv):
   size = SIZES[_SIZE.value]
   cfg = make_config(None, vocab_size=size["vocab_size"],
                     overrides={k: v for k, v in size.items() if k != "vocab_size"})
+  variants = [(spec, parse_variant(spec)) for spec in _VARIANTS.value]
   n_steps = _WARMUP.value + _STEPS.value
-  pairs = synthetic_pairs(n_steps * _PAIRS.value, _PROMPT.value, _RESP.value, _MAX_LEN.value,
-                          size["vocab_size"])
-  timed = pairs[_WARMUP.value * _PAIRS.value:]
+  # Twice the pairs fixed batches use: greedy plans may take fewer per step.
+  pairs = synthetic_pairs(2 * n_steps * _PAIRS.value, _PROMPT.value, _RESP.value,
+                          _MAX_LEN.value, size["vocab_size"])
+  fixed = [list(range(i * _PAIRS.value, (i + 1) * _PAIRS.value))
+           for i in range(_WARMUP.value, n_steps)]
+  timed = [pairs[i] for g in fixed for i in g]
   flops = useful_flops(cfg, timed) / _STEPS.value
   tokens = sum(len(p["prompt"]) + len(p["chosen"]) + len(p["rejected"]) for p in timed)
   tokens /= _STEPS.value
@@ -283,35 +363,43 @@ def main(argv):
   # (XLA_PYTHON_CLIENT_PREALLOCATE) while the workers run.
   peak = bench.run_worker(__file__, "matmul", {}).get("tflops", float("nan"))
   print(f"model {_SIZE.value}: {cfg.num_params() / 1e9:.3f}B parameters; {_PAIRS.value} pairs/step, "
-        f"{tokens:.0f} useful tokens/step, {flops / 1e12:.1f} useful TFLOP/step; "
+        f"{tokens:.0f} useful tokens/step, {flops / 1e12:.1f} useful TFLOP/step (fixed batches); "
         f"measured matmul {peak:.0f} TFLOP/s; MFU against {_PEAK.value:.0f} TFLOP/s", flush=True)
   tmp = tempfile.mkdtemp(prefix="bench_gpu_")
   atexit.register(shutil.rmtree, tmp, True)       # the HF export: ~0.5 GB or more
   base = dict(size=size, pairs=pairs, batch=_PAIRS.value, n_steps=n_steps, warmup=_WARMUP.value,
               max_len=_MAX_LEN.value, dtype="bfloat16", logps_chunk=_CHUNK.value,
               remat=_REMAT.value)
-  runs = [(f"prefjax[{l}]", "prefjax", {"layout": l}) for l in _LAYOUTS.value.split(",") if l]
+  runs = [(f"prefjax[{spec}]", "prefjax", v) for spec, v in variants]
   runs += [(p, p, {}) for p in _PEERS.value.split(",") if p]
   results = {}
   for label, worker, extra in runs:
-    args = dict(base, workdir=os.path.join(tmp, label.replace("[", "_").strip("]")), **extra)
+    args = dict(base, workdir=os.path.join(tmp, f"run{len(results)}"), **extra)
     res = bench.run_worker(__file__, worker, args)
-    if worker == "prefjax" and "error" in res and "cudnn" in json.dumps(res).lower():
-      print(f"{label}: cuDNN attention failed ({res['error']}); retrying with dense attention")
-      label += "+dense_attention"
-      res = bench.run_worker(__file__, worker, dict(args, attention="dense"))
     if res.get("step_seconds"):
-      s = float(np.median(res["step_seconds"]))
-      res.update(sec_per_step=s, pairs_per_sec=_PAIRS.value / s, tokens_per_sec=tokens / s,
-                 mfu=flops / s / (_PEAK.value * 1e12))
-      print(f"{label:28s} {s:8.3f} s/step  {res['pairs_per_sec']:8.1f} pairs/s  "
-            f"{res['tokens_per_sec']:9.0f} tokens/s  MFU {100 * res['mfu']:5.1f}%  "
-            f"(first step {res['compile_seconds']:.1f} s"
+      groups = res.pop("groups", fixed)
+      secs = res["step_seconds"]
+      got = [pairs[i] for g in groups for i in g]
+      cached = extra.get("reference") == "cached"
+      work = useful_flops(cfg, got, factor=3 if cached else 4)
+      n_tok = sum(len(p["prompt"]) + len(p["chosen"]) + len(p["rejected"]) for p in got)
+      res.update(sec_per_step=float(np.median(secs)), pairs_per_step=len(got) / len(groups),
+                 pairs_per_sec=len(got) / sum(secs), tokens_per_sec=n_tok / sum(secs),
+                 mfu=work / sum(secs) / (_PEAK.value * 1e12))
+      note = ""
+      if cached:
+        amortised = len(got) / (sum(secs) + len(groups) * res["reference_seconds_per_batch"])
+        res["pairs_per_sec_amortised"] = amortised
+        note = (f", reference pass {res['reference_seconds_per_batch']:.3f} s/batch: "
+                f"{amortised:.1f} pairs/s amortised")
+      print(f"{label:40s} {res['sec_per_step']:7.3f} s/step  {res['pairs_per_step']:5.1f} pairs/step  "
+            f"{res['pairs_per_sec']:7.1f} pairs/s  {res['tokens_per_sec']:8.0f} tokens/s  "
+            f"MFU {100 * res['mfu']:5.1f}%  (first step {res['compile_seconds']:.1f} s"
             + (f", padding {100 * res['padding_fraction']:.0f}%" if "padding_fraction" in res
-               else "") + f", peak device memory {res.get('peak_device_gb', 0):.1f} GB)",
+               else "") + f", peak device memory {res.get('peak_device_gb', 0):.1f} GB{note})",
             flush=True)
     else:
-      print(f"{label:28s} {res.get('error')}", flush=True)
+      print(f"{label:40s} {res.get('error')}", flush=True)
       for line in res.get("log_tail", [])[-8:]:
         print("    " + line)
     results[label] = {k: v for k, v in res.items() if k != "log_tail"}
@@ -319,7 +407,8 @@ def main(argv):
       with open(_OUT.value, "w") as f:
         json.dump({"size": _SIZE.value, "pairs": _PAIRS.value, "tokens_per_step": tokens,
                    "useful_flops_per_step": flops, "matmul_tflops": peak,
-                   "peak_tflops": _PEAK.value, "results": results}, f, indent=2)
+                   "peak_tflops": _PEAK.value, "argv": sys.argv[1:], "results": results},
+                  f, indent=2)
   ours = [r for k, r in results.items() if k.startswith("prefjax") and "pairs_per_sec" in r]
   trl = results.get("trl", {})
   if ours and "pairs_per_sec" in trl:

@@ -22,6 +22,7 @@ window is a mask, so generation needs no special path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -65,7 +66,8 @@ def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
   "dense". In the kernel paths every query also sees itself, so padding queries (whose
   mask row is empty) stay finite; real queries already see themselves. ``causal_block`` > 0
   declares the mask causal (query i never sees a key after slot i, true without a KV cache):
-  the dense kernel then skips the all-masked key blocks above the diagonal.
+  the dense kernel then skips the all-masked key blocks above the diagonal, the others pass
+  ``is_causal`` (cuDNN skips those blocks too).
   """
   b, t, h, hd = q_bthk.shape
   g = k_bsgk.shape[2]
@@ -88,8 +90,37 @@ def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
   s = k_bsgk.shape[1]
   diag = (jnp.arange(t)[:, None] == jnp.arange(s)[None, :]) if t == s else False
   mask = mask_b1ts | diag
-  return jax.nn.dot_product_attention(q_bthk, k_bsgk, v_bsgk, mask=mask, scale=scale,
-                                      implementation=kernel)
+  # A causal mask also declared as such lets cuDNN skip the blocks above the diagonal (the
+  # boolean mask, a subset of it, still applies); the mask carries no gradient, so cuDNN is
+  # not asked for one (jax would otherwise compute a (B, 1, T, S) bias gradient per call).
+  with _no_mask_gradient(kernel == "cudnn"):
+    return jax.nn.dot_product_attention(q_bthk, k_bsgk, v_bsgk, mask=mask, scale=scale,
+                                        is_causal=bool(causal_block) and t == s,
+                                        implementation=kernel)
+
+
+@contextlib.contextmanager
+def _no_mask_gradient(active: bool):
+  """While tracing a cuDNN attention call: no bias gradient for the (boolean) mask.
+
+  jax turns the mask into an additive bias and, as of jax 0.10-0.11, always asks cuDNN for
+  that bias's gradient (``should_export_dbias`` returns True); a mask built from segment
+  ids is not differentiated, so that output is pure waste. The hook is private: where it is
+  missing this does nothing and jax's default applies.
+  """
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+  except ImportError:
+    fa = None
+  if not active or fa is None or not hasattr(fa, "should_export_dbias"):
+    yield
+    return
+  saved = fa.should_export_dbias
+  fa.should_export_dbias = lambda *args, **kwargs: False
+  try:
+    yield
+  finally:
+    fa.should_export_dbias = saved
 
 
 def _scores(q_btgrk, k_bsgk, mask_b1ts, scale, softcap):

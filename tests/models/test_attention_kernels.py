@@ -34,8 +34,9 @@ def test_branch_mask_matches_loop_reference():
                                 _np_mask(SEG, np.zeros_like(SEG)))
 
 
-@pytest.mark.parametrize("heads", [(4, 2), (2, 2)])
-def test_dot_product_attention_glue_equals_dense(heads):
+@pytest.mark.parametrize("heads,causal_block", [((4, 2), 0), ((2, 2), 0), ((4, 2), 4)])
+def test_dot_product_attention_glue_equals_dense(heads, causal_block):
+  # causal_block > 0 also declares the mask causal (is_causal=True beside the mask)
   h, g = heads
   rng = np.random.default_rng(0)
   b, t, hd = SEG.shape[0], SEG.shape[1], 8
@@ -44,7 +45,7 @@ def test_dot_product_attention_glue_equals_dense(heads):
   v = jnp.asarray(rng.standard_normal((b, t, g, hd)), jnp.float32)
   mask = causal_segment_mask(jnp.asarray(SEG), jnp.asarray(BRANCH))
   dense = attend(q, k, v, mask, scale=0.3, kernel="dense")
-  xla = attend(q, k, v, mask, scale=0.3, kernel="xla")
+  xla = attend(q, k, v, mask, scale=0.3, kernel="xla", causal_block=causal_block)
   real = SEG != 0                       # padding queries are never read
   np.testing.assert_allclose(np.asarray(dense)[real], np.asarray(xla)[real], rtol=1e-5, atol=1e-6)
   assert np.isfinite(np.asarray(xla)).all()
@@ -173,3 +174,32 @@ def test_dense_kernel_backward_keeps_no_probabilities_across_layers():
   tt = 1 * 4 * 512 * 512 * 4                            # one layer's float32 probabilities
   assert t["plain"] > 8 * tt, t                         # autodiff keeps >= 1 per layer
   assert t["ours"] < 0.6 * t["plain"], t                # measured: 22 vs 42 MB
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_equals_dense_on_prefix_shared_packed_rows():
+  # Values and q/k/v gradients of the cuDNN kernel (causal, no mask gradient) against the
+  # dense kernel on packed prefix-shared rows, bfloat16 inputs (cuDNN's precision).
+  rng = np.random.default_rng(2)
+  reps = 32                                        # T = 320: several cuDNN tiles
+  seg = jnp.asarray(np.repeat(SEG, reps, axis=1))
+  branch = jnp.asarray(np.repeat(BRANCH, reps, axis=1))
+  b, t, h, g, hd = 2, seg.shape[1], 4, 2, 64
+  q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, hd)), jnp.bfloat16) for n in (h, g, g))
+  mask = causal_segment_mask(seg, branch)
+  real = (seg != 0)[:, :, None, None]
+  w = jnp.asarray(rng.normal(size=(hd,)), jnp.float32)
+
+  def loss(q, k, v, kernel):
+    out = attend(q, k, v, mask, scale=hd ** -0.5, kernel=kernel, causal_block=128)
+    return jnp.sum(jnp.where(real, out.astype(jnp.float32), 0.0) * w), out
+
+  grad = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True), static_argnums=3)
+  (l_d, o_d), g_d = grad(q, k, v, "dense")
+  (l_c, o_c), g_c = grad(q, k, v, "cudnn")
+  sel = np.asarray(real[..., 0, 0])
+  np.testing.assert_allclose(np.asarray(o_c, np.float32)[sel], np.asarray(o_d, np.float32)[sel],
+                             atol=2e-2, rtol=2e-2)
+  for a, d in zip(g_c, g_d):
+    a, d = np.asarray(a, np.float32), np.asarray(d, np.float32)
+    assert np.abs(a - d).max() <= 2e-2 * np.abs(d).max() + 1e-3
