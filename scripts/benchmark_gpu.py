@@ -28,9 +28,10 @@ TRL runs ``DPOTrainer`` (transformers' LlamaForCausalLM, sdpa attention, bf16 au
 when installed, on --pairs consecutive pairs per step written as a word-level vocabulary
 ("t<id>"), so it sees the same lengths.
 
-Reported per run over its --steps timed steps (after --warmup): seconds/step (median),
-pairs/s and useful tokens/s (timed pairs or tokens / timed seconds; a pair's useful tokens
-are its prompt once plus both responses) and MFU = useful FLOPs / (timed seconds * peak):
+Reported per run over its --steps timed steps (after --warmup): seconds/step (the median),
+pairs/s and useful tokens/s (mean pairs or tokens per step / median seconds; a pair's useful
+tokens are its prompt once plus both responses) and MFU = mean useful FLOPs per step /
+(median seconds * peak):
 
   F(t)      = 2 * (N_nonembed + d * V) + 4 * L * d * t   forward FLOPs of a token at context t
                                                         (QK^T and AV; causal: half of T x T)
@@ -337,6 +338,25 @@ def matmul_tflops():
   return bench.matmul_flops(n, dt, repeats=10) / 1e12
 
 
+def summarize(cfg, pairs, groups, secs, *, cached, peak_tflops, reference_seconds=None):
+  """Per-step means over the timed steps (pair indices ``groups``) / the median step time.
+
+  The median keeps one slow step (a host-side stall) from moving a run's figures; with
+  greedy plans the pairs per step vary, so rates use their mean.
+  """
+  import numpy as np
+  got = [pairs[i] for g in groups for i in g]
+  n = len(groups)
+  med = float(np.median(secs))
+  work = useful_flops(cfg, got, factor=3 if cached else 4) / n
+  n_tok = sum(len(p["prompt"]) + len(p["chosen"]) + len(p["rejected"]) for p in got) / n
+  out = dict(sec_per_step=med, pairs_per_step=len(got) / n, pairs_per_sec=len(got) / n / med,
+             tokens_per_sec=n_tok / med, mfu=work / med / (peak_tflops * 1e12))
+  if reference_seconds is not None:
+    out["pairs_per_sec_amortised"] = len(got) / n / (med + reference_seconds)
+  return out
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv):
   del argv
@@ -377,21 +397,13 @@ def main(argv):
     args = dict(base, workdir=os.path.join(tmp, f"run{len(results)}"), **extra)
     res = bench.run_worker(__file__, worker, args)
     if res.get("step_seconds"):
-      groups = res.pop("groups", fixed)
-      secs = res["step_seconds"]
-      got = [pairs[i] for g in groups for i in g]
-      cached = extra.get("reference") == "cached"
-      work = useful_flops(cfg, got, factor=3 if cached else 4)
-      n_tok = sum(len(p["prompt"]) + len(p["chosen"]) + len(p["rejected"]) for p in got)
-      res.update(sec_per_step=float(np.median(secs)), pairs_per_step=len(got) / len(groups),
-                 pairs_per_sec=len(got) / sum(secs), tokens_per_sec=n_tok / sum(secs),
-                 mfu=work / sum(secs) / (_PEAK.value * 1e12))
+      res.update(summarize(cfg, pairs, res.pop("groups", fixed), res["step_seconds"],
+                           cached=extra.get("reference") == "cached", peak_tflops=_PEAK.value,
+                           reference_seconds=res.get("reference_seconds_per_batch")))
       note = ""
-      if cached:
-        amortised = len(got) / (sum(secs) + len(groups) * res["reference_seconds_per_batch"])
-        res["pairs_per_sec_amortised"] = amortised
+      if "pairs_per_sec_amortised" in res:
         note = (f", reference pass {res['reference_seconds_per_batch']:.3f} s/batch: "
-                f"{amortised:.1f} pairs/s amortised")
+                f"{res['pairs_per_sec_amortised']:.1f} pairs/s amortised")
       print(f"{label:40s} {res['sec_per_step']:7.3f} s/step  {res['pairs_per_step']:5.1f} pairs/step  "
             f"{res['pairs_per_sec']:7.1f} pairs/s  {res['tokens_per_sec']:8.0f} tokens/s  "
             f"MFU {100 * res['mfu']:5.1f}%  (first step {res['compile_seconds']:.1f} s"

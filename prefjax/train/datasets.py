@@ -108,7 +108,8 @@ class DataSource:
     return layout.make_encoder(kind, tok, max_len, layout=lay, group_size=self.group_size(),
                                truncate=c.data.truncate,
                                completion=c.data.get("completion", "truncate"),
-                               batch_size=batch_size)
+                               batch_size=batch_size, rows=c.data.get("rows") or None,
+                               row_len=c.data.get("row_len") or None)
 
   def group_size(self) -> int:
     if self.testbed:

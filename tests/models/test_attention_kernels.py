@@ -76,8 +76,9 @@ def test_causal_blocks_equal_full_dense(block, softcap):
     real = jnp.asarray(SEG != 0)[:, :, None, None]
     return jnp.sum(jnp.where(real, out, 0.0) * jnp.cos(jnp.arange(hd))), out
 
-  (l_full, o_full), g_full = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, 0)
-  (l_blk, o_blk), g_blk = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, block)
+  with jax.default_matmul_precision("highest"):   # GPUs default to TF32 float32 matmuls
+    (l_full, o_full), g_full = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, 0)
+    (l_blk, o_blk), g_blk = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v, block)
   real = (SEG != 0)[:, :, None, None]
   np.testing.assert_allclose(np.where(real, o_blk, 0), np.where(real, o_full, 0), atol=1e-6)
   np.testing.assert_allclose(l_blk, l_full, rtol=1e-6)

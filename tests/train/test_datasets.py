@@ -1,0 +1,23 @@
+"""DataSource.encoder: the config's layout fields reach the row encoder."""
+from prefjax.data import layout
+from prefjax.testbed.tokenizer import TestbedTokenizer
+from prefjax.train.config import base_config
+from prefjax.train.datasets import DataSource
+
+
+def _encoder(**data):
+  c = base_config()
+  c.data.update(data)
+  return DataSource(c, TestbedTokenizer()).encoder("pairwise", batch_size=16)
+
+
+def test_packed_rows_default_and_configured():
+  enc = _encoder(layout="packed", max_len=32)
+  assert isinstance(enc, layout.RowsEncoder)
+  assert (enc.rows, enc.row_len, enc.n_examples) == (8, 64, 16)     # ceil(16 / 2) x 2 max_len
+  enc = _encoder(layout="packed", max_len=32, rows=6, row_len=96)
+  assert (enc.rows, enc.row_len, enc.n_examples) == (6, 96, 16)
+
+
+def test_plain_layout_ignores_rows():
+  assert not isinstance(_encoder(layout="plain", rows=6), layout.RowsEncoder)
