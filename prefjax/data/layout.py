@@ -123,10 +123,21 @@ def best_fit_decreasing(sizes: Sequence[int], capacity: int, n_bins: int | None 
   return where
 
 
-def rows_batch(units: Sequence[dict], n_rows: int, row_len: int, where: str = "batch"):
-  """Packs units into ``n_rows`` rows of ``row_len`` tokens: rows_* arrays [R, T]."""
+def rows_batch(units: Sequence[dict], n_rows: int, row_len: int, where: str = "batch",
+               bucket: bool = False):
+  """Packs units into ``n_rows`` rows of ``row_len`` tokens: rows_* arrays [R, T].
+
+  With ``bucket`` the rows are only as long as the first of ``pipeline.bucket_lengths(row_len)``
+  that the units fit (best-fit decreasing), as plain batches are cut: a batch of short
+  examples is not padded to ``row_len`` (one compiled step per length used).
+  """
   sizes = [len(u["input_ids"]) for u in units]
-  placement = best_fit_decreasing(sizes, row_len, n_rows)
+  placement = None
+  for length in (pipeline.bucket_lengths(row_len) if bucket else (row_len,)):
+    placement = best_fit_decreasing(sizes, length, n_rows)
+    if placement is not None:
+      row_len = length
+      break
   if placement is None:
     raise DataError(f"{where}: units of {sorted(sizes, reverse=True)} tokens do not fit "
                     f"{n_rows} rows of {row_len} (raise row_len/rows, or use plan_batches)")
@@ -163,9 +174,10 @@ class RowsEncoder:
   batch_level = True
 
   def __init__(self, kind, tokenizer, max_len, *, rows, row_len, n_examples,
-               group_size=None, truncate="prompt_left", completion="error"):
+               group_size=None, truncate="prompt_left", completion="error", bucket=False):
     self.kind, self.tok, self.max_len = kind, tokenizer, max_len
     self.rows, self.row_len, self.n_examples = rows, row_len, n_examples
+    self.bucket = bucket
     self.group_size, self.truncate, self.completion = group_size, truncate, completion
     self.n_slot = n_slots(kind, group_size)
     self._cache: dict = {}
@@ -245,7 +257,7 @@ class RowsEncoder:
       raise DataError(f"{len(exs)} examples exceed the batch's {self.n_examples} slots")
     b, s = self.n_examples, self.n_slot
     units, srcs, cuts = zip(*(self._unit(exs, i) for i in range(len(exs))))
-    out = rows_batch(units, self.rows, self.row_len)
+    out = rows_batch(units, self.rows, self.row_len, bucket=self.bucket)
     out["slot_source"] = np.tile(np.arange(s, dtype=np.int32), (b, 1))
     out["slot_source"][:len(exs)] = np.asarray(srcs, np.int32)
     out["example_mask"] = (np.arange(b) < len(exs)).astype(np.float32)
@@ -271,14 +283,16 @@ class RowsEncoder:
 def make_encoder(kind: str, tokenizer, max_len: int, *, layout: str = "plain",
                  group_size: int | None = None, truncate: str = "prompt_left",
                  batch_size: int | None = None, rows: int | None = None,
-                 row_len: int | None = None, completion: str = "truncate") -> Callable:
+                 row_len: int | None = None, completion: str = "truncate",
+                 bucket: bool = False) -> Callable:
   """The encoder of batch ``kind`` in ``layout`` (see the module docstring).
 
   "plain" returns pipeline's encoders unchanged. "prefix" and "packed" return a
   ``RowsEncoder`` (batch-level: ``pipeline.batched`` hands it whole batches) with
   ``batch_size`` example slots; "prefix" uses one row per example of ``row_len`` tokens
   (default S * max_len, always enough), "packed" ``rows`` rows (default ceil(batch_size / 2))
-  of ``row_len`` (default 2 * max_len) tokens.
+  of ``row_len`` (default 2 * max_len) tokens; with ``bucket`` each batch's rows are cut to
+  the shortest of ``pipeline.bucket_lengths(row_len)`` its units fit.
   """
   if layout not in LAYOUTS:
     raise DataError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -298,10 +312,11 @@ def make_encoder(kind: str, tokenizer, max_len: int, *, layout: str = "plain",
   if layout == "prefix":
     return RowsEncoder(kind, tokenizer, max_len, rows=batch_size, row_len=row_len or s * max_len,
                        n_examples=batch_size, group_size=group_size, truncate=truncate,
-                       completion=completion)
+                       completion=completion, bucket=bucket)
   return RowsEncoder(kind, tokenizer, max_len, rows=rows or math.ceil(batch_size / 2),
                      row_len=row_len or 2 * max_len, n_examples=batch_size,
-                     group_size=group_size, truncate=truncate, completion=completion)
+                     group_size=group_size, truncate=truncate, completion=completion,
+                     bucket=bucket)
 
 
 def plan(examples: Sequence[dict], encoder: RowsEncoder) -> list[list[int]]:

@@ -109,7 +109,8 @@ class DataSource:
                                truncate=c.data.truncate,
                                completion=c.data.get("completion", "truncate"),
                                batch_size=batch_size, rows=c.data.get("rows") or None,
-                               row_len=c.data.get("row_len") or None)
+                               row_len=c.data.get("row_len") or None,
+                               bucket=bool(c.data.get("bucket", False)))
 
   def group_size(self) -> int:
     if self.testbed:

@@ -140,10 +140,15 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
   bar = tqdm(range(start, num_steps), desc=stage, disable=not (progress and main),
              dynamic_ncols=True)
   last_log, t0 = start, time.perf_counter()
-  skipped, in_a_row = 0, 0
+  skipped, in_a_row, compiled = 0, 0, 0
+  # Steps that compiled (a new batch shape) are counted in each metrics line, so timings
+  # can leave them out; a jitted step exposes its cache size (0 otherwise).
+  cache_size = getattr(train_step, "_cache_size", lambda: 0)
   for step in bar:
     batch = distributed.host_batch(batches[step], batch_sharding, global_batch_size)
+    before = cache_size()
     state, m = train_step(state, batch, ref_params)
+    compiled += cache_size() > before
     done = step + 1
     last = done == num_steps
     if nonfinite == "skip":   # one scalar read per step: "in a row" must be exact
@@ -169,7 +174,8 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
       elapsed = time.perf_counter() - t0      # train steps only: hooks and saves excluded
       m["tokens_per_sec"] = tokens / max(elapsed, 1e-9)
       m["seconds_per_step"] = elapsed / (done - last_log)
-      last_log = done
+      m["compiled_steps"] = compiled
+      last_log, compiled = done, 0
       values = {k: float(np.asarray(v)) for k, v in m.items()}
       if on_log is not None:
         values.update(on_log(state, done))

@@ -126,11 +126,13 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
 
 
 def _data_metrics(batch) -> dict:
-  """Truncation fractions, real tokens and (row layouts) the padding fraction of a batch."""
+  """Truncation fractions, real tokens, examples and the padding fraction of a batch."""
   seg = [batch[k] for k in batch if k.endswith("segment_ids")]
   out = {name: jnp.mean(batch[field]) for name, field in BATCH_METRICS.items() if field in batch}
   out["data/tokens"] = sum((s != 0).sum() for s in seg)
   out["data/padding_fraction"] = 1.0 - out["data/tokens"] / sum(s.size for s in seg)
+  if "example_mask" in batch:           # packed plans take as many examples as fit
+    out["data/examples"] = batch["example_mask"].sum()
   return out
 
 

@@ -89,3 +89,25 @@ def test_bad_layout_and_oversized_examples_fail_clearly():
   pairs = world.preference_pairs(world.WorldConfig(tasks=("sort",)), 2)
   with pytest.raises(DataError, match="alone does not fit"):
     layout.plan(pairs, enc)
+
+
+def test_bucketed_rows_are_the_shortest_length_that_fits():
+  rng = np.random.default_rng(0)
+  for trial in range(20):
+    units = [layout.unit_arrays(list(range(1, int(rng.integers(2, 40)))),
+                                [[5] * int(rng.integers(1, 30)), [6] * int(rng.integers(1, 30))],
+                                [0, 1], i, 2) for i in range(int(rng.integers(1, 5)))]
+    sizes = [len(u["input_ids"]) for u in units]
+    full = layout.rows_batch(units, n_rows=2, row_len=256)
+    cut = layout.rows_batch(units, n_rows=2, row_len=256, bucket=True)
+    t = cut["rows_input_ids"].shape[1]
+    fits = [b for b in pipeline.bucket_lengths(256)
+            if layout.best_fit_decreasing(sizes, b, 2) is not None]
+    assert t == fits[0] and full["rows_input_ids"].shape == (2, 256)
+    for k in ("input_ids", "segment_ids", "slot_ids", "loss_mask"):
+      # the same tokens per example slot, only less padding
+      a, b = full[f"rows_{k}"], cut[f"rows_{k}"]
+      assert (a != 0).sum() == (b != 0).sum() or k == "slot_ids"
+    for slot in range(2 * len(units)):
+      np.testing.assert_array_equal(np.sort(full["rows_target_ids"][full["rows_slot_ids"] == slot]),
+                                    np.sort(cut["rows_target_ids"][cut["rows_slot_ids"] == slot]))

@@ -67,13 +67,15 @@ def _assert_same(a, b):
 
 
 def test_packed_chunked_pairs_equal_plain():
-  """The fast check (two compiles): packed rows with chunked log-probs vs plain rows."""
+  """The fast check (two compiles): packed rows with chunked log-probs vs plain rows; the
+  rows are cut to a bucket length (data.bucket, the training default)."""
   loss, hp = CASES["pairwise"]
   exs = _examples("pairwise")
   enc = layout.make_encoder("pairwise", TOK, MAX_LEN, layout="packed", batch_size=4, rows=2,
-                            row_len=3 * MAX_LEN)
+                            row_len=8 * MAX_LEN, bucket=True)
   packed = enc(exs)
   assert packed["rows_segment_ids"].max() >= 2
+  assert packed["rows_input_ids"].shape[1] < 8 * MAX_LEN
   _assert_same(_step(loss, hp, _plain_batch("pairwise", exs)), _step(loss, hp, packed, chunk=16))
 
 

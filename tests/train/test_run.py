@@ -70,6 +70,8 @@ def test_every_objective_kind_runs_two_steps(files, tmp_path, loss, train):
   rows = _metrics(tmp_path, "dpo")
   assert [r["step"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["loss"]) for r in rows)
+  # the first step compiles; the second only if its batch has a new (bucketed) length
+  assert rows[0]["compiled_steps"] == 1 and rows[1]["compiled_steps"] in (0, 1)
   if train == "pairs":
     assert [r["step"] for r in _metrics(tmp_path, "sft")] == [1, 2]
     assert 0.0 <= s["eval/heldout/accuracy"] <= 1.0
