@@ -61,7 +61,12 @@ def _perturbed(params, seed):
 _slow = pytest.mark.slow
 CASES = [("sft", {}), ("dpo", {"beta": 0.1}), ("kto", {"beta": 0.5}),
          pytest.param("ipo", {"beta": 0.1}, marks=_slow), pytest.param("simpo", {}, marks=_slow),
-         pytest.param("aot", {"beta": 0.5}, marks=_slow),
+         # beta 0.1 as for the other pairwise losses: the loss's float32 rounding scales with
+         # beta x ulp(|log p|), and this tiny random model's sequence log-probs reach ~330
+         # (ulp 3e-5): with beta 0.5, AOT's plain and accumulated losses differed by 2.8e-6
+         # relative on one CPU (the forward fused differently in the two programs), by 6e-7
+         # with beta 0.1.
+         pytest.param("aot", {"beta": 0.1}, marks=_slow),
          pytest.param("mdpo", {"beta": 0.1}, marks=_slow),
          pytest.param("mipo", {"beta": 0.1}, marks=_slow),
          pytest.param("bradley_terry", {}, marks=_slow)]
