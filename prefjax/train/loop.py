@@ -140,7 +140,7 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
   bar = tqdm(range(start, num_steps), desc=stage, disable=not (progress and main),
              dynamic_ncols=True)
   last_log, t0 = start, time.perf_counter()
-  skipped, in_a_row, compiled = 0, 0, 0
+  skipped, in_a_row, compiled, tokens_sum = 0, 0, 0, None
   # Steps that compiled (a new batch shape) are counted in each metrics line, so timings
   # can leave them out; a jitted step exposes its cache size (0 otherwise).
   cache_size = getattr(train_step, "_cache_size", lambda: 0)
@@ -149,6 +149,9 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
     before = cache_size()
     state, m = train_step(state, batch, ref_params)
     compiled += cache_size() > before
+    # Real tokens since the last metrics line, summed on the device (no sync per step):
+    # bucketed and greedily planned batches differ in size.
+    tokens_sum = m["data/tokens"] if tokens_sum is None else tokens_sum + m["data/tokens"]
     done = step + 1
     last = done == num_steps
     if nonfinite == "skip":   # one scalar read per step: "in a row" must be exact
@@ -164,7 +167,8 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
         in_a_row = 0
     if done % log_every == 0 or last or checkpointer.should_save(done, last):
       m = jax.device_get(m)
-      tokens = float(m.pop("data/tokens")) * (done - last_log)  # batches are equal-shaped
+      m.pop("data/tokens")
+      tokens, tokens_sum = float(jax.device_get(tokens_sum)), None
       if nonfinite == "stop":
         _check_finite(stage, m, done, checkpointer)
       else:
