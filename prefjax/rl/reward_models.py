@@ -41,7 +41,8 @@ def _train_sub_stage(ctx, name, model, init_params, objective, examples, encode,
   tx, schedule = make_optimizer(scfg.lr, scfg.steps, warmup_steps=scfg.warmup_steps,
                                 weight_decay=scfg.weight_decay, b1=scfg.b1, b2=scfg.b2,
                                 clip_norm=scfg.clip_norm,
-                                final_lr_fraction=scfg.final_lr_fraction)
+                                final_lr_fraction=scfg.final_lr_fraction,
+                                lr_multipliers=dict(scfg.get("lr_multipliers", None) or {}))
   pipeline.check_examples(examples, encode)
   batches = pipeline.batched(examples, encode, scfg.batch_size, seed=c.seed,
                              num_steps=scfg.steps)
