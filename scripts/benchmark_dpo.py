@@ -58,6 +58,7 @@ VARIANTS = {
     "prefix": {"data.layout": "prefix"},
     "packed": {"data.layout": "packed"},
     "no_buckets": {"data.bucket": False},           # rows always 2 * max_len long
+    "chunk512": {"model.logps_chunk": 512},          # vocabulary head in chunks of 512 tokens
     "chunked": {"model.logps_chunk": 128},
     "packed_chunked": {"data.layout": "packed", "model.logps_chunk": 128},
     "no_ref_cache": {"reference_cache.enabled": False},   # the step runs the reference
