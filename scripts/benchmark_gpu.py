@@ -215,17 +215,12 @@ def worker_prefjax(a):
   pad = [layout_lib.padding_fraction(b) for b in host]
   out = {}
   if a.get("reference", "step") == "cached":
-    # As scripts/train.py's reference cache (prefjax/train/ref_cache.py) computes an entry:
-    # one no-grad reference pass per batch; the step then runs without the reference.
-    # The loop of ref_cache.compute, timed per batch (the first includes compilation).
+    # One no-grad reference pass per batch; the step then runs without the reference.
+    # As scripts/train.py's reference cache computes an entry, timed per batch (the first
+    # includes compilation).
     from prefjax.train import ref_cache
-    fn = jax.jit(lambda p, b: objective.reference(nnx.merge(graphdef, p), b))
-    per_batch, secs = [], []
-    for b in host:
-      t = time.perf_counter()
-      per_batch.append(jax.device_get(fn(ref, jax.device_put(b, batch_sh))))
-      secs.append(time.perf_counter() - t)
-    arrays = {k: np.stack([o[k] for o in per_batch]) for k in per_batch[0]}
+    secs = []
+    arrays = ref_cache.compute(graphdef, objective, ref, host, len(host), batch_sh, seconds=secs)
     out["reference_seconds_per_batch"] = float(np.median(secs[1:] or secs))
     out["reference_compile_seconds"] = secs[0]
     host = ref_cache.WithReference(host, arrays)

@@ -110,7 +110,7 @@ class DataSource:
                                completion=c.data.get("completion", "truncate"),
                                batch_size=batch_size, rows=c.data.get("rows") or None,
                                row_len=c.data.get("row_len") or None,
-                               bucket=bool(c.data.get("bucket", False)))
+                               bucket=bool(c.data.get("bucket", True)))
 
   def group_size(self) -> int:
     if self.testbed:

@@ -83,14 +83,18 @@ def tokenizer_identity(tokenizer) -> dict:
 
 # ----------------------------------------------------------------------------- compute
 def compute(graphdef, objective: Objective, ref_params, batches, num_steps: int,
-            batch_sharding) -> dict[str, np.ndarray]:
+            batch_sharding, seconds: list | None = None) -> dict[str, np.ndarray]:
   """{``ref_*``: [num_steps, B, ...]}: the reference's loss inputs of every planned batch,
-  one jitted no-grad forward per batch (a new compile per distinct batch shape)."""
+  one jitted no-grad forward per batch (a new compile per distinct batch shape). With a
+  ``seconds`` list, each batch's wall time (compilation included) is appended to it."""
   fn = jax.jit(lambda p, b: objective.reference(nnx.merge(graphdef, p), b))
   per_step = []
   for step in range(num_steps):
+    t0 = time.perf_counter()
     out = fn(ref_params, jax.device_put(batches[step], batch_sharding))
     per_step.append(jax.device_get(out))
+    if seconds is not None:
+      seconds.append(time.perf_counter() - t0)
   return {k: np.stack([o[k] for o in per_step]) for k in per_step[0]}
 
 
