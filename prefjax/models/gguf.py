@@ -178,9 +178,9 @@ def _tokenizer_meta(reader) -> dict[str, Any]:
 
 
 def _open(path: str):
-  gguf = require("gguf", "real", "reading a GGUF checkpoint")   # only GGUF users need it
-  if not os.path.isfile(path):
+  if not os.path.isfile(path):      # the path first: a typo is not a missing extra
     raise DataError(f"{path}: no such GGUF file")
+  gguf = require("gguf", "real", "reading a GGUF checkpoint")   # only GGUF users need it
   try:
     reader = gguf.GGUFReader(path)
   except Exception as e:  # the package raises ValueError/struct.error/IndexError/...
@@ -209,9 +209,9 @@ def read_gguf(path: str, *, dtype=None):
     DataError: unreadable, truncated or corrupted file, unknown tensor type, unsupported
       architecture. No partial result is ever returned.
   """
-  gguf = require("gguf", "real", "reading a GGUF checkpoint")
   path = os.fspath(path)
   reader = _open(path)
+  gguf = require("gguf", "real", "reading a GGUF checkpoint")
   arch = _field(reader, "general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise DataError(f"{path}: unsupported GGUF architecture {arch!r}; supported: "
