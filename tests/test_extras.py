@@ -45,9 +45,11 @@ def test_a_missing_dependency_of_an_installed_package_is_named(tmp_path, monkeyp
 def test_gguf_reader(monkeypatch, tmp_path):
   from prefjax.models import gguf as gguf_lib
   _missing(monkeypatch, "gguf")
+  path = tmp_path / "m.gguf"
+  path.write_bytes(b"GGUF")          # an existing file: a missing one is reported as such
   with pytest.raises(MissingExtraError, match=r"^reading a GGUF checkpoint needs the 'gguf' "
                                               r"package: pip install -e '\.\[real\]'$"):
-    gguf_lib.read_gguf(str(tmp_path / "m.gguf"))
+    gguf_lib.read_gguf(str(path))
 
 
 def test_tokenizer_paths(monkeypatch, tmp_path):
