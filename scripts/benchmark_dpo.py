@@ -12,11 +12,15 @@ buckets a timed step that compiles a new row length is left out and counted), pa
 peak RSS and the fraction of a float32 matmul peak (measured in this run) spent on useful
 FLOPs:
 
-  F(t)        = 2 * (N_nonembed + d * V) + 2 * L * d * t        forward FLOPs of one token at
-                                                                 context t (causal attention:
-                                                                 QK^T and AV, half the square)
-  useful/step = 4 * sum over real tokens F(t)  (policy forward + backward = 3F, reference
-                forward = F), each pair's prompt counted once (chosen + rejected + prompt);
+  F(t)        = 2 * N_nonembed + 2 * L * d * t              forward FLOPs of one token at
+                                                             context t (causal attention:
+                                                             QK^T and AV, half the square)
+  H           = 2 * d * V                                    the vocabulary head, counted
+                                                             only for completion tokens (the
+                                                             loss reads no prompt logits)
+  useful/step = 4 * (sum over real tokens F(t) + sum over completion tokens H)  (policy
+                forward + backward = 3x, reference forward = 1x), each pair's prompt counted
+                once (chosen + rejected + prompt);
                 3 * ... when the reference log-probs come from the cache (computed once
                 before training into a fresh cache directory, timed, and also reported
                 amortised over the run's steps: variant ``no_ref_cache`` turns it off)
@@ -58,6 +62,7 @@ VARIANTS = {
     "prefix": {"data.layout": "prefix"},
     "packed": {"data.layout": "packed"},
     "no_buckets": {"data.bucket": False},           # rows always 2 * max_len long
+    "buckets2": {"data.bucket_per_octave": 2},      # row lengths 256, 384, 512 (not 4/octave)
     "chunk512": {"model.logps_chunk": 512},          # vocabulary head in chunks of 512 tokens
     "chunked": {"model.logps_chunk": 128},
     "packed_chunked": {"data.layout": "packed", "model.logps_chunk": 128},
@@ -92,16 +97,18 @@ def select_pairs(n, max_len, tokenizer):
 
 
 def useful_flops(cfg, pairs):
-  """4 * sum_t F(t) over each pair's prompt (once) and both responses (see the docstring)."""
+  """4 * (sum_t F(t) over each pair's prompt (once) and both responses + H per completion
+  token) (see the docstring)."""
   n_nonembed = cfg.num_params() - cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2)
-  per_tok = 2 * (n_nonembed + cfg.dim * cfg.vocab_size)
+  head = 2 * cfg.dim * cfg.vocab_size
   total = 0.0
   for p in pairs:
     lp, lc, lr = p["tokens"]
     for lo, hi in ((0, lp), (lp, lp + lc), (lp, lp + lr)):
       t = hi - lo
       ctx_sum = (lo + hi - 1) * t / 2          # sum of contexts lo..hi-1
-      total += per_tok * t + 2 * cfg.n_layers * cfg.dim * ctx_sum * 2
+      total += 2 * n_nonembed * t + 2 * cfg.n_layers * cfg.dim * ctx_sum * 2
+    total += head * (lc + lr)
   return 4 * total
 
 

@@ -123,17 +123,25 @@ def best_fit_decreasing(sizes: Sequence[int], capacity: int, n_bins: int | None 
   return where
 
 
+def _per_octave(bucket: bool | int) -> int:
+  """``bucket`` as bucket lengths per octave: False/0 off, True the default 2, else n."""
+  return 2 if bucket is True else int(bucket)
+
+
 def rows_batch(units: Sequence[dict], n_rows: int, row_len: int, where: str = "batch",
-               bucket: bool = False):
+               bucket: bool | int = False):
   """Packs units into ``n_rows`` rows of ``row_len`` tokens: rows_* arrays [R, T].
 
   With ``bucket`` the rows are only as long as the first of ``pipeline.bucket_lengths(row_len)``
   that the units fit (best-fit decreasing), as plain batches are cut: a batch of short
-  examples is not padded to ``row_len`` (one compiled step per length used).
+  examples is not padded to ``row_len`` (one compiled step per length used); an int
+  ``bucket`` is the number of bucket lengths per octave (``pipeline.bucket_lengths``).
   """
   sizes = [len(u["input_ids"]) for u in units]
   placement = None
-  for length in (pipeline.bucket_lengths(row_len) if bucket else (row_len,)):
+  per_octave = _per_octave(bucket)
+  for length in (pipeline.bucket_lengths(row_len, per_octave=per_octave) if per_octave
+                 else (row_len,)):
     placement = best_fit_decreasing(sizes, length, n_rows)
     if placement is not None:
       row_len = length
@@ -174,7 +182,8 @@ class RowsEncoder:
   batch_level = True
 
   def __init__(self, kind, tokenizer, max_len, *, rows, row_len, n_examples,
-               group_size=None, truncate="prompt_left", completion="error", bucket=False):
+               group_size=None, truncate="prompt_left", completion="error",
+               bucket: bool | int = False):
     self.kind, self.tok, self.max_len = kind, tokenizer, max_len
     self.rows, self.row_len, self.n_examples = rows, row_len, n_examples
     self.bucket = bucket
@@ -284,7 +293,7 @@ def make_encoder(kind: str, tokenizer, max_len: int, *, layout: str = "plain",
                  group_size: int | None = None, truncate: str = "prompt_left",
                  batch_size: int | None = None, rows: int | None = None,
                  row_len: int | None = None, completion: str = "truncate",
-                 bucket: bool = False) -> Callable:
+                 bucket: bool | int = False) -> Callable:
   """The encoder of batch ``kind`` in ``layout`` (see the module docstring).
 
   "plain" returns pipeline's encoders unchanged. "prefix" and "packed" return a
@@ -292,7 +301,8 @@ def make_encoder(kind: str, tokenizer, max_len: int, *, layout: str = "plain",
   ``batch_size`` example slots; "prefix" uses one row per example of ``row_len`` tokens
   (default S * max_len, always enough), "packed" ``rows`` rows (default ceil(batch_size / 2))
   of ``row_len`` (default 2 * max_len) tokens; with ``bucket`` each batch's rows are cut to
-  the shortest of ``pipeline.bucket_lengths(row_len)`` its units fit.
+  the shortest of ``pipeline.bucket_lengths(row_len)`` its units fit (an int: that many
+  lengths per octave).
   """
   if layout not in LAYOUTS:
     raise DataError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

@@ -261,15 +261,22 @@ def check_examples(examples: Sequence[dict], encode: Callable) -> None:
 
 
 # ------------------------------------------------------------------------------ buckets
-def bucket_lengths(max_len: int, smallest: int = 64) -> tuple[int, ...]:
-  """Row lengths a batch may be cut to: ``smallest * m`` for m in 1, 2, 3, 4, 6, 8, 12, 16,
-  ... (powers of two and 1.5 times powers of two) below ``max_len``, then ``max_len``.
+def bucket_lengths(max_len: int, smallest: int = 64, per_octave: int = 2) -> tuple[int, ...]:
+  """Row lengths a batch may be cut to: ``smallest``, then ``smallest * 2^i * (1 + j /
+  per_octave)`` for i >= 1, j < per_octave, below ``max_len``, then ``max_len``.
 
-  At most ~2 log2(max_len / smallest) + 1 shapes (8 for 1024), each wasting at most a third
-  of a row on padding; ``max_len <= smallest`` gives one shape (the testbed's 32).
+  per_octave=2: 64, 128, 192, 256, 384, 512, ... (~2 log2(max_len / smallest) + 1 shapes, 8
+  for 1024; a batch wastes at most a third of its row on padding); per_octave=4: 64, 128,
+  160, 192, 224, 256, 320, ... (at most a fifth wasted, twice the shapes); 1: powers of two.
+  ``max_len <= smallest`` gives one shape (the testbed's 32).
   """
-  mults = sorted({2 ** i for i in range(40)} | {3 * 2 ** i for i in range(40)})
-  return tuple(smallest * m for m in mults if smallest * m < max_len) + (max_len,)
+  if per_octave < 1:
+    raise ValueError(f"per_octave must be >= 1, got {per_octave}")
+  lengths, base = {smallest}, 2 * smallest
+  while base < max_len:
+    lengths.update(base + base * j // per_octave for j in range(per_octave))
+    base *= 2
+  return tuple(sorted(n for n in lengths if n < max_len)) + (max_len,)
 
 
 def _is_row_field(key: str) -> bool:

@@ -36,53 +36,68 @@ def _chunk_logits(h_cd, w, vocab_major: bool, softcap):
   return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _chunked(h_ncd, w, y_nc, vocab_major, softcap):
-  return _chunked_fwd(h_ncd, w, y_nc, vocab_major, softcap)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked(h_ncd, w, y_nc, active_n, vocab_major, softcap):
+  return _chunked_fwd(h_ncd, w, y_nc, active_n, vocab_major, softcap)[0]
 
 
-def _chunked_fwd(h_ncd, w, y_nc, vocab_major, softcap):
+def _skippable(active, compute, skipped):
+  """``compute()``, or ``skipped()`` for a chunk that holds no wanted token (a real branch:
+  the chunk's [C, V] logits are never computed)."""
+  return compute() if active is None else jax.lax.cond(active, compute, skipped)
+
+
+def _chunked_fwd(h_ncd, w, y_nc, active_n, vocab_major, softcap):
   def body(_, xs):
-    h_cd, y_c = xs
-    logits = _chunk_logits(h_cd, w, vocab_major, softcap)                         # (C, V)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return None, (jnp.take_along_axis(logits, y_c[:, None], axis=-1)[:, 0] - lse, lse)
+    h_cd, y_c, active = xs
 
-  _, (out_nc, lse_nc) = jax.lax.scan(body, None, (h_ncd, y_nc))
-  return out_nc, (h_ncd, w, y_nc, lse_nc)
+    def compute():
+      logits = _chunk_logits(h_cd, w, vocab_major, softcap)                       # (C, V)
+      lse = jax.nn.logsumexp(logits, axis=-1)
+      return jnp.take_along_axis(logits, y_c[:, None], axis=-1)[:, 0] - lse, lse
+
+    zeros = lambda: (jnp.zeros(y_c.shape, jnp.float32),) * 2
+    return None, _skippable(active, compute, zeros)
+
+  _, (out_nc, lse_nc) = jax.lax.scan(body, None, (h_ncd, y_nc, active_n))
+  return out_nc, (h_ncd, w, y_nc, active_n, lse_nc)
 
 
 def _chunked_bwd(vocab_major, softcap, res, g_nc):
   """d/dlogits (logits[y] - lse) = onehot(y) - softmax; the chunk's logits are recomputed."""
-  h_ncd, w, y_nc, lse_nc = res
+  h_ncd, w, y_nc, active_n, lse_nc = res
   dtype = h_ncd.dtype
   wc = w.astype(dtype)
 
   def body(dw, xs):
-    h_cd, y_c, lse_c, g_c = xs
-    logits = _chunk_logits(h_cd, w, vocab_major, softcap)                         # (C, V)
-    g_cv = -g_c[:, None] * jnp.exp(logits - lse_c[:, None])
-    g_cv = g_cv.at[jnp.arange(y_c.shape[0]), y_c].add(g_c)
-    if softcap is not None:                   # d/dx softcap*tanh(x/softcap) = 1 - tanh^2
-      g_cv = g_cv * (1.0 - jnp.square(logits / softcap))
-    g_cv = g_cv.astype(dtype)
-    dh = jnp.einsum("cv,vd->cd" if vocab_major else "cv,dv->cd", g_cv, wc)
-    # dW as [D, V] = h^T g: a canonical dot on CPU (layers.transposed); transposed once at
-    # the end for a vocab-major (tied) table
-    dw = dw + (transposed(h_cd) @ g_cv).astype(jnp.float32)
-    return dw, dh
+    h_cd, y_c, lse_c, g_c, active = xs
+
+    def compute():
+      logits = _chunk_logits(h_cd, w, vocab_major, softcap)                       # (C, V)
+      g_cv = -g_c[:, None] * jnp.exp(logits - lse_c[:, None])
+      g_cv = g_cv.at[jnp.arange(y_c.shape[0]), y_c].add(g_c)
+      if softcap is not None:                 # d/dx softcap*tanh(x/softcap) = 1 - tanh^2
+        g_cv = g_cv * (1.0 - jnp.square(logits / softcap))
+      g_cv = g_cv.astype(dtype)
+      dh = jnp.einsum("cv,vd->cd" if vocab_major else "cv,dv->cd", g_cv, wc)
+      # dW as [D, V] = h^T g: a canonical dot on CPU (layers.transposed); transposed once at
+      # the end for a vocab-major (tied) table
+      return dw + (transposed(h_cd) @ g_cv).astype(jnp.float32), dh
+
+    return _skippable(active, compute, lambda: (dw, jnp.zeros_like(h_cd)))
 
   d, v = h_ncd.shape[-1], w.shape[0 if vocab_major else 1]
   dw_dv, dh_ncd = jax.lax.scan(body, jnp.zeros((d, v), jnp.float32),
-                               (h_ncd, y_nc, lse_nc, g_nc))
-  return dh_ncd, (dw_dv.T if vocab_major else dw_dv).astype(w.dtype), None
+                               (h_ncd, y_nc, lse_nc, g_nc, active_n))
+  return dh_ncd, (dw_dv.T if vocab_major else dw_dv).astype(w.dtype), None, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def chunked_token_logprobs(hidden_btd, w, targets_bt, *, chunk_size: int,
-                           softcap: float | None = None, vocab_major: bool = False):
+                           softcap: float | None = None, vocab_major: bool = False,
+                           mask_bt=None):
   """log softmax(softcap(h @ W))[y] per token, without materialising [B, T, V] logits.
 
   logits_n = float32(h_n @ W), optionally ``softcap * tanh(logits / softcap)`` (Gemma),
@@ -91,6 +106,11 @@ def chunked_token_logprobs(hidden_btd, w, targets_bt, *, chunk_size: int,
   h, W and the per-token log-sum-exp; the backward pass recomputes each chunk's logits and
   accumulates dW = sum_n h_n (g_n (onehot(y_n) - softmax_n)) in one float32 buffer.
 
+  With ``mask_bt`` only the wanted tokens' log-probs are computed: each row's wanted tokens
+  are moved to its front (a stable per-row sort, so the batch axis keeps its sharding) and
+  a chunk with none of them is skipped in both passes (``lax.cond``). In prefix-shared and
+  packed DPO rows most positions are prompt or padding, whose logits the loss never reads.
+
   Args:
     hidden_btd: [B, T, D] final-norm hidden state (compute dtype).
     w: the unembedding, [D, V], or [V, D] with ``vocab_major=True`` (a tied embedding table,
@@ -98,20 +118,35 @@ def chunked_token_logprobs(hidden_btd, w, targets_bt, *, chunk_size: int,
     targets_bt: [B, T] int target ids.
     chunk_size: tokens per chunk C (peak logits memory is a few C * V float32).
     softcap: the model's ``final_softcap`` or None.
+    mask_bt: optional [B, T] (nonzero = wanted, e.g. the loss mask).
 
   Returns:
-    [B, T] float32 log-probs, equal to ``token_logprobs(model logits, targets)``.
+    [B, T] float32 log-probs, equal to ``token_logprobs(model logits, targets)``; with
+    ``mask_bt``, 0 where the mask is 0.
   """
   b, t, d = hidden_btd.shape
+  if mask_bt is not None:
+    wanted = jnp.asarray(mask_bt) != 0
+    order = jnp.argsort(~wanted, axis=-1, stable=True)                # wanted tokens first
+    hidden_btd = jnp.take_along_axis(hidden_btd, order[..., None], axis=1)
+    targets_bt = jnp.take_along_axis(jnp.asarray(targets_bt), order, axis=1)
+    wanted_sorted = jnp.take_along_axis(wanted, order, axis=1)
   n = b * t
   c = max(1, min(int(chunk_size), n))
   n_chunks = -(-n // c)
   pad = n_chunks * c - n
   h_ncd = jnp.pad(hidden_btd.reshape(n, d), ((0, pad), (0, 0))).reshape(n_chunks, c, d)
   y_nc = jnp.pad(targets_bt.reshape(n), (0, pad)).reshape(n_chunks, c)
-  out_nc = _chunked(h_ncd, w, y_nc, bool(vocab_major),
+  active_n = None
+  if mask_bt is not None:
+    active_n = jnp.pad(wanted_sorted.reshape(n), (0, pad)).reshape(n_chunks, c).any(-1)
+  out_nc = _chunked(h_ncd, w, y_nc, active_n, bool(vocab_major),
                     None if softcap is None else float(softcap))
-  return out_nc.reshape(-1)[:n].reshape(b, t)
+  out = out_nc.reshape(-1)[:n].reshape(b, t)
+  if mask_bt is None:
+    return out
+  out = jnp.take_along_axis(out, jnp.argsort(order, axis=-1), axis=1)   # back in row order
+  return jnp.where(wanted, out, 0.0)
 
 
 def unembedding(model):
@@ -137,8 +172,11 @@ def sequence_logps(logits_btv, targets_bt, loss_mask_bt):
 
 
 def model_token_logps(model, ids_bt, positions_bt, segment_ids_bt, targets_bt, *,
-                      chunk_size: int | None = None, branch_ids_bt=None):
+                      chunk_size: int | None = None, branch_ids_bt=None, mask_bt=None):
   """[B, T] float32 log-probs of ``targets`` under ``model`` (plain or chunked).
+
+  ``mask_bt`` (chunked only): the tokens whose log-probs are wanted; the vocabulary head
+  skips chunks without any (others may read 0).
 
   ``branch_ids_bt`` (prefix-shared rows) is passed to the model only when given, so
   models without that argument keep working on plain rows.
@@ -148,7 +186,7 @@ def model_token_logps(model, ids_bt, positions_bt, segment_ids_bt, targets_bt, *
     hidden, _ = model(ids_bt, positions_bt, segment_ids_bt, return_hidden=True, **kw)
     w, vocab_major, softcap = unembedding(model)
     return chunked_token_logprobs(hidden, w, targets_bt, chunk_size=chunk_size,
-                                  softcap=softcap, vocab_major=vocab_major)
+                                  softcap=softcap, vocab_major=vocab_major, mask_bt=mask_bt)
   logits, _ = model(ids_bt, positions_bt, segment_ids_bt, **kw)
   return token_logprobs(logits, targets_bt)
 
@@ -166,7 +204,7 @@ def forward_logps(model, batch, prefix: str = "", *, chunk_size: int | None = No
   flat = lambda k: batch[prefix + k].reshape(-1, t)
   mask = flat("loss_mask").astype(jnp.float32)
   tok = model_token_logps(model, flat("input_ids"), flat("positions"), flat("segment_ids"),
-                          flat("target_ids"), chunk_size=chunk_size) * mask
+                          flat("target_ids"), chunk_size=chunk_size, mask_bt=mask) * mask
   return tok.sum(-1).reshape(lead), mask.sum(-1).reshape(lead), tok.reshape(*lead, t)
 
 
@@ -184,7 +222,8 @@ def slot_logps(model, batch, n_examples: int, n_slots: int, *, chunk_size: int |
   mask = batch["rows_loss_mask"].astype(jnp.float32)                                # (R, T)
   tok = model_token_logps(model, batch["rows_input_ids"], batch["rows_positions"],
                           batch["rows_segment_ids"], batch["rows_target_ids"],
-                          chunk_size=chunk_size, branch_ids_bt=batch["rows_branch_ids"])
+                          chunk_size=chunk_size, branch_ids_bt=batch["rows_branch_ids"],
+                          mask_bt=mask)
   ids = batch["rows_slot_ids"].reshape(-1)
   n = n_examples * n_slots
   ids = jnp.where(ids < 0, n, ids)                    # non-completion tokens -> a dump slot

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       train="testbed", sft="", eval="", max_len=32, truncate="prompt_left",
       completion="truncate", n_train=0, n_eval=0, eval_fraction=0.1, group_size=4,
-      shuffle=True, layout="plain", rows=0, row_len=0, bucket=True))
+      shuffle=True, layout="plain", rows=0, row_len=0, bucket=True, bucket_per_octave=4))
   # layout: "plain" (one row per response), "prefix" (one row per example: the prompt once,
   # each response a branch attending to it) or "packed" (prefix-shared units packed into
   # rows; prefjax/data/layout.py). Losses see the same per-example log-probs either way.
@@ -60,8 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   # takes as many examples (at most batch_size) as fit; fewer rows pad less (on one H200,
   # 6 rows for 16 HH-length pairs: 12% padding instead of 24%, MFU 34% instead of 30%).
   # bucket (prefix / packed rows; plain batches are always cut): each batch's rows are cut to
-  # the shortest length of pipeline.bucket_lengths(row_len) its examples fit (one compiled
-  # step per length used); False: always row_len.
+  # the shortest length of pipeline.bucket_lengths(row_len, per_octave=bucket_per_octave)
+  # its examples fit (one compiled step per length used); False: always row_len.
+  # bucket_per_octave: 4 (lengths 256, 320, 384, 448, 512, ...: at most a fifth of a row
+  # padding) or 2 (256, 384, 512: half the shapes, up to a third padding).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Multi-host (prefjax/distributed.py), on with enabled=True or $PREFJAX_COORDINATOR:
   # empty/0/-1 fields are read from $PREFJAX_COORDINATOR, $PREFJAX_NUM_PROCESSES,

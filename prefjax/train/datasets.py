@@ -110,7 +110,8 @@ class DataSource:
                                completion=c.data.get("completion", "truncate"),
                                batch_size=batch_size, rows=c.data.get("rows") or None,
                                row_len=c.data.get("row_len") or None,
-                               bucket=bool(c.data.get("bucket", True)))
+                               bucket=(int(c.data.get("bucket_per_octave", 4))
+                                       if c.data.get("bucket", True) else 0))
 
   def group_size(self) -> int:
     if self.testbed:

@@ -91,17 +91,19 @@ def test_bad_layout_and_oversized_examples_fail_clearly():
     layout.plan(pairs, enc)
 
 
-def test_bucketed_rows_are_the_shortest_length_that_fits():
+@pytest.mark.parametrize("bucket", [True, 4])
+def test_bucketed_rows_are_the_shortest_length_that_fits(bucket):
   rng = np.random.default_rng(0)
+  per_octave = 2 if bucket is True else bucket
   for trial in range(20):
     units = [layout.unit_arrays(list(range(1, int(rng.integers(2, 40)))),
                                 [[5] * int(rng.integers(1, 30)), [6] * int(rng.integers(1, 30))],
                                 [0, 1], i, 2) for i in range(int(rng.integers(1, 5)))]
     sizes = [len(u["input_ids"]) for u in units]
     full = layout.rows_batch(units, n_rows=2, row_len=256)
-    cut = layout.rows_batch(units, n_rows=2, row_len=256, bucket=True)
+    cut = layout.rows_batch(units, n_rows=2, row_len=256, bucket=bucket)
     t = cut["rows_input_ids"].shape[1]
-    fits = [b for b in pipeline.bucket_lengths(256)
+    fits = [b for b in pipeline.bucket_lengths(256, per_octave=per_octave)
             if layout.best_fit_decreasing(sizes, b, 2) is not None]
     assert t == fits[0] and full["rows_input_ids"].shape == (2, 256)
     for k in ("input_ids", "segment_ids", "slot_ids", "loss_mask"):

@@ -18,6 +18,23 @@ def test_bucket_lengths():
   assert pipeline.bucket_lengths(1024) == (64, 128, 192, 256, 384, 512, 768, 1024)
   assert pipeline.bucket_lengths(300) == (64, 128, 192, 256, 300)
   assert pipeline.bucket_lengths(40, smallest=8) == (8, 16, 24, 32, 40)
+  assert pipeline.bucket_lengths(512, per_octave=4) == (64, 128, 160, 192, 224, 256, 320, 384,
+                                                        448, 512)
+  assert pipeline.bucket_lengths(512, per_octave=1) == (64, 128, 256, 512)
+  with pytest.raises(ValueError, match="per_octave"):
+    pipeline.bucket_lengths(512, per_octave=0)
+
+
+@pytest.mark.parametrize("per_octave", [1, 2, 3, 4, 8])
+def test_bucket_lengths_waste_at_most_one_step(per_octave):
+  """Any need up to max_len gets a length wasting less than 1 / (per_octave + 1) of it
+  (above 2 * smallest), strictly increasing, ending at max_len."""
+  for max_len in (100, 512, 1000, 2048):
+    b = pipeline.bucket_lengths(max_len, per_octave=per_octave)
+    assert list(b) == sorted(set(b)) and b[-1] == max_len
+    for need in range(129, max_len + 1, 7):
+      got = next(x for x in b if x >= need)
+      assert (got - need) / got < 1 / (per_octave + 1) or got == max_len, (max_len, need, got)
 
 
 def _examples(n, rng, long_every=4):

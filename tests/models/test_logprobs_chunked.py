@@ -94,3 +94,42 @@ def test_chunked_backward_never_holds_full_logits():
   chunked = temp_bytes(lambda h, w: chunked_token_logprobs(h, w, y, chunk_size=c))
   assert full >= n * v * 4                     # the plain path holds the logits
   assert chunked < full / 4, (full, chunked)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_masked_chunked_equals_plain_on_wanted_tokens(chunk):
+  """mask_bt: the wanted tokens' values and the gradients equal the plain path's; the rest
+  read 0 (rows with no, some and all tokens wanted)."""
+  rng = np.random.default_rng(2)
+  h = rng.standard_normal((3, 6, 8)).astype(np.float32)
+  w = rng.standard_normal((11, 8)).astype(np.float32)           # vocab-major (tied) table
+  y = rng.integers(0, 11, (3, 6))
+  mask = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]], np.float32)
+  got = chunked_token_logprobs(h, w, y, chunk_size=chunk, vocab_major=True, mask_bt=mask)
+  ref = _np_logprobs(h, w.T, y, None) * mask
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  cot = rng.standard_normal((3, 6)).astype(np.float32)
+  f_plain = lambda h, w: (token_logprobs(h @ w.T, y) * mask * cot).sum()
+  f_mask = lambda h, w: (chunked_token_logprobs(h, w, y, chunk_size=chunk, vocab_major=True,
+                                                mask_bt=mask) * cot).sum()
+  for a, b in zip(jax.grad(f_plain, (0, 1))(h, w), jax.jit(jax.grad(f_mask, (0, 1)))(h, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_chunked_skips_chunks_without_wanted_tokens():
+  """A chunk of unwanted tokens is never computed, in either pass: NaN hidden states there
+  leave the values and gradients finite (computing them would put NaN into dW)."""
+  c = 4
+  rng = np.random.default_rng(3)
+  h = rng.standard_normal((2, 12, 8)).astype(np.float32)
+  w = rng.standard_normal((8, 11)).astype(np.float32)
+  y = rng.integers(0, 11, (2, 12))
+  mask = np.zeros((2, 12), np.float32)
+  mask[0, [1, 5, 6, 9]] = 1                        # 4 wanted tokens: one full chunk per row
+  mask[1, 4:8] = 1
+  h[mask == 0] = np.nan
+  f = lambda h, w: chunked_token_logprobs(h, w, y, chunk_size=c, mask_bt=mask).sum()
+  val, (g_h, g_w) = jax.jit(jax.value_and_grad(f, (0, 1)))(h, w)
+  assert np.isfinite(val) and np.isfinite(g_w).all() and np.isfinite(g_h[mask == 1]).all()
+  h0 = np.where(mask[..., None] == 1, h, 0.0)
+  np.testing.assert_allclose(val, (_np_logprobs(h0, w, y, None) * mask).sum(), rtol=1e-5)
