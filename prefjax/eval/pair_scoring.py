@@ -154,7 +154,8 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
     layout: "plain" (one row per sequence), "packed" (sequences packed into rows) or
       "prefix" (packed, the sequences of one ``groups`` entry sharing their prompt);
       "packed"/"prefix" need a plain ``Transformer`` and fall back to "plain" otherwise.
-    row_len: packed rows' length (default ``max_len``; at least ``max_len``).
+    row_len: packed rows' length (default ``max_len``); a prefix-shared unit or sequence
+      longer than that (up to max(row_len, max_len)) is a row of its own.
     chunk_size: packed layouts: tokens per vocabulary-head chunk.
     groups: "prefix": lists of sequence indices with the same prompt (default: none).
 
@@ -217,8 +218,6 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
 def _score_rows(graphdef, params, prompt_ids, completion_ids, *, max_len, buckets, row_len,
                 groups, **kw) -> Scores:
   """``score_sequences`` on packed (and, with ``groups``, prefix-shared) rows."""
-  if row_len < max_len:
-    raise ValueError(f"row_len={row_len} is shorter than max_len={max_len}")
   n = len(prompt_ids)
   groups = [list(g) for g in groups or ()]
   grouped = [i for g in groups for i in g]
@@ -232,8 +231,8 @@ def _score_rows(graphdef, params, prompt_ids, completion_ids, *, max_len, bucket
   units, truncated = row_scoring.make_units(
       [prompt_ids[g[0]] for g in groups], groups, completion_ids, max_len=max_len,
       row_len=row_len, window=window)
-  buckets = sorted(set(buckets) | set(b for b in bucket_lengths(row_len, buckets[0])
-                                      if b > max_len))
+  buckets = sorted(set(buckets) | set(b for b in bucket_lengths(max(row_len, max_len),
+                                                               buckets[0]) if b > max_len))
   sums, lengths, seconds, shapes = row_scoring.score_units(
       graphdef, params, units, n, row_len=row_len, buckets=buckets, **kw)
   return Scores(sums, lengths, truncated, seconds, shapes)

@@ -16,8 +16,10 @@ Equal to the plain path (``pair_scoring.score_sequences(layout="plain")``) by co
     (``layout.cut_prompt``); when the responses of one prompt would need different cuts
     (truncation at ``max_len``) they are laid out as separate one-response units, which are
     plain rows;
-  * a unit longer than ``row_len`` (default ``max_len``) is split the same way, so rows
-    never exceed ``row_len``;
+  * a shared unit is at most max(``row_len``, ``max_len``) tokens (else it is split the same
+    way); units are packed into rows of ``row_len`` (default ``max_len``) and a unit longer
+    than ``row_len`` gets a row of its own, so short rows (less attention work per token
+    on CPU) still score every sequence of up to ``max_len`` tokens;
   * sliding-window models index their window by row slot, which a shared prompt shifts for
     the second response: a unit is shared only when it fits inside the window.
 """
@@ -63,8 +65,8 @@ def make_units(prompt_ids: Sequence[Sequence[int]], groups: Sequence[Sequence[in
     completion_ids: N completion token lists (with EOS).
     max_len: the plain path's row length: a prompt is cut (from the left, BOS kept) as
       ``collate.pack`` cuts it for each response; a completion longer than the row raises.
-    row_len: the longest shared unit (default ``max_len``; one-response units are at most
-      ``max_len`` tokens anyway).
+    row_len: the packed rows' length (default ``max_len``); shared units are at most
+      max(row_len, max_len) tokens (one-response units are at most ``max_len`` anyway).
     share: lay a group out as one prefix-shared unit where that is exact (else one unit
       per response, i.e. packed plain rows).
     window: the model's sliding window, if any (a shared unit must fit in it).
@@ -81,7 +83,7 @@ def make_units(prompt_ids: Sequence[Sequence[int]], groups: Sequence[Sequence[in
     resp = [completion_ids[s] for s in seqs]
     size = len(cuts[0][0]) - 1 + sum(map(len, resp)) if cuts else 0
     if (share and len(seqs) > 1 and all(c[0] == cuts[0][0] for c in cuts)
-        and size <= (row_len or max_len) and (window is None or size <= window)):
+        and size <= max(row_len or max_len, max_len) and (window is None or size <= window)):
       units.append(layout.unit_arrays(cuts[0][0], resp, seqs, 0, 1))
     else:
       units += [layout.unit_arrays(p, [r], [s], 0, 1) for (p, _), r, s in zip(cuts, resp, seqs)]
@@ -89,19 +91,24 @@ def make_units(prompt_ids: Sequence[Sequence[int]], groups: Sequence[Sequence[in
 
 
 def pack_rows(units: Sequence[dict], *, row_len: int, buckets: Sequence[int]):
-  """Best-fit-decreasing rows of ``row_len`` tokens, each cut to its smallest bucket.
+  """Best-fit-decreasing rows of ``row_len`` tokens, each cut to its smallest bucket; a unit
+  longer than ``row_len`` is a row of its own.
 
   Returns:
     {bucket length: [row dicts of ``layout.ROW_FIELDS`` arrays [L]]}, rows of a bucket
     sorted by fill (longest first).
   """
   sizes = [len(u["input_ids"]) for u in units]
-  where = layout.best_fit_decreasing(sizes, row_len)
-  if where is None:
-    raise ValueError(f"a unit of {max(sizes)} tokens exceeds row_len={row_len}")
+  if sizes and max(sizes) > buckets[-1]:
+    raise ValueError(f"a unit of {max(sizes)} tokens exceeds the longest bucket {buckets[-1]}")
+  small = [u for u, n in enumerate(sizes) if n <= row_len]
+  where = layout.best_fit_decreasing([sizes[u] for u in small], row_len)
   bins: dict[int, list[int]] = {}
-  for u, b in enumerate(where):
+  for u, b in zip(small, where):
     bins.setdefault(b, []).append(u)
+  for u, n in enumerate(sizes):
+    if n > row_len:
+      bins[len(bins)] = [u]
   out: dict[int, list] = {}
   for members in sorted(bins.values(), key=lambda m: -sum(sizes[u] for u in m)):
     fill = sum(sizes[u] for u in members)
@@ -117,7 +124,7 @@ def score_units(graphdef, params, units: Sequence[dict], n_seq: int, *, row_len:
                 values=None):
   """Summed completion log-probs and token counts ([N] float32) of packed units.
 
-  ``buckets`` must end at a length >= ``row_len``. A bucket of length L runs
+  ``buckets`` must end at a length >= the longest unit. A bucket of length L runs
   ``clamp(batch_tokens // L, 1, batch_size)`` rows per pass (``batch_size`` without a
   budget); the last pass of a bucket is padded with empty rows.
   ``values``: instead of log-probs, ``values(graphdef, params, rows, idx_bw) -> [B, W]``

@@ -103,6 +103,25 @@ def test_long_rows_share_truncated_prompts(model):
   _check(*model, row_len=2 * MAX_LEN)
 
 
+def test_short_rows_keep_long_units_whole(model):
+  """row_len < max_len: short units share rows of row_len, longer ones (shared pairs up to
+  max_len, cut sequences) get rows of their own; the sums still equal the reference."""
+  got = _check(*model, row_len=MAX_LEN // 2)
+  assert got.num_shapes >= 2
+
+
+def test_pack_rows_gives_long_units_their_own_row():
+  unit = lambda n: {k: np.arange(1, n + 1, dtype=np.int32) for k in
+                    ("input_ids", "target_ids", "positions", "segment_ids", "branch_ids",
+                     "slot_ids", "loss_mask")}
+  rows = row_scoring.pack_rows([unit(5), unit(20), unit(7), unit(3)], row_len=10,
+                               buckets=[8, 16, 24])
+  fills = sorted(int((r["segment_ids"] != 0).sum()) for rs in rows.values() for r in rs)
+  assert fills == [5, 10, 20] and sorted(rows) == [8, 16, 24]
+  with pytest.raises(ValueError, match="exceeds the longest bucket"):
+    row_scoring.pack_rows([unit(30)], row_len=10, buckets=[8, 16, 24])
+
+
 def test_untied_softcapped_model():
   _check(*_model(tie_embeddings=False, final_softcap=5.0))
 
