@@ -1,4 +1,5 @@
-"""Sharded (data=2, fsdp=2, tensor=2) DPO equals single-device DPO over 20 steps."""
+"""Sharded (data=2, fsdp=2, tensor=2) DPO equals single-device DPO over 20 steps (plain rows,
+and packed prefix-shared rows with chunked vocabulary log-probs)."""
 import json
 import os
 import subprocess
@@ -24,6 +25,10 @@ def test_sharded_dpo_matches_single_device():
   assert res["example_param_spec"] != "PartitionSpec()"   # really sharded
   assert res["max_rel_drift"] < 1e-3, res
   assert res["single"][-1] < res["single"][0]             # and it trained
+  # packed prefix-shared rows + chunked completion-only log-probs (the real-model default)
+  print(f"packed + chunked: {res['packed_max_rel_drift']:.2e}")
+  assert res["packed_max_rel_drift"] < 1e-3, res
+  assert res["packed_single"][-1] < res["packed_single"][0]
 
 
 def test_rules_map_logical_axes_and_fall_back_to_replication():
