@@ -43,6 +43,7 @@ def main(argv):
 
   scorer, info = load_scorer(_MODEL.value, beta=_BETA.value, max_len=_MAX_LEN.value,
                              batch_size=_BATCH.value)
+  scorer = evaluate.MemoScorer(scorer)   # a (prompt, response) repeated across files: once
   specs = [s for spec in _DATA.value for s in spec.split(",") if s]
   rows = []
   for spec in specs:
@@ -52,7 +53,8 @@ def main(argv):
     examples = res.examples[:_MAX.value] if _MAX.value else res.examples
     r, _ = evaluate.score_examples(scorer, examples, fmt=res.format)
     rows.extend(r)
-    print(f"{spec}: {len(r) // 2} pairs scored", file=sys.stderr)
+    print(f"{spec}: {len(r) // 2} pairs scored ({scorer.scored} distinct responses so far)",
+          file=sys.stderr)
   os.makedirs(_OUT.value, exist_ok=True)
   write_jsonl(os.path.join(_OUT.value, "scores.jsonl"), rows)
   summary = evaluate.summarize(rows)

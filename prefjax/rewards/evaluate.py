@@ -36,6 +36,41 @@ def section_of(subset: str, fmt: str | None = None) -> str:
   return subset
 
 
+class MemoScorer:
+  """Wraps a scorer so that each distinct (prompt, response) is scored once, within a call
+  and across calls (AlpacaEval files repeat the same baseline outputs in every file).
+
+  ``score`` runs the wrapped scorer on the pairs it has not seen, in one call, and sets
+  ``last_tokens`` / ``last_truncated`` (when the wrapped scorer has them) for the whole call.
+  Valid while the wrapped scorer's weights do not change.
+  """
+
+  def __init__(self, scorer):
+    self.scorer = scorer
+    self._memo: dict[tuple[str, str], tuple] = {}
+    self.scored = 0                   # distinct pairs the wrapped scorer was asked for
+    self.last_tokens = self.last_truncated = None
+
+  def score(self, prompts, responses) -> np.ndarray:
+    if len(prompts) != len(responses):
+      raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    keys = list(zip(prompts, responses))
+    new = list(dict.fromkeys(k for k in keys if k not in self._memo))
+    if new:
+      rewards = self.scorer.score([k[0] for k in new], [k[1] for k in new])
+      tokens = getattr(self.scorer, "last_tokens", None)
+      cut = getattr(self.scorer, "last_truncated", None)
+      for i, k in enumerate(new):
+        self._memo[k] = (rewards[i], None if tokens is None else tokens[i],
+                         None if cut is None else cut[i])
+      self.scored += len(new)
+    got = [self._memo[k] for k in keys]
+    has = lambda j: bool(got) and all(g[j] is not None for g in got)
+    self.last_tokens = np.asarray([g[1] for g in got]) if has(1) else None
+    self.last_truncated = np.asarray([g[2] for g in got], bool) if has(2) else None
+    return np.asarray([g[0] for g in got], np.float32)
+
+
 def score_examples(scorer, examples, *, fmt: str | None = None):
   """Scores both responses of each pair; returns (rows for scores.jsonl, [P] accuracies)."""
   pairs = [e for e in examples if len(e.responses) == 2]

@@ -92,3 +92,31 @@ def test_eval_rewards_bad_model_is_one_line(tmp_path):
   res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
   assert res.returncode == 1 and "no config.json" in res.stderr
   assert "Traceback" not in res.stderr
+
+
+def test_memo_scorer_scores_each_distinct_response_once():
+  """Repeated (prompt, response) pairs, within a call and across calls, reach the wrapped
+  scorer once; rewards, token counts and cut flags equal the unwrapped scorer's."""
+  from prefjax.rewards.evaluate import MemoScorer
+
+  class Counting:
+    def __init__(self):
+      self.calls = []
+
+    def score(self, prompts, responses):
+      self.calls.append(list(zip(prompts, responses)))
+      self.last_tokens = np.array([len(r) for r in responses])
+      self.last_truncated = np.array([len(r) > 3 for r in responses])
+      return np.array([hash((p, r)) % 97 for p, r in zip(prompts, responses)], np.float32)
+
+  inner, plain = Counting(), Counting()
+  memo = MemoScorer(inner)
+  calls = [(["a", "a", "b", "a"], ["x", "yyyy", "x", "x"]), (["b", "c"], ["x", "zz"])]
+  for prompts, responses in calls:
+    got, want = memo.score(prompts, responses), plain.score(prompts, responses)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(memo.last_tokens, plain.last_tokens)
+    np.testing.assert_array_equal(memo.last_truncated, plain.last_truncated)
+  assert inner.calls == [[("a", "x"), ("a", "yyyy"), ("b", "x")], [("c", "zz")]]
+  assert memo.scored == 4
+  assert memo.score([], []).shape == (0,) and len(inner.calls) == 2
