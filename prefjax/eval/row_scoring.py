@@ -18,8 +18,9 @@ Equal to the plain path (``pair_scoring.score_sequences(layout="plain")``) by co
     plain rows;
   * a shared unit is at most max(``row_len``, ``max_len``) tokens (else it is split the same
     way); units are packed into rows of ``row_len`` (default ``max_len``) and a unit longer
-    than ``row_len`` gets a row of its own, so short rows (less attention work per token
-    on CPU) still score every sequence of up to ``max_len`` tokens;
+    than ``row_len`` gets a row of its own, so rows shorter than ``max_len`` still score
+    every sequence of up to ``max_len`` tokens (on a 2-core CPU they were not faster:
+    experiments/results/cpu_scoring_row_len_s8.json);
   * sliding-window models index their window by row slot, which a shared prompt shifts for
     the second response: a unit is shared only when it fits inside the window.
 """
