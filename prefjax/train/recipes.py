@@ -25,7 +25,7 @@ def real_config(stages=("sft", "dpo", "eval")):
   # split's order) train: one epoch of 30 DPO steps x 4 pairs. --config.data.n_train=0 uses
   # all of them (scale steps and batch sizes up on an accelerator).
   c.data.n_train = 120
-  # Speed defaults (issue 13): prefix-shared pairs packed into rows, vocabulary log-softmax
+  # Speed defaults: prefix-shared pairs packed into rows, vocabulary log-softmax
   # in chunks; --config.data.layout=plain --config.model.logps_chunk=0 turns both off.
   c.data.layout = "packed"
   c.model.logps_chunk = 128
