@@ -14,11 +14,13 @@ def _stage(steps, batch_size, lr, warmup):
   """A training stage's optimisation fields. ``batch_size`` is per micro-batch; with
   ``accum_steps`` = k the optimiser sees k * batch_size examples per step (exact
   gradient accumulation). ``lr_multipliers`` scales the lr of top-level parameter groups,
-  e.g. ``{"head": 100.0}`` for a reward model's zero-initialised scalar head."""
+  e.g. ``{"head": 100.0}`` for a reward model's zero-initialised scalar head.
+  ``opt_state_dtype``: "bfloat16" stores both Adam moments in bfloat16 (4 instead of 8
+  bytes per parameter); "" = float32."""
   return ml_collections.ConfigDict(dict(
       steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=0.0,
       b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1, accum_steps=1,
-      lr_multipliers=ml_collections.ConfigDict()))
+      lr_multipliers=ml_collections.ConfigDict(), opt_state_dtype=""))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,6 +66,13 @@ def base_config() -> ml_collections.ConfigDict:
   # its examples fit (one compiled step per length used); False: always row_len.
   # bucket_per_octave: 4 (lengths 256, 320, 384, 448, 512, ...: at most a fifth of a row
   # padding) or 2 (256, 384, 512: half the shapes, up to a third padding).
+  # Verifiable tasks (data.train = "tasks:NAME[,NAME...]", prefjax/data/tasks.py): training
+  # and held-out prompts drawn from reasoning-gym's generators with this seed; options are
+  # per-task generator keywords (difficulty knobs), e.g. {"chain_sum": {"max_terms": 2}};
+  # answer_format "tag" (<answer>...</answer>) or "line" (a last line "Answer: ...").
+  c.tasks = ml_collections.ConfigDict(dict(seed=0, n_train=2000, n_eval=200,
+                                           answer_format="tag"))
+  c.tasks.options = ml_collections.ConfigDict()
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Multi-host (prefjax/distributed.py), on with enabled=True or $PREFJAX_COORDINATOR:
   # empty/0/-1 fields are read from $PREFJAX_COORDINATOR, $PREFJAX_NUM_PROCESSES,
@@ -129,6 +138,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.{name}.{f} must be positive, got {st[f]}")
     if st.lr <= 0:
       raise ConfigError(f"config.{name}.lr must be positive, got {st.lr}")
+    if st.get("opt_state_dtype", "") not in ("", "float32", "bfloat16"):
+      raise ConfigError(f"config.{name}.opt_state_dtype must be float32 or bfloat16, got "
+                        f"{st.opt_state_dtype!r}")
     if st.get("accum_steps", 1) < 1:
       raise ConfigError(f"config.{name}.accum_steps must be >= 1, got {st.accum_steps}")
     for k, v in dict(st.get("lr_multipliers", None) or {}).items():

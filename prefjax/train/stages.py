@@ -161,7 +161,8 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                                 weight_decay=section.weight_decay, b1=section.b1, b2=section.b2,
                                 clip_norm=section.clip_norm,
                                 final_lr_fraction=section.final_lr_fraction,
-                                lr_multipliers=dict(section.get("lr_multipliers", None) or {}))
+                                lr_multipliers=dict(section.get("lr_multipliers", None) or {}),
+                                opt_state_dtype=section.get("opt_state_dtype", "") or None)
   if isinstance(encode, layout_lib.RowsEncoder):     # prefix-shared / packed rows
     batches = layout_lib.plan_batches(examples, encode, seed=c.seed, num_steps=section.steps,
                                       shuffle=c.data.get("shuffle", True))
