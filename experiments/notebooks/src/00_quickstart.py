@@ -127,7 +127,7 @@ def judge_plot(results, title):
 judge_plot({"dpo": summary}, "DPO vs its SFT reference")
 
 # %% [markdown]
-# ## Headline vs `experiments/README.md`
+# ## Headline vs `experiments/testbed/README.md`
 #
 # The README's demo (full settings) measured **win rate 0.666** (512 comparisons, standard
 # error ~0.02). At QUICK size the comparison count is 128 (standard error

@@ -105,7 +105,7 @@ if REAL:
   display(Markdown(ranking.render_markdown({f"SmolLM2-135M-Instruct, {len(kept)} HH pairs": row})))
 
 # %% [markdown]
-# ## Headline vs `experiments/README.md`
+# ## Headline vs `experiments/ranking/README.md`
 #
 # The README's SmolLM2 row on the **whole** split (2,307 pairs): **R 55.6**, R* median 56.4,
 # **R~ 48.8**, R~* median 91.5, gap~ 42.7 (standard error of an accuracy there ~1 point). On

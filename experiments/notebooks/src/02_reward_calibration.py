@@ -151,7 +151,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## Headline vs `experiments/README.md`
+# ## Headline vs `experiments/calibration/README.md`
 #
 # The README (full settings, 500 held-out pairs): Spearman(reward, chars) **+0.695** before,
 # **-0.093** after RC-Mean and **+0.139** after RC-LWR; oracle accuracy 0.568 -> 0.592

@@ -128,7 +128,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## Headline vs `experiments/README.md`
+# ## Headline vs `experiments/insights_alignment/README.md`
 #
 # The README's quick grid (same settings; 64 prompts x 2 samples per run, SE ~0.044 a cell)
 # finds that from the **base** start the preference losses alone cannot move the model:

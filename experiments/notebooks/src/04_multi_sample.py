@@ -100,7 +100,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## Headline vs `experiments/README.md`
+# ## Headline vs `experiments/multi_sample/README.md`
 #
 # Run 2 of the README (lr 1e-4, the same settings): pairwise DPO / IPO improve on SFT at
 # eps = 0 (**0.545 / 0.551**) and decay to ~0.50 by eps = 0.4 (0.498 / 0.512); mDPO k = 4 is
