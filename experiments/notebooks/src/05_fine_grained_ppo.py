@@ -138,9 +138,10 @@ plt.show()
 # `experiments/rlhf/README.md` reports the full settings over three seeds (fine-grained PPO
 # win rate 0.701 +- 0.008 against SFT, PPO with a sequence RM 0.451 +- 0.011); QUICK size is
 # far from those settings, so there is no number to match: the notebook reports its own.
-# What to read at QUICK size: the token RM's precision / recall of flawed tokens (how well it localises
-# errors; chance is the fraction of flawed tokens), and whether 10 PPO iterations move the
-# policy's win rate against SFT beyond its standard error (sqrt(0.25 / 128) = 0.044).
+# What to read at QUICK size: the token RM's precision / recall of flawed tokens (how well
+# it localises errors; chance is the fraction of flawed tokens), and whether 10 PPO
+# iterations move the policy's win rate against SFT beyond its standard error
+# (sqrt(0.25 / 128) = 0.044).
 # The paper's claim, fine-grained beats sequence-level reward at equal budget, needs the
 # full settings (both runs) and more than one seed.
 
