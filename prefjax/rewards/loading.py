@@ -87,6 +87,22 @@ def _reward_tokenizer_and_config(workdir, c):
   return tok, cfg
 
 
+def load_reward_model(path: str):
+  """(graphdef, params) of the reward model a finished run trained (``params/reward``)."""
+  if not os.path.isdir(path):
+    raise ModelLoadError(f"{path}: no such directory")
+  d = os.path.join(path, "params", "reward")
+  if not os.path.isdir(d):
+    raise ModelLoadError(f"{path}: no params/reward (run the 'reward' stage first)")
+  c = _config(path)
+  from prefjax.rewards import training   # noqa: late import (training imports the runner's deps)
+  tok, model_cfg = _reward_tokenizer_and_config(path, c)
+  _, graphdef, _ = training.build_reward_model(c, tok, model_cfg)
+  params = _restore_params(d)
+  _check(graphdef, params, d)
+  return graphdef, params
+
+
 def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
                 max_len: int | None = None, batch_size: int = 32):
   """(scorer with ``score(prompts, responses) -> [N]``, info dict) for a saved run."""

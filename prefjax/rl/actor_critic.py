@@ -19,7 +19,7 @@ from flax import nnx
 from prefjax.errors import ConfigError
 from prefjax.models.config import ModelConfig
 from prefjax.models.layers import param
-from prefjax.models.logprobs import token_logprobs
+from prefjax.models.logprobs import chunked_token_logprobs, token_logprobs, unembedding
 from prefjax.models.transformer import Transformer
 
 CRITICS = ("shared", "separate", "none")
@@ -56,16 +56,35 @@ class ActorCritic(nnx.Module):
       self.value_head = param(rngs, (cfg.dim,), ("embed",), init="zeros", dtype=pd)
       self.value_bias = param(rngs, (), (), init="zeros", dtype=pd)
 
+  def _values(self, h_btd, tokens_bt, positions_bt, segment_ids_bt):
+    """[B, T] float32 values from the policy's hidden states (shared) or the critic's."""
+    if self.critic == "none":
+      return jnp.zeros(tokens_bt.shape, jnp.float32)
+    if self.critic == "separate":
+      h_btd, _ = self.critic_backbone(tokens_bt, positions_bt, segment_ids_bt,
+                                      return_hidden=True)
+    values = (h_btd.astype(jnp.float32) * self.value_head[...].astype(jnp.float32)).sum(-1)
+    return values + self.value_bias[...].astype(jnp.float32)
+
   def __call__(self, tokens_bt, positions_bt, segment_ids_bt):
     """(logits [B, T, V] float32, values [B, T] float32)."""
     h, _ = self.lm(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True)
-    logits = logits_from_hidden(self.lm, h)
-    if self.critic == "none":
-      return logits, jnp.zeros(tokens_bt.shape, jnp.float32)
-    if self.critic == "separate":
-      h, _ = self.critic_backbone(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True)
-    values = (h.astype(jnp.float32) * self.value_head[...].astype(jnp.float32)).sum(-1)
-    return logits, values + self.value_bias[...].astype(jnp.float32)
+    return (logits_from_hidden(self.lm, h),
+            self._values(h, tokens_bt, positions_bt, segment_ids_bt))
+
+  def logps_and_values(self, batch, chunk_size=None):
+    """Per-token log-probs of ``target_ids`` and values, [B, T] float32; with ``chunk_size``
+    the vocabulary head runs in chunks on the ``loss_mask`` tokens only (no [B, T, V])."""
+    args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
+    h, _ = self.lm(*args, return_hidden=True)
+    if chunk_size:
+      w, vocab_major, softcap = unembedding(self.lm)
+      lp = chunked_token_logprobs(h, w, batch["target_ids"], chunk_size=chunk_size,
+                                  softcap=softcap, vocab_major=vocab_major,
+                                  mask_bt=batch["loss_mask"].astype(jnp.float32))
+    else:
+      lp = token_logprobs(logits_from_hidden(self.lm, h), batch["target_ids"])
+    return lp, self._values(h, *args)
 
   def evaluate(self, batch):
     """Per-token log-probs of ``target_ids``, entropies and values, each [B, T] float32."""

@@ -20,6 +20,7 @@ given: under ``jit`` on a sharded global batch that is the whole global batch.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import jax
@@ -59,6 +60,16 @@ def get_spec(name: str) -> AdvantageSpec:
 
 def names() -> list[str]:
   return sorted(_REGISTRY)
+
+
+def check_kwargs(name: str, kwargs: dict) -> None:
+  """``config.rl.advantage.kwargs`` against the estimator's signature (one ConfigError)."""
+  params = inspect.signature(get_spec(name).fn).parameters
+  allowed = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "group_size"]
+  for k in kwargs:
+    if k not in allowed:
+      raise ConfigError(f"config.rl.advantage.kwargs.{k}: estimator {name!r} takes no {k!r}; "
+                        f"valid: {', '.join(allowed) or 'none'}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from flax import nnx
 
 from prefjax import sharding
 from prefjax.data import pipeline
+from prefjax.errors import ConfigError
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.token_model import (TokenRewardModel, edit_pairs, encode_edit_pair,
                                          flaw_detection, token_reward_params_from_backbone)
@@ -60,43 +61,53 @@ def _train_sub_stage(ctx, name, model, init_params, objective, examples, encode,
   return graphdef, state["params"]
 
 
-def reward_sources(ctx, r, policy_params, summary):
-  """[(RewardSource, weight)] and the backbone a separate critic starts from."""
-  cfg = nnx.merge(ctx.graphdef, policy_params).cfg
-  tok, c = ctx.tokenizer, ctx.config
-  sources, critic_backbone = [], None
-  for name, weight in dict(r.rewards).items():
-    if name == "oracle":
-      sources.append((rw.make_source("oracle"), weight))
-      continue
-    if name == "sequence_rm" and getattr(ctx, "reward", None) is not None:
-      graphdef, params = ctx.reward            # a reward stage of this run trained one
-      sources.append((rw.make_source("sequence_rm", graphdef=graphdef, params=params), weight))
-      critic_backbone = params["backbone"]
-    elif name == "sequence_rm":
-      model = RewardModel(cfg, nnx.Rngs(c.seed))
-      params = reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)), policy_params)
-      pairs = rw.testbed_pairs(c, r.reward_model.n_pairs)
-      graphdef, params = _train_sub_stage(
-          ctx, f"{r.name}_reward_model", model, params,
-          make_objective("bradley_terry"), pairs,
-          pipeline.encode_pair(tok, c.data.max_len, c.data.truncate), r.reward_model)
-      sources.append((rw.make_source("sequence_rm", graphdef=graphdef, params=params), weight))
-      critic_backbone = params["backbone"]
-    else:                                                       # token_rm
-      t = r.token_rm
-      model = TokenRewardModel(cfg, nnx.Rngs(c.seed))
-      params = token_reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)),
-                                                 policy_params)
-      exs = edit_pairs(rw.testbed_pairs(c, t.n_pairs))
-      encode = encode_edit_pair(tok, c.data.max_len, c.data.truncate)
-      graphdef, params = _train_sub_stage(
-          ctx, f"{r.name}_token_rm", model, params,
-          make_objective("token_bt", {"label_coef": t.label_coef}), exs, encode, t)
-      summary.update(token_rm_flaw_metrics(graphdef, params, c, t, encode))
-      sources.append((rw.make_source("token_rm", graphdef=graphdef, params=params), weight))
-      critic_backbone = critic_backbone or params["backbone"]
-  return sources, critic_backbone
+def _testbed_pairs(ctx, n, split="train"):
+  if not getattr(ctx.data, "testbed", False):
+    raise ConfigError("reward sources 'sequence_rm' / 'token_rm' train on the testbed's labelled "
+                      "pairs; for a real model train one with a 'reward' stage and use "
+                      "'rm:WORKDIR'")
+  return ctx.data.examples("pairwise", split, n=n)
+
+
+@rw.register_reward_source("sequence_rm")
+def sequence_rm(env, arg=None):
+  """A Bradley-Terry reward model: the one a ``reward`` stage of this run trained, else one
+  trained now as the sub-stage ``<rl.name>_reward_model`` (config.rl.reward_model)."""
+  ctx = env.ctx
+  c, r = ctx.config, ctx.config.rl
+  if getattr(ctx, "reward", None) is not None:
+    graphdef, params = ctx.reward
+  else:
+    cfg = nnx.merge(ctx.graphdef, env.policy_params).cfg
+    model = RewardModel(cfg, nnx.Rngs(c.seed))
+    params = reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)), env.policy_params)
+    graphdef, params = _train_sub_stage(
+        ctx, f"{r.name}_reward_model", model, params, make_objective("bradley_terry"),
+        _testbed_pairs(ctx, r.reward_model.n_pairs),
+        pipeline.encode_pair(ctx.tokenizer, c.data.max_len, c.data.truncate), r.reward_model)
+  env.critic_backbone = params["backbone"]
+  return rw.sequence_rm_source(graphdef, params)
+
+
+@rw.register_reward_source("token_rm")
+def token_rm(env, arg=None):
+  """A token-level reward model trained now on minimal edits (sub-stage ``<rl.name>_token_rm``,
+  config.rl.token_rm); its flaw precision / recall go to the summary."""
+  ctx = env.ctx
+  c, r = ctx.config, ctx.config.rl
+  t = r.token_rm
+  cfg = nnx.merge(ctx.graphdef, env.policy_params).cfg
+  model = TokenRewardModel(cfg, nnx.Rngs(c.seed))
+  params = token_reward_params_from_backbone(nnx.to_pure_dict(nnx.state(model)),
+                                             env.policy_params)
+  encode = encode_edit_pair(ctx.tokenizer, c.data.max_len, c.data.truncate)
+  graphdef, params = _train_sub_stage(
+      ctx, f"{r.name}_token_rm", model, params,
+      make_objective("token_bt", {"label_coef": t.label_coef}),
+      edit_pairs(_testbed_pairs(ctx, t.n_pairs)), encode, t)
+  env.summary.update(token_rm_flaw_metrics(ctx, graphdef, params, t, encode))
+  env.critic_backbone = env.critic_backbone or params["backbone"]
+  return rw.token_rm_source(graphdef, params)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -104,9 +115,9 @@ def _token_rewards(graphdef, params, batch):
   return nnx.merge(graphdef, params).token_rewards(batch, prefix="rejected_")
 
 
-def token_rm_flaw_metrics(graphdef, params, c, t, encode) -> dict:
+def token_rm_flaw_metrics(ctx, graphdef, params, t, encode) -> dict:
   """Precision / recall of flawed tokens (r_t < -threshold) on held-out edit pairs."""
-  exs = edit_pairs(rw.testbed_pairs(c, t.n_eval_pairs, split="eval"))
+  exs = edit_pairs(_testbed_pairs(ctx, t.n_eval_pairs, split="eval"))
   rs, fs, ms = [], [], []
   for b in pipeline.eval_batches(exs, encode, 64):
     rs.append(np.asarray(_token_rewards(graphdef, params, b)))

@@ -30,7 +30,7 @@ from flax import nnx, struct
 
 from prefjax.data.collate import pack, stack
 from prefjax.errors import ConfigError, DataError
-from prefjax.models.logprobs import token_logprobs
+from prefjax.models.logprobs import model_token_logps
 from prefjax.models.transformer import init_cache
 from prefjax.rl.rewards import RolloutView, compute_rewards
 from prefjax.sampling.sampler import sample_token
@@ -59,14 +59,22 @@ class Experience:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-  max_len: int                    # row length T
+  max_len: int                    # the longest row: prompt + completion
   max_new_tokens: int
   temperature: float = 1.0
   top_p: float = 1.0
+  top_k: int = 0
   eos_id: int = 2
+  stop_ids: tuple = ()            # generation stops at any of these or eos_id
   pad_id: int = 0
   missing_eos: str = "penalty"
   missing_eos_penalty: float = -1.0
+  logps_chunk: int | None = None  # train-side log-probs in vocabulary chunks (completion only)
+  bucket: int = 16                # prompt widths and row lengths are rounded up to this
+
+  @property
+  def stops(self) -> tuple:
+    return tuple(sorted(set(self.stop_ids) | ({self.eos_id} if self.eos_id is not None else set())))
 
   @property
   def prompt_width(self) -> int:
@@ -114,19 +122,20 @@ def sample(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens, temp
   return c[5], c[6], c[3]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "ref_graphdef"))
-def score(graphdef, params, ref_graphdef, ref_params, rows):
+@functools.partial(jax.jit, static_argnames=("graphdef", "ref_graphdef", "chunk_size"))
+def score(graphdef, params, ref_graphdef, ref_params, rows, chunk_size=None):
   """Train-side forward: policy log-probs, values [B, T] and reference log-probs [B, T]."""
   m = rows["loss_mask"].astype(jnp.float32)
   model = nnx.merge(graphdef, params)
-  if hasattr(model, "evaluate"):
-    lp, _, values = model.evaluate(rows)
+  if hasattr(model, "logps_and_values"):
+    lp, values = model.logps_and_values(rows, chunk_size=chunk_size)
   else:
-    logits, _ = model(rows["input_ids"], rows["positions"], rows["segment_ids"])
-    lp, values = token_logprobs(logits, rows["target_ids"]), jnp.zeros(m.shape, jnp.float32)
+    lp = model_token_logps(model, rows["input_ids"], rows["positions"], rows["segment_ids"],
+                           rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
+    values = jnp.zeros(m.shape, jnp.float32)
   ref = nnx.merge(ref_graphdef, ref_params)
-  ref_logits, _ = ref(rows["input_ids"], rows["positions"], rows["segment_ids"])
-  ref_lp = token_logprobs(ref_logits, rows["target_ids"])
+  ref_lp = model_token_logps(ref, rows["input_ids"], rows["positions"], rows["segment_ids"],
+                             rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
   return lp * m, values * m, jax.lax.stop_gradient(ref_lp) * m
 
 
@@ -153,8 +162,66 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
                       f"{cfg.prompt_width}")
 
 
+def _round_up(n: int, k: int) -> int:
+  return -(-n // k) * k
+
+
+def _sample_completions(lm, prompts, rng, cfg: RolloutConfig):
+  """(completions (token lists, the stop token kept when emitted), sampler log-probs [B, N],
+  stopped [B]) for prompts left-padded to the batch's longest (rounded up to ``cfg.bucket``)."""
+  lm_graphdef, lm_params = lm
+  width = min(cfg.prompt_width, _round_up(max(len(p) for p in prompts), cfg.bucket))
+  tokens, seg = _left_pad(prompts, width, cfg.pad_id)
+  kw = {}
+  if cfg.top_k or len(cfg.stops) > 1:
+    kw = dict(top_k=int(cfg.top_k), stop_ids=cfg.stops)
+  out, samp_lp, eos = sample(lm_graphdef, lm_params, jnp.asarray(tokens), jnp.asarray(seg), rng,
+                             max_new_tokens=cfg.max_new_tokens,
+                             temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+                             eos_id=cfg.eos_id, pad_id=cfg.pad_id, **kw)
+  out, samp_lp, eos = np.asarray(out), np.asarray(samp_lp), np.asarray(eos)
+  stops = set(cfg.stops)
+  completions = []
+  for row, e in zip(out.tolist(), eos):
+    if e:
+      j = next(i for i, t in enumerate(row) if t in stops)
+      row = row[:j + 1]
+    completions.append(row)
+  return completions, samp_lp, eos
+
+
+def _rows(prompts, completions, cfg: RolloutConfig) -> dict:
+  """Packed rows (``prefjax.data.collate.pack``), cut to the longest rounded up to
+  ``cfg.bucket`` so the train step sees few shapes and little padding."""
+  rows = stack([pack(p, c, cfg.max_len, truncate="error", where=f"rollout row {i}")[0]
+                for i, (p, c) in enumerate(zip(prompts, completions))])
+  used = max(len(p) + len(c) - 1 for p, c in zip(prompts, completions))
+  t = min(cfg.max_len, _round_up(used, cfg.bucket))
+  return {k: v[:, :t] if np.ndim(v) == 2 else v for k, v in rows.items()}
+
+
+def _policy_lm(graphdef, params):
+  """The Transformer that samples: ``params["lm"]`` of an ActorCritic, else the model."""
+  model = nnx.merge(graphdef, params)
+  if hasattr(model, "lm"):
+    return nnx.split(model.lm)[0], params["lm"]
+  return graphdef, params
+
+
+def sample_view(lm, items, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutConfig,
+                tokenizer) -> RolloutView:
+  """Samples one completion per prompt from ``lm`` = (graphdef, params) of a Transformer:
+  the rows and decoded text a reward source reads (no scoring)."""
+  check_prompts(prompts, cfg)
+  completions, _, eos = _sample_completions(lm, prompts, rng, cfg)
+  return RolloutView(batch=_rows(prompts, completions, cfg),
+                     prompts=[getattr(x, "text", x) for x in items],
+                     completions=[tokenizer.decode(c) for c in completions], eos_emitted=eos,
+                     tasks=[getattr(x, "task", None) for x in items], items=list(items))
+
+
 def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutConfig,
-            tokenizer, reward_sources=(), prompt_texts=None, tasks=None):
+            tokenizer, reward_sources=(), items=None, prompt_texts=None, tasks=None):
   """Samples one completion per prompt and scores it.
 
   Returns:
@@ -162,39 +229,31 @@ def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutC
 
   Args:
     policy: (graphdef, params) of the policy's train-side model (an ``ActorCritic`` or a
-      Transformer); ``policy_lm``, the Transformer that samples, is read from params["lm"]
-      for an ActorCritic.
+      Transformer); the Transformer that samples is ``params["lm"]`` of an ActorCritic.
     ref: (graphdef, params) of the reference Transformer.
     prompts: B prompt token lists (BOS included); repeat a prompt k times for groups.
-    reward_sources: [(RewardSource, weight)]; prompt_texts / tasks feed text-level sources.
+    reward_sources: [(RewardSource, weight)].
+    items: B ``PromptItem`` (text, task, what a verifier needs); or ``prompt_texts`` /
+      ``tasks`` (strings) for text-level sources.
   """
   (graphdef, params), (ref_graphdef, ref_params) = policy, ref
   check_prompts(prompts, cfg)
-  lm_graphdef, lm_params = graphdef, params
-  model = nnx.merge(graphdef, params)
-  if hasattr(model, "lm"):
-    lm_graphdef, _ = nnx.split(model.lm)
-    lm_params = params["lm"]
-  tokens, seg = _left_pad(prompts, cfg.prompt_width, cfg.pad_id)
-  out, samp_lp, eos = sample(lm_graphdef, lm_params, jnp.asarray(tokens), jnp.asarray(seg), rng,
-                             max_new_tokens=cfg.max_new_tokens,
-                             temperature=float(cfg.temperature), top_p=float(cfg.top_p),
-                             eos_id=cfg.eos_id, pad_id=cfg.pad_id)
-  out, samp_lp, eos = np.asarray(out), np.asarray(samp_lp), np.asarray(eos)
-  completions = []
-  for row, e in zip(out.tolist(), eos):
-    completions.append(row[:row.index(cfg.eos_id) + 1] if e else row)
-  rows = stack([pack(p, c, cfg.max_len, truncate="error", where=f"rollout row {i}")[0]
-                for i, (p, c) in enumerate(zip(prompts, completions))])
-  lp, values, ref_lp = score(graphdef, params, ref_graphdef, ref_params, rows)
+  completions, samp_lp, eos = _sample_completions(_policy_lm(graphdef, params), prompts, rng,
+                                                  cfg)
+  rows = _rows(prompts, completions, cfg)
+  lp, values, ref_lp = score(graphdef, params, ref_graphdef, ref_params, rows,
+                             chunk_size=cfg.logps_chunk)
   lp_np = np.asarray(lp)
   # Sampler vs train-side log-probs of the same tokens (completion j <-> row len(p) - 1 + j).
-  diffs = [np.abs(samp_lp[i, :len(c)] - lp_np[i, len(p) - 1:len(p) - 1 + len(c)])
-           for i, (p, c) in enumerate(zip(prompts, completions))]
-  diffs = np.concatenate(diffs)
-  texts = [tokenizer.decode(c) for c in completions]
-  view = RolloutView(batch=rows, prompts=list(prompt_texts or [""] * len(prompts)),
-                     completions=texts, eos_emitted=eos, tasks=tasks)
+  diffs = np.concatenate([np.abs(samp_lp[i, :len(c)] - lp_np[i, len(p) - 1:len(p) - 1 + len(c)])
+                          for i, (p, c) in enumerate(zip(prompts, completions))])
+  if items is None:
+    texts, tasks_ = list(prompt_texts or [""] * len(prompts)), tasks
+  else:
+    texts, tasks_ = [x.text for x in items], [x.task for x in items]
+  view = RolloutView(batch=rows, prompts=texts,
+                     completions=[tokenizer.decode(c) for c in completions], eos_emitted=eos,
+                     tasks=tasks_, items=None if items is None else list(items))
   rewards, valid, metrics = compute_rewards(reward_sources, view, missing_eos=cfg.missing_eos,
                                             missing_eos_penalty=cfg.missing_eos_penalty)
   exp = Experience(
@@ -207,5 +266,6 @@ def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutC
       "rollout/logprob_mismatch_max": float(diffs.max()),
       "rollout/logprob_mismatch_mean": float(diffs.mean()),
       "rollout/completion_tokens": float(np.mean([len(c) for c in completions])),
+      "rollout/stop_fraction": float(np.mean(eos)),
   })
   return exp, metrics, view

@@ -2,9 +2,9 @@
 
     policy_params = run_rl_stage(ctx, config.rl, policy_params, ref_params)
 
-``ctx`` carries ``config`` (the whole ConfigDict), ``graphdef`` (the policy Transformer's),
-``tokenizer``, ``mesh``, ``param_shardings`` (the policy's), ``workdir`` and ``writer`` (a
-``MetricsWriter``). PPO, fine-grained PPO, GRPO, RLOO and REINFORCE++ are this one loop with
+``ctx`` is the run's ``prefjax.train.stages.RunContext`` (config, model, tokenizer, mesh,
+data source, workdir, metrics writer). Prompts come from the data source (``testbed``,
+``tasks:NAME`` with an exact verifier, ``prompts:FILE``, the prompts of a preference file). PPO, fine-grained PPO, GRPO, RLOO and REINFORCE++ are this one loop with
 different ``config.rl`` values (see ``rl_config`` for every field):
 
   per iteration i (rollout RNG = fold_in(key(seed), i); prompts drawn with (seed, i)):
@@ -14,14 +14,22 @@ different ``config.rl`` values (see ``rl_config`` for every field):
     for epoch in ppo_epochs: for minibatch in shuffle(B):  state = train_step(state, mb)
     beta <- KL controller (fixed or adaptive toward a target)
 
+The minibatches of an iteration are one round of ``prefjax.train.rounds.RoundBatches`` fed to
+THE training loop (``prefjax.train.loop.run_stage``): SIGTERM checkpoints, the non-finite
+policy, resume and logging are the ones every stage has. One metrics line per iteration
+(``rl/iteration``) carries the rollout's readouts: rewards per source, the exact judge
+(``rollout/verified_accuracy``, ``rollout/format_rate`` on ``tasks:`` prompts; the oracle on
+the testbed), the sampler-vs-trainer log-prob mismatch (``rollout/logprob_mismatch_max`` /
+``_mean``), and the last update's PPO statistics (``ppo/ratio``, ``ppo/clip_fraction``, ...).
+
 Reward models a source needs ("sequence_rm", "token_rm") are trained first, as sub-stages
 through the same step (kinds "reward" and "token"), from the policy's backbone. Everything
-checkpoints under ``workdir/checkpoints/<name>*``: killed and re-run, the stage resumes from
-the last saved iteration with the same state, KL coefficient and RNG, so it ends identically.
+checkpoints under ``workdir/checkpoints/<name>*`` (the current round under
+``workdir/rounds/<name>``): killed and re-run, the stage resumes with the same state, KL
+coefficient and rollout, so it ends identically.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -32,35 +40,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from prefjax import sharding
+from prefjax import distributed, sharding
 from prefjax.errors import ConfigError
 from prefjax.losses.ppo import per_token_objective
 from prefjax.rl import advantages as adv_lib
 from prefjax.rl import kl as kl_lib
+from prefjax.rl import reward_models  # noqa: F401  (registers sequence_rm, token_rm)
 from prefjax.rl import rewards as rw
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_policy
-from prefjax.rl.reward_models import reward_sources
-from prefjax.rl.rollout import RolloutConfig, rollout
+from prefjax.rl.rollout import RolloutConfig, check_prompts, rollout, sample_view
 from prefjax.train.checkpoint import Checkpointer
-from prefjax.train.loop import NonFiniteLossError
+from prefjax.train.loop import run_stage
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
+from prefjax.train.rounds import RoundBatches
+from prefjax.train.stages import logps_chunk
 from prefjax.train.step import init_state, make_train_step
-
-
-@dataclasses.dataclass
-class StageContext:
-  """The shape of ``ctx`` that ``run_rl_stage`` reads (any object with these fields works)."""
-  config: ml_collections.ConfigDict
-  graphdef: nnx.GraphDef
-  tokenizer: object
-  mesh: jax.sharding.Mesh
-  param_shardings: object
-  workdir: str
-  writer: object
-  summary: dict = dataclasses.field(default_factory=dict)
 
 
 def _sub_stage(steps, batch_size, lr, warmup=10):
@@ -78,7 +74,8 @@ def rl_config() -> ml_collections.ConfigDict:
     rollout_batch_size   rows sampled per iteration (= prompts x group_size)
     group_size           samples per prompt, consecutive rows (GRPO / RLOO / Dr.GRPO: >= 2)
     n_prompts            size of the training-prompt pool (testbed train split)
-    max_new_tokens, temperature, top_p      sampling (stops at the end-of-turn token)
+    max_new_tokens, temperature, top_p, top_k   sampling (stops at the tokenizer's
+                         end-of-turn and EOS tokens)
     ppo_epochs, minibatch_size              passes over each rollout, rows per update step
     lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction   AdamW + schedule
                          over iterations * ppo_epochs * rollout_batch_size / minibatch_size
@@ -86,14 +83,16 @@ def rl_config() -> ml_collections.ConfigDict:
                          the reward model's), "none" (critic-free estimators)
     advantage.estimator  gae | grpo | dr_grpo | rloo | reinforce_pp (prefjax.rl.advantages)
     advantage.whiten_rewards, advantage.whiten_advantages   over the whole rollout batch
-    advantage.kwargs     estimator hyper-parameters (gae: gamma, lam; reinforce_pp: gamma;
-                         grpo: eps)
+    advantage.kwargs     estimator hyper-parameters, checked against its signature (gae:
+                         gamma, lam; reinforce_pp: gamma; grpo: eps); {} = its defaults
     loss_kwargs          the "ppo" loss: clip_low, clip_high, value_clip, vf_coef,
                          entropy_coef, aggregation (token_mean | seq_mean | seq_sum)
     kl.placement         none | reward | loss | both;  kl.estimator  k1 | k2 | k3
     kl.coef              the (initial) coefficient; kl.adaptive, kl.target, kl.horizon:
                          Ziegler et al.'s controller toward a target KL (nats per sequence)
-    rewards              {source: weight}: oracle | sequence_rm | token_rm (summed)
+    rewards              {source: weight}, summed: verifier | format | oracle | length_penalty
+                         | sequence_rm | token_rm | rm:WORKDIR | calibrated:SOURCE
+                         (``prefjax.rl.rewards``); reward_kwargs: {source: {kwarg: value}}
     missing_eos          penalty | mask | none, for completions without the end token;
     missing_eos_penalty  added to their last token's reward under "penalty"
     checkpoint_every     iterations between checkpoints (resume is exact)
@@ -109,7 +108,7 @@ def rl_config() -> ml_collections.ConfigDict:
   r.group_size = 1                # samples per prompt (GRPO / RLOO: >= 2)
   r.n_prompts = 2000              # training-prompt pool (testbed train split)
   r.max_new_tokens = 16
-  r.temperature, r.top_p = 1.0, 1.0
+  r.temperature, r.top_p, r.top_k = 1.0, 1.0, 0
   r.ppo_epochs = 2
   r.minibatch_size = 32
   r.lr, r.warmup_steps, r.weight_decay = 1e-4, 0, 0.0
@@ -117,7 +116,7 @@ def rl_config() -> ml_collections.ConfigDict:
   r.critic = "shared"             # shared | separate | none
   r.advantage = ml_collections.ConfigDict(dict(
       estimator="gae", whiten_rewards=False, whiten_advantages=True,
-      kwargs=ml_collections.ConfigDict(dict(gamma=1.0, lam=0.95))))
+      kwargs=ml_collections.ConfigDict()))   # the estimator's own defaults (gae: gamma 1, lam 0.95)
   r.loss_kwargs = ml_collections.ConfigDict(dict(
       clip_low=0.2, clip_high=0.2, value_clip=0.2, vf_coef=0.1, entropy_coef=0.0,
       aggregation="token_mean"))
@@ -125,6 +124,7 @@ def rl_config() -> ml_collections.ConfigDict:
       placement="reward", estimator="k1", coef=0.05, adaptive=False, target=1.0,
       horizon=10000.0))
   r.rewards = ml_collections.ConfigDict({"oracle": 1.0})   # source name -> weight
+  r.reward_kwargs = ml_collections.ConfigDict()            # source name -> its kwargs
   r.missing_eos, r.missing_eos_penalty = "penalty", -1.0
   r.checkpoint_every = 1          # iterations between checkpoints
   r.reward_model = _sub_stage(steps=200, batch_size=32, lr=1e-3)   # for "sequence_rm"
@@ -157,16 +157,12 @@ def validate(r) -> None:
   kl_lib.check_placement(r.kl.placement)
   kl_lib.kl_estimate(jnp.zeros(()), jnp.zeros(()), r.kl.estimator)
   per_token_objective(r.loss_kwargs.aggregation)
-  if not dict(r.rewards):
-    raise ConfigError("config.rl.rewards must name at least one reward source")
-  for name in dict(r.rewards):
-    if name not in ("oracle", "sequence_rm", "token_rm"):
-      raise ConfigError(f"config.rl.rewards: unknown reward source {name!r}; valid: oracle, "
-                        f"sequence_rm, token_rm (rules: prefjax.rl.rewards.make_source)")
+  adv_lib.check_kwargs(spec.name, r.advantage.kwargs.to_dict())
+  rw.check_sources(dict(r.rewards), r.get("reward_kwargs", ml_collections.ConfigDict()).to_dict())
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop.
+# The stage: rollouts feed THE training loop (prefjax.train.loop) round by round.
 
 @functools.partial(jax.jit, static_argnames=("estimator", "group_size", "whiten_rewards",
                                              "whiten_advantages", "hparams", "in_reward",
@@ -182,6 +178,59 @@ def _advantages(rewards, old_lp, ref_lp, values, mask, kl_coef, *, estimator, gr
   return rewards, adv, ret
 
 
+def rollout_config(c, r, tok) -> RolloutConfig:
+  """Sampling settings of ``config.rl`` for the run's tokenizer (its stop ids)."""
+  return RolloutConfig(max_len=c.data.max_len, max_new_tokens=r.max_new_tokens,
+                       temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                       eos_id=tok.eos_id, stop_ids=tuple(getattr(tok, "stop_ids", ()) or ()),
+                       pad_id=tok.pad_id, missing_eos=r.missing_eos,
+                       missing_eos_penalty=r.missing_eos_penalty,
+                       logps_chunk=logps_chunk(c))
+
+
+def judge_metrics(ctx, view) -> dict:
+  """Exact-judge readouts of a rollout, whatever reward trains it: the testbed oracle's
+  mean, or the verifier's accuracy and format rate on ``tasks:`` prompts."""
+  if getattr(ctx.data, "testbed", False):
+    return {"rollout/oracle_reward": float(np.mean(rw.oracle_source().fn(view)))}
+  ts = getattr(ctx.data, "taskset", None)
+  if ts is None:
+    return {}
+  scores = rw.task_scores(view, ts)
+  return {"rollout/verified_accuracy": float(np.mean([s.correct for s in scores])),
+          "rollout/format_rate": float(np.mean([s.formatted for s in scores])),
+          "rollout/lenient_accuracy": float(np.mean([s.lenient for s in scores]))}
+
+
+class _KLHistory:
+  """The KL coefficient of every iteration (``kl.json`` beside the rounds): an adaptive
+  controller's value at iteration i is read back on resume instead of replayed."""
+
+  def __init__(self, directory, r):
+    self.path, self.r = os.path.join(directory, "kl.json"), r
+    self.coefs = [float(r.kl.coef)]
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.coefs = json.load(f)["coefs"]
+
+  def coef(self, it: int) -> float:
+    if it >= len(self.coefs):
+      raise RuntimeError(f"no KL coefficient recorded for iteration {it} ({self.path})")
+    return self.coefs[it]
+
+  def record(self, it: int, observed_kl: float, n_steps: int) -> None:
+    r = self.r
+    ctl = kl_lib.KLController(coef=self.coefs[it], adaptive=r.kl.adaptive, target=r.kl.target,
+                              horizon=r.kl.horizon)
+    # float32, as every other state, so a resumed run continues with the same value
+    self.coefs = self.coefs[:it + 1] + [float(np.float32(ctl.update(observed_kl, n_steps)))]
+    if distributed.is_main():
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      with open(self.path + ".tmp", "w") as f:
+        json.dump({"coefs": self.coefs}, f)
+      os.replace(self.path + ".tmp", self.path)
+
+
 def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   """Runs the RL stage configured by ``stage_cfg`` (``config.rl``); returns the policy's
   final Transformer params (the same structure as ``policy_params``)."""
@@ -189,17 +238,25 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   validate(r)
   summary: dict = {}
   tok = ctx.tokenizer
-  rcfg = RolloutConfig(max_len=c.data.max_len, max_new_tokens=r.max_new_tokens,
-                       temperature=r.temperature, top_p=r.top_p, eos_id=tok.eos_id,
-                       pad_id=tok.pad_id, missing_eos=r.missing_eos,
-                       missing_eos_penalty=r.missing_eos_penalty)
-  pool = rw.testbed_prompts(c, r.n_prompts)
-  pool_ids = [tok.encode_prompt(p) for _, p in pool]
-  from prefjax.rl.rollout import check_prompts
+  rcfg = rollout_config(c, r, tok)
+  pool = ctx.data.prompts("train", r.n_prompts)
+  pool_ids = [tok.encode_prompt(x.prompt) for x in pool]
   check_prompts(pool_ids, rcfg)        # fail before any training
+  if len(pool) < r.rollout_batch_size // r.group_size:
+    raise ConfigError(f"config.rl.rollout_batch_size / group_size = "
+                      f"{r.rollout_batch_size // r.group_size} prompts per iteration, but the "
+                      f"data source has {len(pool)} training prompts")
+  ref_params = jax.device_put(jax.tree.map(jnp.copy, ref_params), ctx.param_shardings)
 
-  sources, critic_backbone = reward_sources(ctx, r, policy_params, summary)
-  oracle = rw.make_source("oracle")
+  def reference_sample(n):             # for calibrated reward sources
+    idx = np.random.default_rng([c.seed, 7]).choice(len(pool), min(n, len(pool)), replace=False)
+    return sample_view((ctx.graphdef, ref_params), [pool[i] for i in idx],
+                       [pool_ids[i] for i in idx], rng=jax.random.key(c.seed + 7), cfg=rcfg,
+                       tokenizer=tok)
+
+  env = rw.SourceEnv(ctx=ctx, policy_params=policy_params, summary=summary,
+                     reference_sample=reference_sample)
+  sources = rw.build_sources(env, dict(r.rewards), r.reward_kwargs.to_dict())
 
   # The actor-critic: the policy LM (+ a value head or a separate critic).
   cfg = nnx.merge(ctx.graphdef, policy_params).cfg
@@ -208,36 +265,27 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   # Own buffers: the step donates its state, and the caller may still hold these params.
   params = with_policy(nnx.to_pure_dict(ac_state), jax.tree.map(jnp.copy, policy_params))
   if r.critic == "separate":
-    params = with_critic_backbone(params, critic_backbone or policy_params,
+    params = with_critic_backbone(params, env.critic_backbone or policy_params,
                                   where="config.rl.critic='separate'")
   ac_sh = sharding.param_shardings(ac, ctx.mesh)
-  updates_per_iter = r.ppo_epochs * (r.rollout_batch_size // r.minibatch_size)
-  tx, schedule = make_optimizer(r.lr, r.iterations * updates_per_iter,
+  per_epoch = r.rollout_batch_size // r.minibatch_size
+  steps_per_round = r.ppo_epochs * per_epoch
+  tx, schedule = make_optimizer(r.lr, r.iterations * steps_per_round,
                                 warmup_steps=r.warmup_steps, weight_decay=r.weight_decay,
                                 b1=r.b1, b2=r.b2, clip_norm=r.clip_norm,
                                 final_lr_fraction=r.final_lr_fraction)
   state, state_sh = init_state(params, tx, ac_sh)
   hp = dict(r.loss_kwargs.to_dict(), kl_estimator=r.kl.estimator)
-  objective = make_objective("ppo", hp, per_token=per_token_objective(hp["aggregation"]))
+  chunk = logps_chunk(c) if not hp.get("entropy_coef") else None
+  objective = make_objective("ppo", hp, per_token=per_token_objective(hp["aggregation"]),
+                             logps_chunk=chunk)
   batch_sh = sharding.batch_sharding(ctx.mesh)
   train_step = make_train_step(ac_graphdef, objective, tx, schedule, state_shardings=state_sh,
-                               batch_sharding=batch_sh)
-  ref_params = jax.device_put(jax.tree.map(jnp.copy, ref_params), ctx.param_shardings)
-  controller = kl_lib.KLController(coef=r.kl.coef, adaptive=r.kl.adaptive, target=r.kl.target,
-                                   horizon=r.kl.horizon)
+                               batch_sharding=batch_sh,
+                               skip_nonfinite=c.get("nonfinite", "stop") == "skip")
 
-  # Resume: the train state and the KL coefficient; everything else is a function of i.
-  replicated = NamedSharding(ctx.mesh, P())
-  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", r.name),
-                      every=r.checkpoint_every, keep=c.checkpoint.keep)
-  start = ckpt.latest_step() or 0
-  if start:
-    saved = ckpt.restore(start, {"state": state, "kl_coef": jnp.float32(0)},
-                         {"state": state_sh, "kl_coef": replicated})
-    state, controller.coef = saved["state"], float(saved["kl_coef"])
-    print(f"[{r.name}] resuming from iteration {start} ({ckpt.directory})", flush=True)
-  ctx.writer.truncate(r.name, start)
-
+  rounds_dir = os.path.join(ctx.workdir, "rounds", r.name)
+  kl_hist = _KLHistory(rounds_dir, r)
   n_prompts = r.rollout_batch_size // r.group_size
   in_reward, in_loss = kl_lib.in_reward(r.kl.placement), kl_lib.in_loss(r.kl.placement)
   adv_kw = dict(estimator=r.advantage.estimator, group_size=r.group_size,
@@ -245,65 +293,59 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
                 whiten_advantages=r.advantage.whiten_advantages,
                 hparams=tuple(sorted(r.advantage.kwargs.to_dict().items())),
                 in_reward=in_reward, kl_estimator=r.kl.estimator)
-  for it in range(start, r.iterations):
+
+  def build(it, state):
+    """Iteration ``it``'s rollout from the current policy -> its PPO minibatches."""
     t0 = time.perf_counter()
-    # ---- rollout
     pick = np.random.default_rng([c.seed, it]).choice(len(pool), n_prompts, replace=False)
     idx = np.repeat(pick, r.group_size)
     exp, metrics, view = rollout(
         (ac_graphdef, state["params"]), (ctx.graphdef, ref_params), [pool_ids[i] for i in idx],
         rng=jax.random.fold_in(jax.random.key(c.seed), it), cfg=rcfg, tokenizer=tok,
-        reward_sources=sources, prompt_texts=[pool[i][1] for i in idx],
-        tasks=[pool[i][0] for i in idx])
-    metrics["rollout/oracle_reward"] = float(np.mean(oracle.fn(view)))
-    # ---- rewards with the KL penalty, advantages
+        reward_sources=sources, items=[pool[i] for i in idx])
+    metrics.update(judge_metrics(ctx, view))
+    coef = kl_hist.coef(it)
     mask = exp.completion_mask * exp.valid[:, None]
     rewards, adv, ret = _advantages(exp.rewards, exp.old_token_logps, exp.ref_token_logps,
-                                    exp.values, mask, jnp.float32(controller.coef), **adv_kw)
+                                    exp.values, mask, jnp.float32(coef), **adv_kw)
     seq_kl = (kl_lib.kl_estimate(exp.old_token_logps, exp.ref_token_logps, "k1") * mask).sum(-1)
     observed_kl = float(seq_kl.sum() / jnp.maximum(exp.valid.sum(), 1.0))
-    data = dict(exp.rows(), loss_mask=mask, old_token_logps=exp.old_token_logps,
-                ref_token_logps=exp.ref_token_logps, old_values=exp.values, advantages=adv,
-                returns=ret,
-                kl_coefs=jnp.full(exp.valid.shape, controller.coef if in_loss else 0.0,
-                                  jnp.float32),
-                example_mask=exp.valid, truncated=jnp.zeros_like(exp.valid))
-    data = jax.device_get(data)
-    # ---- PPO epochs over minibatches, through the shared step
-    ppo_m = []
+    kl_hist.record(it, observed_kl, n_steps=r.rollout_batch_size)
+    data = jax.device_get(dict(
+        exp.rows(), loss_mask=mask, old_token_logps=exp.old_token_logps,
+        ref_token_logps=exp.ref_token_logps, old_values=exp.values, advantages=adv,
+        returns=ret, kl_coefs=jnp.full(exp.valid.shape, coef if in_loss else 0.0, jnp.float32),
+        example_mask=exp.valid, truncated=jnp.zeros_like(exp.valid)))
+    batches = []
     for epoch in range(r.ppo_epochs):
       perm = np.random.default_rng([c.seed, it, epoch]).permutation(r.rollout_batch_size)
       for s in range(0, r.rollout_batch_size, r.minibatch_size):
         sel = perm[s:s + r.minibatch_size]
-        mb = jax.device_put({k: v[sel] for k, v in data.items()}, batch_sh)
-        state, m = train_step(state, mb, None)
-        ppo_m.append(m)
-    ppo_m = jax.device_get(ppo_m)
-    loss = float(np.mean([m["loss"] for m in ppo_m]))
-    if not np.isfinite(loss):
-      raise NonFiniteLossError(f"[{r.name}] loss is {loss} at iteration {it + 1}; stopping "
-                               f"(last good checkpoint: {ckpt.latest_step()})")
-    coef_used = controller.coef
-    # Kept in float32, as checkpointed, so a resumed run continues with the same value.
-    controller.coef = float(np.float32(controller.update(observed_kl,
-                                                         n_steps=r.rollout_batch_size)))
-    values = {k: float(np.mean([m[k] for m in ppo_m])) for k in ppo_m[-1]
-              if k not in ("data/tokens",)}
-    values.update(metrics)
-    values.update({"kl/observed": observed_kl, "kl/coef": coef_used,
-                   "reward/with_kl": float((rewards * mask).sum(-1).mean()),
-                   "advantages/mean": float((adv * mask).sum() / jnp.maximum(mask.sum(), 1)),
-                   "seconds_per_iteration": time.perf_counter() - t0})
-    ctx.writer.write(r.name, it + 1, values)
-    if ckpt.should_save(it + 1, it + 1 == r.iterations):
-      ckpt.save(it + 1, {"state": state,
-                         "kl_coef": jax.device_put(jnp.float32(controller.coef), replicated)})
+        batches.append({k: v[sel] for k, v in data.items()})
+    mask_np = np.asarray(mask)
+    metrics.update({
+        "rl/iteration": it + 1, "kl/observed": observed_kl, "kl/coef": coef,
+        "reward/with_kl": float((np.asarray(rewards) * mask_np).sum(-1).mean()),
+        "advantages/mean": float((np.asarray(adv) * mask_np).sum() / max(mask_np.sum(), 1)),
+        "seconds_per_rollout": time.perf_counter() - t0})
+    return batches, metrics
+
+  src = RoundBatches(build, steps_per_round, rounds_dir)
+  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", r.name),
+                      every=steps_per_round * r.checkpoint_every, keep=c.checkpoint.keep)
+  state = run_stage(r.name, train_step=train_step, state=state, state_shardings=state_sh,
+                    ref_params=None, batches=src, batch_sharding=batch_sh,
+                    num_steps=r.iterations * steps_per_round, checkpointer=ckpt,
+                    writer=ctx.writer, log_every=steps_per_round, on_log=src.on_log,
+                    progress=c.get("progress", True), nonfinite=c.get("nonfinite", "stop"),
+                    max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
   ckpt.close()
   if summary:
     if isinstance(getattr(ctx, "summary", None), dict):
       ctx.summary.update(summary)
-    with open(os.path.join(ctx.workdir, f"{r.name}_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+    if distributed.is_main():
+      with open(os.path.join(ctx.workdir, f"{r.name}_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
   return state["params"]["lm"]
 
 
@@ -320,9 +362,6 @@ def check_config(c) -> None:
 
 def rl_stage(ctx, models) -> None:
   """Stage function ``(ctx, models)``: RL from the current policy; reference = that start."""
-  if not getattr(getattr(ctx, "data", None), "testbed", True):
-    raise ConfigError("the RL stage's prompts and edit pairs come from the testbed for now "
-                      "(config.data.train must be 'testbed' or 'testbed:TASK')")
   reference = jax.tree.map(jnp.copy, models.policy)
   models.policy = run_rl_stage(ctx, ctx.config.rl, models.policy, reference)
   models.reference = reference

@@ -55,3 +55,8 @@ def examples(c, kind: str, split: str, n: int, spec: str | None = None) -> list[
 def eval_prompts(c, n: int) -> list[tuple[str, str]]:
   """Held-out (task, prompt) pairs for the oracle judge."""
   return world.eval_prompts(world_config(c), n)
+
+
+def train_prompts(c, n: int) -> list[tuple[str, str]]:
+  """Training (task, prompt) pairs for sampling stages (disjoint from ``eval_prompts``)."""
+  return [(e["task"], e["prompt"]) for e in world.sft_examples(world_config(c), n, split="train")]

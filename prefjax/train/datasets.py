@@ -1,6 +1,8 @@
 """The data source of a run: ``config.data`` -> examples by kind -> row encoders.
 
   data.train = "testbed" | "testbed:TASK[,TASK]"   the synthetic world (default)
+             | "tasks:NAME[,NAME]"  verifiable reasoning-gym tasks (prompts + exact scorers)
+             | "prompts:FILE"       prompts to sample from (RL / online stages)
              | any spec of ``prefjax.data.sources``  (hh:PATH, pandalm:, llmbar:,
                alpaca_eval:, jsonl:, sft:, groups:, alpaca_eval_groups:, unpaired:, a path)
   data.sft   = SFT spec for the sft stage ("" = derived from data.train: testbed
@@ -17,6 +19,7 @@ n_eval_pairs).
 from __future__ import annotations
 
 from prefjax.data import layout
+from prefjax.data import prompts as prompts_lib
 from prefjax.errors import ConfigError
 from prefjax.testbed import source as testbed_source
 
@@ -33,17 +36,19 @@ class DataSource:
     self.reports: dict = {}
 
   # ------------------------------------------------------------------ examples
-  def examples(self, kind: str, split: str = "train", spec: str | None = None) -> list[dict]:
-    """``kind`` examples of ``split`` ("train" or "eval")."""
+  def examples(self, kind: str, split: str = "train", spec: str | None = None,
+               n: int | None = None) -> list[dict]:
+    """``kind`` examples of ``split`` ("train" or "eval"); ``n`` sizes a testbed draw."""
     c = self.c
     spec = spec or (c.data.get("sft", "") if kind == "sft" else "") or self.train_spec
-    key = (spec, kind, split)
+    key = (spec, kind, split, n)
     if key in self._cache:
       return self._cache[key]
     if testbed_source.is_testbed(spec):
-      n = {"sft": c.testbed.n_sft}.get(kind, c.testbed.n_pairs)
-      if split != "train":
-        n = c.testbed.n_eval_pairs
+      if n is None:
+        n = {"sft": c.testbed.n_sft}.get(kind, c.testbed.n_pairs)
+        if split != "train":
+          n = c.testbed.n_eval_pairs
       out = testbed_source.examples(c, kind, split, n, spec)
     else:
       out = self._file_examples(spec, kind, split)
@@ -90,6 +95,54 @@ class DataSource:
 
   def eval_pairs(self) -> list[dict]:
     return self.examples("pairwise", "eval")
+
+  # ------------------------------------------------------------------ prompts
+  @property
+  def samples_prompts_only(self) -> bool:
+    """True for sources that hold prompts but no responses (tasks:, prompts:)."""
+    return self.train_spec.startswith("tasks:") or prompts_lib.is_prompts_spec(self.train_spec)
+
+  @property
+  def taskset(self):
+    """The ``prefjax.data.tasks.TaskSet`` of a ``tasks:`` source (None otherwise)."""
+    if not self.train_spec.startswith("tasks:"):
+      return None
+    if "taskset" not in self._cache:
+      from prefjax.data import tasks
+      t = self.c.tasks
+      self._cache["taskset"] = tasks.TaskSet(
+          tasks.parse_spec(self.train_spec), seed=t.seed, n_train=t.n_train, n_eval=t.n_eval,
+          options={k: dict(v) for k, v in dict(t.options).items()},
+          answer_format=t.answer_format)
+    return self._cache["taskset"]
+
+  def prompts(self, split: str = "train", n: int | None = None) -> list:
+    """``PromptItem``s to sample from: training or held-out (disjoint) prompts."""
+    key = ("prompts", split, n)
+    if key in self._cache:
+      return self._cache[key]
+    c, spec = self.c, self.train_spec
+    if self.testbed:
+      n = n or (c.rl.n_prompts if "rl" in c and split == "train" else c.eval.n_prompts)
+      pairs = (testbed_source.train_prompts(c, n) if split == "train"
+               else testbed_source.eval_prompts(c, n))
+      out = [prompts_lib.PromptItem(id=f"testbed/{split}/{i}", prompt=p, task=t)
+             for i, (t, p) in enumerate(pairs)]
+    elif self.taskset is not None:
+      out = [prompts_lib.PromptItem(id=p.id, prompt=p.messages, task=p.task, meta=p)
+             for p in self.taskset.prompts(split)]
+    else:
+      if prompts_lib.is_prompts_spec(spec):
+        items = prompts_lib.read_prompts_file(spec[len(prompts_lib.PROMPTS_PREFIX):])
+      else:
+        items = prompts_lib.prompts_of_pairs(self.examples("pairwise", "train") +
+                                             self.examples("pairwise", "eval"))
+      n_eval = c.data.get("n_eval", 0) or max(1, len(items) // 10)
+      train, ev = prompts_lib.split_items(items, n_eval, c.seed)
+      out = train if split == "train" else ev
+    out = out[:n] if n else out
+    self._cache[key] = out
+    return out
 
   # ------------------------------------------------------------------ encoders
   def encoder(self, kind: str, tokenizer=None, max_len: int | None = None,

@@ -99,7 +99,10 @@ def run_stage(stage: str, *, train_step: Callable, state, state_shardings, ref_p
   """Runs ``train_step`` from the last valid checkpoint (if any) to ``num_steps``.
 
   ``batches[i]`` is the batch of step i (a random-access dataset), so resuming needs only
-  the train state. Returns the final state.
+  the train state. Batches made from the policy itself (RL rollouts, online preference
+  pairs) come from an object with ``at(step, state) -> batch`` instead
+  (``prefjax.train.rounds.RoundBatches``), which keeps what it made resumable on its own.
+  Returns the final state.
 
   nonfinite: "stop" raises NonFiniteLossError at the first logged non-finite loss; "skip"
     needs a ``train_step`` built with ``make_train_step(..., skip_nonfinite=True)`` (it
@@ -144,8 +147,10 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
   # Steps that compiled (a new batch shape) are counted in each metrics line, so timings
   # can leave them out; a jitted step exposes its cache size (0 otherwise).
   cache_size = getattr(train_step, "_cache_size", lambda: 0)
+  at = getattr(batches, "at", None)
   for step in bar:
-    batch = distributed.host_batch(batches[step], batch_sharding, global_batch_size)
+    raw = at(step, state) if at is not None else batches[step]
+    batch = distributed.host_batch(raw, batch_sharding, global_batch_size)
     before = cache_size()
     state, m = train_step(state, batch, ref_params)
     compiled += cache_size() > before

@@ -205,15 +205,20 @@ def make_objective(loss_name: str, hparams: Mapping[str, Any] | None = None, *,
 # RL and token-level reward models (prefjax.rl, prefjax.rewards.token_model).
 
 @register_forward("ppo")
-def forward_ppo(model, batch):
+def forward_ppo(model, batch, chunk_size=None):
   """PPO minibatches: per-token log-probs, entropies and values of the current model.
 
   ``model`` is a ``prefjax.rl.actor_critic.ActorCritic`` (or a plain Transformer: values 0).
   Rollout fields travel as batch fields [B, T]: ``old_token_logps``, ``old_values``,
   ``ref_token_logps`` (reference log-probs computed once at rollout, outside the gradient),
   ``advantages``, ``returns``; ``kl_coefs`` [B] is the KL-in-loss coefficient.
+  ``chunk_size`` (an objective built with ``logps_chunk``, only without an entropy bonus):
+  completion-only chunked log-probs, no [B, T, V] logits; the entropy then reads 0.
   """
-  if hasattr(model, "evaluate"):
+  if chunk_size and hasattr(model, "logps_and_values"):
+    logps, values = model.logps_and_values(batch, chunk_size=chunk_size)
+    entropy = jnp.zeros(logps.shape, jnp.float32)
+  elif hasattr(model, "evaluate"):
     logps, entropy, values = model.evaluate(batch)
   else:
     from prefjax.rl.actor_critic import entropy_from_logits

@@ -14,7 +14,9 @@ from prefjax.rl import stage as stage_lib
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train.config import base_config
+from prefjax.train.datasets import DataSource
 from prefjax.train.metrics_writer import MetricsWriter
+from prefjax.train.stages import RunContext
 
 TOK = TestbedTokenizer()
 CFG = make_config(None, vocab_size=TOK.vocab_size, overrides=dict(
@@ -33,7 +35,7 @@ def _config():
 
 
 class InterruptingWriter(MetricsWriter):
-  """Stops the run (like kill -9) when iteration ``at`` is logged, before its checkpoint."""
+  """Stops the run (like kill -9) when step ``at`` is logged, before its checkpoint."""
 
   def __init__(self, workdir, at):
     super().__init__(workdir, tensorboard=False)
@@ -52,10 +54,11 @@ def _run(workdir, writer=None):
   params = nnx.to_pure_dict(state)
   params["embed"] = params["embed"] * 0.05             # softer logits: end tokens occur
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  ctx = stage_lib.StageContext(
-      config=c, graphdef=graphdef, tokenizer=TOK, mesh=mesh,
+  ctx = RunContext(
+      config=c, graphdef=graphdef, model_cfg=CFG, tokenizer=TOK, mesh=mesh,
       param_shardings=sharding.param_shardings(model, mesh), workdir=str(workdir),
-      writer=writer or MetricsWriter(str(workdir), tensorboard=False))
+      writer=writer or MetricsWriter(str(workdir), tensorboard=False),
+      data=DataSource(c, TOK))
   return stage_lib.run_rl_stage(ctx, c.rl, params, jax.tree.map(np.copy, params))
 
 
@@ -63,7 +66,8 @@ def _lines(workdir):
   out = []
   for line in open(workdir / "metrics.jsonl"):
     d = json.loads(line)
-    d.pop("seconds_per_iteration"), d.pop("tokens_per_sec", None)
+    for k in ("seconds_per_rollout", "seconds_per_step", "tokens_per_sec", "compiled_steps"):
+      d.pop(k, None)
     out.append(d)
   return out
 
@@ -71,15 +75,44 @@ def _lines(workdir):
 @pytest.mark.slow
 def test_interrupted_run_resumes_exactly(tmp_path):
   a = _run(tmp_path / "a")
-  with pytest.raises(KeyboardInterrupt):
-    _run(tmp_path / "b", InterruptingWriter(str(tmp_path / "b"), at=2))
+  with pytest.raises(KeyboardInterrupt):             # 2 updates per iteration
+    _run(tmp_path / "b", InterruptingWriter(str(tmp_path / "b"), at=4))
   b = _run(tmp_path / "b")                           # resumes from iteration 1
   jax.tree.map(np.testing.assert_array_equal, a, b)
   la, lb = _lines(tmp_path / "a"), _lines(tmp_path / "b")
-  assert [d["step"] for d in lb] == [1, 2, 3]
+  assert [d["step"] for d in lb] == [2, 4, 6]
+  assert [d["rl/iteration"] for d in lb] == [1, 2, 3]
   assert la == lb                                    # rollouts, rewards, KL coefficient, losses
   coefs = [d["kl/coef"] for d in la]
   assert coefs[0] == 0.05 and coefs[1] != coefs[0]   # the adaptive controller acted
+
+
+@pytest.mark.slow
+def test_sigterm_inside_an_iteration_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+  """SIGTERM while iteration 2's rollout is made: the loop finishes that update, checkpoints
+  mid-iteration and stops; the re-run trains on the saved rollout and ends identically."""
+  import os
+  import signal
+  from prefjax.train.loop import Preempted
+  a = _run(tmp_path / "a")
+  calls = []
+  judge = stage_lib.judge_metrics
+
+  def judge_then_sigterm(ctx, view):
+    calls.append(1)
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return judge(ctx, view)
+
+  monkeypatch.setattr(stage_lib, "judge_metrics", judge_then_sigterm)
+  with pytest.raises(Preempted) as e:
+    _run(tmp_path / "b")
+  assert e.value.step == 3                           # iteration 2 = steps 3 and 4
+  assert (tmp_path / "b" / "rounds" / "ppo" / "round.npz").exists()
+  monkeypatch.setattr(stage_lib, "judge_metrics", judge)
+  b = _run(tmp_path / "b")
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert _lines(tmp_path / "a") == _lines(tmp_path / "b")
 
 
 def test_config_errors_are_one_line():
@@ -92,7 +125,14 @@ def test_config_errors_are_one_line():
       ({"rollout_batch_size": 10}, "not a multiple of config.rl.minibatch_size"),
       ({"kl.placement": "rewards"}, "unknown placement 'rewards'"),
       ({"loss_kwargs.aggregation": "mean"}, "unknown aggregation 'mean'"),
-      ({"rewards": {"orcale": 1.0}}, "unknown reward source 'orcale'"),
+      ({"rewards": {"orcale": 1.0}}, "unknown reward source 'orcale' \\(did you mean oracle"),
+      ({"rewards": {"rm": 1.0}}, "reward source 'rm' needs an argument"),
+      ({"rewards": {"verifier": "x"}}, "the weight must be a number"),
+      ({"reward_kwargs": {"length_penalty": {"scale": 2.0}}}, "not a source of config.rl.rewards"),
+      ({"rewards": {"length_penalty": 1.0}, "reward_kwargs": {"length_penalty": {"scal": 2.0}}},
+       "unknown argument 'scal'; valid: scale"),
+      ({"advantage.kwargs": {"lam": 0.9}, "advantage.estimator": "rloo", "group_size": 2},
+       "estimator 'rloo' takes no 'lam'"),
   ]
   for change, match in bad:
     r = ml_collections.ConfigDict(c.rl.to_dict())
