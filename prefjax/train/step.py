@@ -162,17 +162,28 @@ def make_eval_fn(graphdef, objective: Objective, *, batch_sharding: NamedShardin
 def init_state(params, tx, param_shardings):
   """Fresh optimizer state, placed next to the (already sharded) params.
 
-  Returns (state, state_shardings); optimizer-state shardings are read off the arrays that
-  jit placed by propagation from the parameters, so they mirror the parameter layout.
+  Returns (state, state_shardings). Every parameter-shaped part of the optimizer state (Adam's
+  moments) takes its parameter's sharding (``opt_state_shardings``); counters are replicated.
   """
   params = jax.device_put(params, param_shardings)
   mesh = jax.tree.leaves(param_shardings)[0].mesh
-  opt_state = jax.jit(tx.init)(params)
-  opt_sh = jax.tree.map(
-      lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else NamedSharding(mesh, P()),
-      opt_state)
-  opt_state = jax.device_put(opt_state, opt_sh)
+  opt_sh = opt_state_shardings(tx, params, param_shardings)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   state = {"step": jax.device_put(jnp.int32(0), NamedSharding(mesh, P())), "params": params,
            "opt_state": opt_state}
   shardings = {"step": NamedSharding(mesh, P()), "params": param_shardings, "opt_state": opt_sh}
   return state, shardings
+
+
+def opt_state_shardings(tx, params, param_shardings):
+  """Shardings of ``tx.init(params)``: each copy of the parameter tree inside the state (Adam's
+  mu and nu) is sharded as the parameters, everything else (step counters) replicated.
+
+  Placement by propagation is not enough: the moments start as zeros, which depend on no
+  parameter, so jit would replicate them on every device (8 bytes per parameter per device
+  with float32 AdamW, whatever the mesh).
+  """
+  mesh = jax.tree.leaves(param_shardings)[0].mesh
+  abstract = jax.eval_shape(tx.init, params)
+  return optax.tree_map_params(tx, lambda _, sh: sh, abstract, param_shardings,
+                               transform_non_params=lambda _: NamedSharding(mesh, P()))
