@@ -24,7 +24,8 @@ def _load_config(spec: str):
 
 
 # Dict fields whose keys are free-form here (validated later by their consumer).
-OPEN_FIELDS = ("loss_kwargs", "overrides")
+OPEN_FIELDS = ("loss_kwargs", "overrides", "options", "rewards", "reward_kwargs", "kwargs",
+               "lr_multipliers")
 
 
 def check_config_overrides(argv, flag: str = "config") -> None:

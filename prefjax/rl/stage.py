@@ -77,7 +77,8 @@ def rl_config() -> ml_collections.ConfigDict:
     max_new_tokens, temperature, top_p, top_k   sampling (stops at the tokenizer's
                          end-of-turn and EOS tokens)
     ppo_epochs, minibatch_size              passes over each rollout, rows per update step
-    lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction   AdamW + schedule
+    lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction, lr_multipliers
+                         AdamW + schedule (lr_multipliers: {top-level group: factor})
                          over iterations * ppo_epochs * rollout_batch_size / minibatch_size
     critic               "shared" (value head on the policy), "separate" (own backbone, from
                          the reward model's), "none" (critic-free estimators)
@@ -113,6 +114,7 @@ def rl_config() -> ml_collections.ConfigDict:
   r.minibatch_size = 32
   r.lr, r.warmup_steps, r.weight_decay = 1e-4, 0, 0.0
   r.b1, r.b2, r.clip_norm, r.final_lr_fraction = 0.9, 0.95, 1.0, 1.0
+  r.lr_multipliers = ml_collections.ConfigDict()   # e.g. {"value_head": 100.0}
   r.critic = "shared"             # shared | separate | none
   r.advantage = ml_collections.ConfigDict(dict(
       estimator="gae", whiten_rewards=False, whiten_advantages=True,
@@ -273,7 +275,8 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   tx, schedule = make_optimizer(r.lr, r.iterations * steps_per_round,
                                 warmup_steps=r.warmup_steps, weight_decay=r.weight_decay,
                                 b1=r.b1, b2=r.b2, clip_norm=r.clip_norm,
-                                final_lr_fraction=r.final_lr_fraction)
+                                final_lr_fraction=r.final_lr_fraction,
+                                lr_multipliers=dict(r.get("lr_multipliers", None) or {}))
   state, state_sh = init_state(params, tx, ac_sh)
   hp = dict(r.loss_kwargs.to_dict(), kl_estimator=r.kl.estimator)
   chunk = logps_chunk(c) if not hp.get("entropy_coef") else None

@@ -92,8 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora = ml_collections.ConfigDict(dict(
       rank=0, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"), seed=0))
 
+  # The judge at the end of a run: held-out prompts sampled from the policy and the reference.
+  # reward: the reward source that scores them ("" = the testbed oracle, or the verifier of
+  # tasks: data); temperature 0 = greedy.
   c.eval = ml_collections.ConfigDict(dict(
-      n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, seed=1234))
+      n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=1234,
+      reward="", batch_size=32))
   # async_save: a checkpoint write overlaps the next steps (Orbax; writes are atomic).
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
   # Ranking accuracy of the policy on n_train training pairs and the held-out pairs, logged

@@ -50,10 +50,23 @@ class DataSource:
         if split != "train":
           n = c.testbed.n_eval_pairs
       out = testbed_source.examples(c, kind, split, n, spec)
+    elif spec.startswith("tasks:") and spec == self.train_spec:
+      out = self._task_examples(kind, split)
     else:
       out = self._file_examples(spec, kind, split)
     self._cache[key] = out
     return out
+
+  def _task_examples(self, kind, split):
+    """SFT demonstrations of ``tasks:`` data: each question with its reference answer in
+    the requested format (tasks without a single reference answer are left out)."""
+    if kind != "sft":
+      raise ConfigError(f"config.data.train={self.train_spec!r} holds prompts with exact "
+                        f"scorers, not {kind!r} examples: preference examples come from an "
+                        "'online' stage, rewards from the verifier in an RL stage")
+    ts = self.taskset
+    return [{"id": p.id, "prompt": p.messages, "response": ts.format_answer(p.answer)}
+            for p in ts.prompts(split) if p.answer]
 
   def _file_examples(self, spec, kind, split):
     from prefjax.data import sources

@@ -154,6 +154,9 @@ def evaluate(ctx: RunContext, models: Models) -> None:
         ctx.graphdef, models.policy, reference, ctx.tokenizer, ctx.data.eval_pairs(),
         beta=_beta(c), max_len=c.data.max_len))
     return
+  if ctx.data.samples_prompts_only:
+    judge_policy(ctx, models.policy, reference)
+    return
   from prefjax.eval import heldout
   pairs = _eval_pairs(ctx)
   if not pairs:
@@ -166,6 +169,33 @@ def evaluate(ctx: RunContext, models: Models) -> None:
   ctx.summary.update({f"eval/{k}": v for k, v in mon.metrics(models.policy).items()})
   if mon.dropped:
     ctx.summary["eval/dropped_pairs"] = len(mon.dropped)
+
+
+def judge_policy(ctx: RunContext, policy, reference) -> dict:
+  """Held-out prompts sampled from the policy and the reference, scored by
+  ``config.eval.reward`` ("" = the verifier of ``tasks:`` data): ``eval/*`` in the summary,
+  every sample in ``workdir/generations.jsonl``."""
+  from prefjax import distributed
+  from prefjax.eval import judge
+  from prefjax.rl import rewards as rw
+  c, ev = ctx.config, ctx.config.eval
+  name = ev.get("reward", "") or ("verifier" if ctx.data.taskset is not None else "")
+  if not name:
+    raise ConfigError("config.eval.reward must name a reward source to judge samples of "
+                      f"{ctx.data.train_spec} (e.g. 'rm:WORKDIR')")
+  source = rw.make_source(name, rw.SourceEnv(ctx=ctx, policy_params=reference))
+  settings = judge.JudgeSettings(
+      n_samples=ev.n_samples, max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
+      top_p=ev.get("top_p", 1.0), seed=ev.seed, max_len=c.data.max_len,
+      batch_size=ev.get("batch_size", 32), logps_chunk=logps_chunk(c))
+  metrics, rows = judge.judge((ctx.graphdef, policy), (ctx.graphdef, reference), ctx.tokenizer,
+                              ctx.data.prompts("eval", ev.n_prompts), source=source,
+                              taskset=ctx.data.taskset, settings=settings)
+  ctx.summary.update({f"eval/{k}": v for k, v in metrics.items()})
+  if distributed.is_main():
+    judge.write_generations(os.path.join(ctx.workdir, "generations.jsonl"), rows)
+  print(judge.headline(metrics), flush=True)
+  return metrics
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -188,3 +218,15 @@ def ppo(ctx: RunContext, models: Models) -> None:
   """PPO / fine-grained PPO / GRPO / RLOO / REINFORCE++ (``config.rl``; prefjax.rl.stage)."""
   from prefjax.rl.stage import rl_stage
   rl_stage(ctx, models)
+
+
+def _check_online(c):
+  from prefjax.rl.online import check_config
+  check_config(c)
+
+
+@register_stage("online", check=_check_online)
+def online(ctx: RunContext, models: Models) -> None:
+  """Online / iterative preference optimisation with any registered loss (prefjax.rl.online)."""
+  from prefjax.rl.online import online_stage
+  online_stage(ctx, models)
