@@ -84,3 +84,98 @@ def test_span_outside_the_completion_is_an_error():
     rw.compute_rewards([(src, 1.0)], _view())
   with pytest.raises(ConfigError, match="unknown reward source 'orcale'"):
     rw.make_source("orcale")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: verifier, format, length penalty, calibration, errors.
+
+class _Score:
+  def __init__(self, correct, formatted, lenient):
+    self.correct, self.formatted, self.lenient = correct, formatted, lenient
+
+
+class _TaskSet:
+  """Scores a response 1 when it is exactly the item's answer; formatted when it has a ','."""
+
+  def scores(self, metas, responses):
+    return [_Score(float(r == m), "," in r, float(m in r)) for m, r in zip(metas, responses)]
+
+
+class _Item:
+  def __init__(self, meta):
+    self.meta, self.text, self.task = meta, "", None
+
+
+class _Env(rw.SourceEnv):
+  @property
+  def taskset(self):
+    return _TaskSet()
+
+
+def test_verifier_format_and_length_penalty_sources():
+  view = _view()
+  view.items = [_Item("1,3"), _Item("2,1,0")]          # row 0 right, row 1 wrong
+  env = _Env()
+  np.testing.assert_array_equal(rw.make_source("verifier", env).fn(view), [1.0, 0.0])
+  np.testing.assert_array_equal(rw.make_source("verifier", env, lenient=True).fn(view), [1, 0])
+  np.testing.assert_array_equal(rw.make_source("format", env).fn(view), [1.0, 1.0])
+  lengths = view.batch["loss_mask"].sum(-1)            # "1,3"+EOS = 4, "0,1,2" = 5
+  np.testing.assert_array_equal(lengths, [4, 5])
+  np.testing.assert_allclose(rw.make_source("length_penalty", env, scale=2.0).fn(view),
+                             -lengths / 2.0)
+  total, _, m = rw.compute_rewards(
+      rw.build_sources(env, {"verifier": 1.0, "length_penalty": 0.5}), view, missing_eos="none")
+  np.testing.assert_allclose(total.sum(-1), [1.0 - 0.5 * 4 / 100, -0.5 * 5 / 100], rtol=1e-6)
+  assert set(m) >= {"reward/verifier", "reward/length_penalty", "reward/total"}
+
+
+def test_verifier_without_verifiable_prompts_is_one_line():
+  with pytest.raises(ConfigError, match="needs a tasks: data source"):
+    rw.make_source("verifier", rw.SourceEnv())
+  view = _view()                                       # no items: testbed-style rows
+  with pytest.raises(ConfigError, match="needs verifiable prompts"):
+    rw.make_source("verifier", _Env()).fn(view)
+
+
+def test_registry_errors_are_one_line():
+  with pytest.raises(ValueError, match="already registered"):
+    rw.register_reward_source("verifier")(lambda env, arg=None: None)
+  with pytest.raises(ConfigError, match=r"did you mean verifier"):
+    rw.get_spec("verifer")
+  with pytest.raises(ConfigError, match="takes no argument"):
+    rw.get_spec("verifier:x")
+  with pytest.raises(ConfigError, match="needs an argument"):
+    rw.get_spec("calibrated")
+  with pytest.raises(ConfigError, match="must name at least one reward source"):
+    rw.check_sources({})
+  with pytest.raises(ConfigError, match=r"calibrated:length_penalty.*unknown argument 'bogus'"):
+    rw.check_sources({"calibrated:length_penalty": 1.0},
+                     {"calibrated:length_penalty": {"bogus": 1}})
+
+
+@pytest.mark.parametrize("method", ["rc_mean", "rc_lwr"])
+def test_calibrated_source_removes_a_pure_length_bias(method):
+  """A reward that is only length (r = l / 10) calibrated on a reference sample of lengths
+  4..20: what is left is ~0 at every length inside the sample's range."""
+  def sample_of(lengths):
+    rows = [pack(TOK.encode_prompt("sort:1"), TOK.encode("1" * (n - 1)) + [TOK.eos_id], 32)[0]
+            for n in lengths]
+    return rw.RolloutView(batch=stack(rows), prompts=[""] * len(lengths),
+                          completions=[""] * len(lengths), eos_emitted=np.ones(len(lengths), bool))
+
+  ref = sample_of(list(range(4, 21)) * 4)
+  env = rw.SourceEnv(reference_sample=lambda n: ref)
+  src = rw.make_source("calibrated:rule", env, method=method, ratio=8.0,
+                       inner_kwargs={"rule": lambda p, y: 0.0})
+  assert np.allclose(src.fn(ref), 0.0)                 # an unbiased source stays as it is
+  biased = rw.RewardSource("lengthy", "sequence", lambda v: v.lengths / 10.0)
+  rw.REWARD_SOURCES["_lengthy_test"] = rw.SourceSpec("_lengthy_test", lambda env, arg: biased)
+  try:
+    cal = rw.make_source("calibrated:_lengthy_test", env, method=method, ratio=8.0)
+    view = sample_of([6, 10, 15])
+    raw = biased.fn(view)
+    out = cal.fn(view)
+    assert np.all(np.abs(out) < 0.15 * np.abs(raw)), (raw, out)
+    assert env.summary["calibrated:_lengthy_test/reference_length_spearman"] > 0.99
+  finally:
+    del rw.REWARD_SOURCES["_lengthy_test"]
