@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from prefjax.rl.rewards import task_scores
-from prefjax.rl.rollout import RolloutConfig, sample_view, score
+from prefjax.rl.rollout import RolloutConfig, fixed_width, sample_view, score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,7 @@ def judge(policy, reference, tokenizer, items: Sequence, *, source, taskset=None
   ids = [tokenizer.encode_prompt(x.prompt) for x in items]
   keep = [i for i, p in enumerate(ids) if len(p) <= cfg.prompt_width]
   items, ids = [items[i] for i in keep], [ids[i] for i in keep]
+  cfg = fixed_width(ids, cfg)
   sides = {"policy": _side(policy, items, ids, s, cfg, tokenizer, source, taskset),
            "reference": _side(reference, items, ids, s, cfg, tokenizer, source, taskset)}
   out: dict = {"judge/samples": float(len(items)),

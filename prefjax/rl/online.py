@@ -34,7 +34,7 @@ from prefjax.data import pipeline
 from prefjax.errors import ConfigError, DataError
 from prefjax.rl import reward_models  # noqa: F401  (registers sequence_rm, token_rm)
 from prefjax.rl import rewards as rw
-from prefjax.rl.rollout import RolloutConfig, check_prompts, sample_view
+from prefjax.rl.rollout import RolloutConfig, check_prompts, fixed_width, sample_view
 from prefjax.rl.stage import judge_metrics
 from prefjax.train import ref_cache
 from prefjax.train.checkpoint import Checkpointer
@@ -170,6 +170,7 @@ def run_online_stage(ctx, o, policy_params):
   pool = ctx.data.prompts("train", o.n_prompts)
   pool_ids = [tok.encode_prompt(x.prompt) for x in pool]
   check_prompts(pool_ids, rcfg)
+  rcfg = fixed_width(pool_ids, rcfg)
   if len(pool) < o.prompts_per_round:
     raise ConfigError(f"config.online.prompts_per_round={o.prompts_per_round} but the data "
                       f"source has {len(pool)} training prompts")

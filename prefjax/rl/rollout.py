@@ -31,9 +31,8 @@ from flax import nnx, struct
 from prefjax.data.collate import pack, stack
 from prefjax.errors import ConfigError, DataError
 from prefjax.models.logprobs import model_token_logps
-from prefjax.models.transformer import init_cache
 from prefjax.rl.rewards import RolloutView, compute_rewards
-from prefjax.sampling.sampler import sample_token
+from prefjax.sampling.sampler import sample_batch
 
 
 @struct.dataclass
@@ -70,7 +69,11 @@ class RolloutConfig:
   missing_eos: str = "penalty"
   missing_eos_penalty: float = -1.0
   logps_chunk: int | None = None  # train-side log-probs in vocabulary chunks (completion only)
+  old_logps: str = "trainer"      # the behaviour policy's log-probs: "trainer" (one full
+                                  # forward, mismatch logged) or "sampler" (the decode's own)
   bucket: int = 16                # prompt widths and row lengths are rounded up to this
+  prompt_len: int = 0             # > 0: every batch left-pads prompts to this width and rows
+                                  # are prompt_len + max_new_tokens long (one compiled shape)
 
   @property
   def stops(self) -> tuple:
@@ -82,61 +85,47 @@ class RolloutConfig:
     return self.max_len + 1 - self.max_new_tokens
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
-                                             "top_p", "eos_id", "pad_id"))
 def sample(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens, temperature, top_p,
-           eos_id, pad_id):
-  """(tokens [B, N], sampler log-probs [B, N], emitted_eos [B]); pad / 0 after the end token."""
-  model = nnx.merge(graphdef, params)
-  b, p = tokens_bp.shape
-  positions = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0)
-  cache = init_cache(model.cfg, b, p + max_new_tokens)
-  logits, cache = model(tokens_bp, positions, segment_bp, cache=cache)
-
-  def draw(logits_bv, key):
-    tok = sample_token(logits_bv, key, temperature, top_p)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits_bv.astype(jnp.float32), -1),
-                             tok[:, None], axis=-1)[:, 0]
-    return tok, lp
-
-  rng, sub = jax.random.split(rng)
-  first, lp0 = draw(logits[:, -1], sub)
-  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
-  lps = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(lp0)
-  carry = (jnp.int32(1), first, cache, first == eos_id, positions[:, -1] + 1, out, lps, rng)
-
-  def cond(c):
-    return (c[0] < max_new_tokens) & ~jnp.all(c[3])
-
-  def body(c):
-    i, tok, cache, done, pos, out, lps, rng = c
-    logits, cache = model(tok[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
-    rng, sub = jax.random.split(rng)
-    nxt, lp = draw(logits[:, -1], sub)
-    nxt = jnp.where(done, pad_id, nxt)
-    out = out.at[:, i].set(nxt)
-    lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
-    return i + 1, nxt, cache, done | (nxt == eos_id), pos + 1, out, lps, rng
-
-  c = jax.lax.while_loop(cond, body, carry)
-  return c[5], c[6], c[3]
+           eos_id, pad_id, top_k=0, stop_ids=()):
+  """(tokens [B, N], sampler log-probs [B, N], stopped [B]) from
+  ``prefjax.sampling.sampler.sample_batch``, stopping at ``eos_id`` or any of ``stop_ids``;
+  pad / 0 after the stop token."""
+  stops = tuple(sorted(set(stop_ids) | ({eos_id} if eos_id is not None else set())))
+  return sample_batch(graphdef, params, tokens_bp, segment_bp, rng,
+                      max_new_tokens=max_new_tokens, temperature=float(temperature),
+                      top_p=float(top_p), top_k=int(top_k), stop_ids=stops, pad_id=pad_id)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "ref_graphdef", "chunk_size"))
-def score(graphdef, params, ref_graphdef, ref_params, rows, chunk_size=None):
-  """Train-side forward: policy log-probs, values [B, T] and reference log-probs [B, T]."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "ref_graphdef", "chunk_size",
+                                             "policy"))
+def score(graphdef, params, ref_graphdef, ref_params, rows, chunk_size=None, policy=True):
+  """Train-side forward: policy log-probs, values [B, T] and reference log-probs [B, T].
+
+  ``policy=False`` skips the policy's forward (log-probs and values read 0): the sampler's
+  log-probs stand in for the trainer's (``RolloutConfig.old_logps="sampler"``).
+  """
   m = rows["loss_mask"].astype(jnp.float32)
-  model = nnx.merge(graphdef, params)
-  if hasattr(model, "logps_and_values"):
-    lp, values = model.logps_and_values(rows, chunk_size=chunk_size)
-  else:
-    lp = model_token_logps(model, rows["input_ids"], rows["positions"], rows["segment_ids"],
-                           rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
-    values = jnp.zeros(m.shape, jnp.float32)
+  lp = values = jnp.zeros(m.shape, jnp.float32)
+  if policy:
+    model = nnx.merge(graphdef, params)
+    if hasattr(model, "logps_and_values"):
+      lp, values = model.logps_and_values(rows, chunk_size=chunk_size)
+    else:
+      lp = model_token_logps(model, rows["input_ids"], rows["positions"], rows["segment_ids"],
+                             rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
   ref = nnx.merge(ref_graphdef, ref_params)
   ref_lp = model_token_logps(ref, rows["input_ids"], rows["positions"], rows["segment_ids"],
                              rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
   return lp * m, values * m, jax.lax.stop_gradient(ref_lp) * m
+
+
+def on_rows(samp_lp, prompts, completions, t: int) -> np.ndarray:
+  """Sampler log-probs [B, N] moved onto the rows' action grid [B, T] (completion token j of
+  row i is action len(prompt_i) - 1 + j)."""
+  out = np.zeros((len(prompts), t), np.float32)
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    out[i, len(p) - 1:len(p) - 1 + len(c)] = samp_lp[i, :len(c)]
+  return out
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int):
@@ -148,6 +137,13 @@ def _left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int):
   return tokens, seg
 
 
+def fixed_width(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> RolloutConfig:
+  """``cfg`` with ``prompt_len`` set to the longest of ``prompts`` (rounded up to a bucket,
+  at most ``prompt_width``): every batch of these prompts then compiles one shape."""
+  width = min(cfg.prompt_width, _round_up(max(len(p) for p in prompts), cfg.bucket))
+  return dataclasses.replace(cfg, prompt_len=width)
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
   """Every prompt must leave room for max_new_tokens in a row of max_len; else one line."""
   if cfg.max_new_tokens < 1 or cfg.prompt_width < 1:
@@ -156,7 +152,7 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
   for i, ids in enumerate(prompts):
     if not len(ids):
       raise DataError(f"rollout prompt {i} is empty (it needs at least BOS)")
-    if len(ids) > cfg.prompt_width:
+    if len(ids) > (cfg.prompt_len or cfg.prompt_width):
       raise DataError(f"rollout prompt {i} has {len(ids)} tokens; with max_new_tokens="
                       f"{cfg.max_new_tokens} a row of max_len={cfg.max_len} holds at most "
                       f"{cfg.prompt_width}")
@@ -170,7 +166,8 @@ def _sample_completions(lm, prompts, rng, cfg: RolloutConfig):
   """(completions (token lists, the stop token kept when emitted), sampler log-probs [B, N],
   stopped [B]) for prompts left-padded to the batch's longest (rounded up to ``cfg.bucket``)."""
   lm_graphdef, lm_params = lm
-  width = min(cfg.prompt_width, _round_up(max(len(p) for p in prompts), cfg.bucket))
+  width = cfg.prompt_len or min(cfg.prompt_width,
+                                _round_up(max(len(p) for p in prompts), cfg.bucket))
   tokens, seg = _left_pad(prompts, width, cfg.pad_id)
   kw = {}
   if cfg.top_k or len(cfg.stops) > 1:
@@ -196,6 +193,8 @@ def _rows(prompts, completions, cfg: RolloutConfig) -> dict:
   rows = stack([pack(p, c, cfg.max_len, truncate="error", where=f"rollout row {i}")[0]
                 for i, (p, c) in enumerate(zip(prompts, completions))])
   used = max(len(p) + len(c) - 1 for p, c in zip(prompts, completions))
+  if cfg.prompt_len:
+    used = cfg.prompt_len + cfg.max_new_tokens - 1
   t = min(cfg.max_len, _round_up(used, cfg.bucket))
   return {k: v[:, :t] if np.ndim(v) == 2 else v for k, v in rows.items()}
 
@@ -241,12 +240,16 @@ def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutC
   completions, samp_lp, eos = _sample_completions(_policy_lm(graphdef, params), prompts, rng,
                                                   cfg)
   rows = _rows(prompts, completions, cfg)
+  recompute = cfg.old_logps == "trainer" or "value_head" in params
   lp, values, ref_lp = score(graphdef, params, ref_graphdef, ref_params, rows,
-                             chunk_size=cfg.logps_chunk)
-  lp_np = np.asarray(lp)
-  # Sampler vs train-side log-probs of the same tokens (completion j <-> row len(p) - 1 + j).
-  diffs = np.concatenate([np.abs(samp_lp[i, :len(c)] - lp_np[i, len(p) - 1:len(p) - 1 + len(c)])
-                          for i, (p, c) in enumerate(zip(prompts, completions))])
+                             chunk_size=cfg.logps_chunk, policy=recompute)
+  samp_rows = on_rows(samp_lp, prompts, completions, rows["loss_mask"].shape[1])
+  mask_np = np.asarray(rows["loss_mask"], np.float32) > 0
+  if recompute:
+    # Sampler vs trainer log-probs of the same tokens (KV-cache decode vs one full forward).
+    diffs = np.abs(samp_rows - np.asarray(lp))[mask_np]
+  else:
+    lp, diffs = jnp.asarray(samp_rows), None
   if items is None:
     texts, tasks_ = list(prompt_texts or [""] * len(prompts)), tasks
   else:
@@ -262,9 +265,10 @@ def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutC
       completion_mask=jnp.asarray(rows["loss_mask"], jnp.float32), old_token_logps=lp,
       ref_token_logps=ref_lp, values=values, rewards=jnp.asarray(rewards),
       valid=jnp.asarray(valid), eos_emitted=jnp.asarray(eos))
+  if diffs is not None and diffs.size:
+    metrics["rollout/logprob_mismatch_max"] = float(diffs.max())
+    metrics["rollout/logprob_mismatch_mean"] = float(diffs.mean())
   metrics.update({
-      "rollout/logprob_mismatch_max": float(diffs.max()),
-      "rollout/logprob_mismatch_mean": float(diffs.mean()),
       "rollout/completion_tokens": float(np.mean([len(c) for c in completions])),
       "rollout/stop_fraction": float(np.mean(eos)),
   })

@@ -49,7 +49,8 @@ from prefjax.rl import kl as kl_lib
 from prefjax.rl import reward_models  # noqa: F401  (registers sequence_rm, token_rm)
 from prefjax.rl import rewards as rw
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_policy
-from prefjax.rl.rollout import RolloutConfig, check_prompts, rollout, sample_view
+from prefjax.rl.rollout import (RolloutConfig, check_prompts, fixed_width, rollout,
+                                sample_view)
 from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.loop import run_stage
 from prefjax.train.objective import make_objective
@@ -76,6 +77,10 @@ def rl_config() -> ml_collections.ConfigDict:
     n_prompts            size of the training-prompt pool (testbed train split)
     max_new_tokens, temperature, top_p, top_k   sampling (stops at the tokenizer's
                          end-of-turn and EOS tokens)
+    old_logps            the behaviour policy's log-probs in the PPO ratio: "trainer" (one
+                         full forward of the rollout; the sampler-vs-trainer mismatch is
+                         logged) or "sampler" (the decode's own; saves that forward; critic-
+                         free estimators only)
     ppo_epochs, minibatch_size              passes over each rollout, rows per update step
     lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction, lr_multipliers
                          AdamW + schedule (lr_multipliers: {top-level group: factor})
@@ -110,6 +115,7 @@ def rl_config() -> ml_collections.ConfigDict:
   r.n_prompts = 2000              # training-prompt pool (testbed train split)
   r.max_new_tokens = 16
   r.temperature, r.top_p, r.top_k = 1.0, 1.0, 0
+  r.old_logps = "trainer"         # trainer (a full forward; mismatch logged) | sampler
   r.ppo_epochs = 2
   r.minibatch_size = 32
   r.lr, r.warmup_steps, r.weight_decay = 1e-4, 0, 0.0
@@ -156,6 +162,8 @@ def validate(r) -> None:
   if spec.grouped and r.group_size < 2:
     raise ConfigError(f"config.rl.advantage.estimator={spec.name!r} needs "
                       f"config.rl.group_size >= 2, got {r.group_size}")
+  if r.get("old_logps", "trainer") not in ("trainer", "sampler"):
+    raise ConfigError(f"config.rl.old_logps must be trainer or sampler, got {r.old_logps!r}")
   kl_lib.check_placement(r.kl.placement)
   kl_lib.kl_estimate(jnp.zeros(()), jnp.zeros(()), r.kl.estimator)
   per_token_objective(r.loss_kwargs.aggregation)
@@ -187,7 +195,7 @@ def rollout_config(c, r, tok) -> RolloutConfig:
                        eos_id=tok.eos_id, stop_ids=tuple(getattr(tok, "stop_ids", ()) or ()),
                        pad_id=tok.pad_id, missing_eos=r.missing_eos,
                        missing_eos_penalty=r.missing_eos_penalty,
-                       logps_chunk=logps_chunk(c))
+                       logps_chunk=logps_chunk(c), old_logps=r.old_logps)
 
 
 def judge_metrics(ctx, view) -> dict:
@@ -244,6 +252,7 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   pool = ctx.data.prompts("train", r.n_prompts)
   pool_ids = [tok.encode_prompt(x.prompt) for x in pool]
   check_prompts(pool_ids, rcfg)        # fail before any training
+  rcfg = fixed_width(pool_ids, rcfg)   # one compiled shape for sampling, scoring and updates
   if len(pool) < r.rollout_batch_size // r.group_size:
     raise ConfigError(f"config.rl.rollout_batch_size / group_size = "
                       f"{r.rollout_batch_size // r.group_size} prompts per iteration, but the "

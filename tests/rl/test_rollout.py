@@ -96,3 +96,25 @@ def test_prompt_longer_than_max_len_is_one_line(setup):
   with pytest.raises(DataError, match=r"rollout prompt 0 has \d+ tokens; with max_new_tokens=10"):
     rollout((graphdef, params), (graphdef, params), long, rng=jax.random.key(0), cfg=cfg,
             tokenizer=TOK)
+
+
+def test_sampler_log_probs_stand_in_for_the_trainers_when_asked():
+  """old_logps="sampler" skips the policy's forward: the decode's log-probs, on the rows'
+  action grid, equal the trainer's full-forward log-probs (float32, <= 1e-5)."""
+  import dataclasses
+  model = Transformer(CFG, nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  params["embed"] = params["embed"] * 0.05
+  cfg = RolloutConfig(max_len=32, max_new_tokens=10, eos_id=TOK.eos_id, pad_id=TOK.pad_id,
+                      missing_eos="none")
+  ids = [TOK.encode_prompt(p) for p in PROMPTS] * 2
+  kw = dict(rng=jax.random.key(3), tokenizer=TOK, prompt_texts=PROMPTS * 2)
+  full, m, _ = rollout((graphdef, params), (graphdef, params), ids, cfg=cfg, **kw)
+  samp, m2, _ = rollout((graphdef, params), (graphdef, params), ids,
+                        cfg=dataclasses.replace(cfg, old_logps="sampler"), **kw)
+  np.testing.assert_array_equal(np.asarray(full.input_ids), np.asarray(samp.input_ids))
+  np.testing.assert_allclose(np.asarray(samp.old_token_logps), np.asarray(full.old_token_logps),
+                             atol=1e-5)
+  assert m["rollout/logprob_mismatch_max"] <= 1e-5
+  assert "rollout/logprob_mismatch_max" not in m2
