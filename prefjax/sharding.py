@@ -6,6 +6,13 @@ strategy is a new rule list, e.g. pure data parallelism is ``(("batch", ("data",
 
 A dimension that the mapped mesh axes do not divide is replicated instead (tiny testbed
 models on 8 devices), and a mesh axis is used at most once per array.
+
+Activations: ``constrain(x, ("batch", None, None))`` pins an activation's layout when a mesh
+is in context (the train step traces under its mesh, ``with_mesh``); elsewhere it returns
+``x``. Without it XLA's propagation is free to keep the (fsdp-sharded) weights in place and
+move the activations instead: on an fsdp=8 mesh it all-reduced the full global batch's
+[B, T, mlp] activations on every device (memory_analysis of Llama-3.1-8B shapes, 2 layers,
+batch 16 x 2048: 14.0 GiB of temporaries per device, 3.1 GiB with the block inputs pinned).
 """
 from __future__ import annotations
 
@@ -88,3 +95,20 @@ def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def with_mesh(mesh: Mesh):
+  """Context in which ``constrain`` sees ``mesh`` (enter it while tracing a step)."""
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def constrain(x, axes: Sequence[str | None], rules=DEFAULT_RULES):
+  """``x`` laid out by its logical ``axes`` on the mesh in context; ``x`` itself without one
+  (or when no mesh axis applies, e.g. on one device)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = logical_to_spec(axes, x.shape, mesh, rules)
+  if all(s is None for s in spec):
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from prefjax import sharding
 from prefjax.models.layers import RMSNorm, acc_dtype, param, rope, rope_inv_freq
 
 # Without a KV cache the mask is causal: the dense kernel then runs query blocks of this many
@@ -233,6 +234,9 @@ class Attention(nnx.Module):
 
   def __call__(self, x_btd, positions_bt, mask_b1ts, kv_cache=None, cache_index=None):
     """Returns (output (B, T, D), updated (k, v) cache or None)."""
+    # Batch-sharded activations in and out (a no-op without a mesh in context): see
+    # prefjax/sharding.py, ``constrain``.
+    x_btd = sharding.constrain(x_btd, ("batch", None, None))
     dtype = x_btd.dtype
     q = jnp.einsum("btd,dhk->bthk", x_btd, self.q[...].astype(dtype))                # (B, T, H, K)
     k = jnp.einsum("btd,dhk->bthk", x_btd, self.k[...].astype(dtype))                # (B, T, G, K)
@@ -262,4 +266,4 @@ class Attention(nnx.Module):
     out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))                # (B, T, D)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dtype)
-    return out, new_cache
+    return sharding.constrain(out, ("batch", None, None)), new_cache

@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from prefjax import sharding
 from prefjax.data.pipeline import BATCH_METRICS
 from prefjax.errors import ConfigError
 from prefjax.train.accumulation import make_accumulated_value_and_grad
@@ -103,7 +104,8 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
   value_and_grad = make_value_and_grad(graphdef, objective, compose, accum_steps)
 
   def train_step(state, batch, ref_params):
-    (loss, metrics), grads = value_and_grad(state["params"], batch, ref_params)
+    with sharding.with_mesh(batch_sharding.mesh):   # activations sharded like the batch
+      (loss, metrics), grads = value_and_grad(state["params"], batch, ref_params)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     measurements = dict(metrics)
@@ -152,8 +154,9 @@ def make_eval_fn(graphdef, objective: Objective, *, batch_sharding: NamedShardin
   loss_fn = make_loss_fn(graphdef, objective, compose)
 
   def eval_step(params, batch, ref_params):
-    ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
-    return loss_fn(params, batch, ref_inputs, ref_params)
+    with sharding.with_mesh(batch_sharding.mesh):
+      ref_inputs = reference_inputs(graphdef, objective, ref_params, batch)
+      return loss_fn(params, batch, ref_inputs, ref_params)
 
   ref_sh = ref_shardings if (objective.needs_reference or compose is not None) else None
   return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding, ref_sh))
