@@ -17,7 +17,9 @@ exact match for most tasks, a checker for tasks with many valid answers) on the 
 *strictly* in that format: a response without it scores 0, whatever it says. The ``lenient``
 score, the best over looser reads (an unclosed tag, the last line, the last number), shows
 how much of a model's failure is format rather than content; it is reported beside the
-strict score, never used instead of it.
+strict score, never used instead of it. Small instruction-tuned models tend to ignore a
+format instruction alone; ``shots`` puts solved examples of the task first, as earlier chat
+turns, and they then answer in the format.
 
 Train and eval prompts come from different seed streams of the same generators, and no eval
 question text also appears in train.
@@ -96,7 +98,8 @@ class TaskPrompt:
     question: the generator's question text.
     answer: the reference answer; for tasks with many valid answers, one of them when the
       generator records one, else ``""``.
-    messages: ``[{"role": "user", "content": question + "\\n\\n" + instruction}]``.
+    messages: ``[{"role": "user", "content": question + "\\n\\n" + instruction}]``, after
+      ``2 * shots`` user/assistant turns of solved examples; ready for a chat template.
     entry: the raw reasoning-gym entry (``question``, ``answer``, ``metadata``) that the
       task's ``score_answer`` reads.
   """
@@ -197,10 +200,15 @@ class TaskSet:
     options: ``{task: {generator field: value}}``, e.g. ``{"chain_sum": {"max_terms": 2}}``;
       the fields are those of the task's reasoning-gym config class.
     answer_format: a key of ``ANSWER_FORMATS``.
+    shots: solved examples of the same task put before every question as earlier chat turns
+      (the question with its instruction, then the reference answer in the format). Small
+      models follow the format from examples far more often than from the instruction
+      alone. They come from their own seed stream and are never eval questions.
   """
 
   def __init__(self, names: Sequence[str] | str, *, seed: int = 0, n_train: int = 1000,
-               n_eval: int = 200, options: dict | None = None, answer_format: str = "tag"):
+               n_eval: int = 200, options: dict | None = None, answer_format: str = "tag",
+               shots: int = 0):
     if isinstance(names, str):
       names = parse_spec(names if is_tasks_spec(names) else TASKS_PREFIX + names)
     self.names = parse_spec(TASKS_PREFIX + ",".join(names))
@@ -212,8 +220,9 @@ class TaskSet:
       if task not in self.names:
         raise ConfigError(f"tasks options name {task!r}, which is not among the tasks "
                           f"{', '.join(self.names)}")
-    if n_train < 0 or n_eval < 0:
-      raise ConfigError(f"n_train and n_eval must be >= 0, got {n_train} and {n_eval}")
+    if min(n_train, n_eval, shots) < 0:
+      raise ConfigError(f"n_train, n_eval and shots must be >= 0, got {n_train}, {n_eval} "
+                        f"and {shots}")
     self.seed = seed
     self.answer_format = answer_format
     self.instruction = ANSWER_FORMATS[answer_format]
@@ -225,6 +234,13 @@ class TaskSet:
     self._datasets = {(task, split): self._create(task, split, max(1, sizes[split][i]))
                       for split in SPLITS for i, task in enumerate(self.names)}
     self._prompts: dict[str, list[TaskPrompt]] = {}
+    self._demos: dict[str, list[TaskPrompt]] = {}   # solved examples per task (``shots``)
+    for task in self.names if shots else ():
+      self._datasets[task, "shots"] = self._create(task, "shots", shots)
+      self._demos[task] = [self._prompt(task, "shots", i) for i in range(shots)]
+      if any(not p.answer for p in self._demos[task]):
+        raise ConfigError(f"tasks: {task} records no reference answer, so it cannot give "
+                          f"solved examples: use shots=0")
 
   def _create(self, task: str, split: str, size: int):
     rg = _reasoning_gym()
@@ -235,11 +251,11 @@ class TaskSet:
       if key not in fields:
         raise ConfigError(f"tasks options: {task} has no field {key!r}; its fields: "
                           f"{', '.join(fields)}")
-    if task == "composite" and kwargs.get("datasets"):   # specs as plain dicts in a config
-      spec_cls = require("reasoning_gym.composite", "tasks", "verifiable tasks").DatasetSpec
-      kwargs["datasets"] = [spec_cls(**{"config": {}, **d}) if isinstance(d, dict) else d
-                            for d in kwargs["datasets"]]
     try:
+      if task == "composite" and kwargs.get("datasets"):   # specs as plain dicts in a config
+        spec_cls = rg.composite.DatasetSpec
+        kwargs["datasets"] = [spec_cls(**{"config": {}, **d}) if isinstance(d, dict) else d
+                              for d in kwargs["datasets"]]
       return rg.create_dataset(task, seed=_stream_seed(self.seed, split, task), size=size,
                                **kwargs)
     except Exception as e:   # the generators validate with assert, ValueError, TypeError
@@ -255,9 +271,13 @@ class TaskSet:
       raise ConfigError(f"tasks: {task} could not generate {split} item {index}: "
                         f"{type(e).__name__}: {_one_line(e)}") from None
     question = str(entry["question"])
+    turns = []
+    for demo in self._demos.get(task, ()):
+      turns += [demo.messages[-1],
+                {"role": "assistant", "content": self.format_answer(demo.answer)}]
     return TaskPrompt(
         id=f"{task}/{split}/{index}", task=task, question=question, answer=_reference(entry),
-        messages=[{"role": "user", "content": question + "\n\n" + self.instruction}],
+        messages=turns + [{"role": "user", "content": question + "\n\n" + self.instruction}],
         entry=entry)
 
   def prompts(self, split: str) -> list[TaskPrompt]:
@@ -271,9 +291,10 @@ class TaskSet:
     return self._prompts[split]
 
   def _generate(self, task: str, split: str, n: int) -> list[TaskPrompt]:
-    if split == "train":
+    """Train: the first ``n`` items; eval: the first ``n`` distinct, unseen questions."""
+    if split == "train" or n == 0:
       return [self._prompt(task, split, i) for i in range(n)]
-    seen = {p.question for p in self.prompts("train")}   # eval: new, distinct questions only
+    seen = {p.question for p in self.prompts("train") + self._demos.get(task, [])}
     out = []
     size = len(self._datasets[task, split])
     for i in range(size):
@@ -293,8 +314,8 @@ class TaskSet:
   def score(self, prompt: TaskPrompt, response: str) -> Score:
     """Scores one response to ``prompt`` with the task's own ``score_answer``."""
     split = prompt.id.split("/")[1] if prompt.id.count("/") == 2 else "train"
-    dataset = self._datasets.get((prompt.task, split)) or self._datasets.get(
-        (prompt.task, "train"))
+    dataset = self._datasets.get((prompt.task, split),
+                                 self._datasets.get((prompt.task, "train")))
     if dataset is None:
       raise ConfigError(f"prompt {prompt.id!r} is from task {prompt.task!r}, not one of "
                         f"{', '.join(self.names)}")

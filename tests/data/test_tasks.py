@@ -167,3 +167,25 @@ def test_missing_package_names_the_extra(monkeypatch):
     T.parse_spec("tasks:chain_sum")
   assert str(info.value) == ("verifiable tasks (tasks:NAME) needs the 'reasoning_gym' "
                              "package: pip install -e '.[tasks]'")
+
+
+@pytest.mark.parametrize("answer_format", ["tag", "line"])
+def test_shots_put_solved_examples_first(answer_format):
+  kwargs = dict(n_train=4, n_eval=4, options=SMALL_SUM, answer_format=answer_format)
+  tasks = T.TaskSet(["chain_sum", "gcd"], shots=2, **kwargs)
+  plain = T.TaskSet(["chain_sum", "gcd"], **kwargs)
+  read = T.read_tag if answer_format == "tag" else T.read_line
+  demos = {}
+  for split in T.SPLITS:
+    for p, q in zip(tasks.prompts(split), plain.prompts(split)):
+      assert p.question == q.question and p.messages[-1] == q.messages[-1]
+      assert [m["role"] for m in p.messages] == ["user", "assistant"] * 2 + ["user"]
+      assert demos.setdefault(p.task, p.messages[:-1]) == p.messages[:-1]   # same per task
+  for (question, reply) in zip(demos["chain_sum"][::2], demos["chain_sum"][1::2]):
+    expression = question["content"].split(": ")[1].split(" =")[0]     # "3 - 6 =" -> "3 - 6"
+    assert question["content"].endswith(tasks.instruction)
+    assert int(read(reply["content"])) == eval(expression)
+  demo_questions = {m["content"] for d in demos.values() for m in d[::2]}
+  assert not demo_questions & {p.messages[-1]["content"] for p in tasks.prompts("eval")}
+  with pytest.raises(ConfigError, match="no reference answer"):
+    T.TaskSet(["rush_hour"], n_train=1, n_eval=1, shots=1)
