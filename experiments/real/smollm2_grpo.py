@@ -1,6 +1,6 @@
 """GRPO on SmolLM2-135M-Instruct with a verifiable reward: sums of two one-digit numbers
-(reasoning-gym's chain_sum), the task's exact scorer as reward and judge, no critic, no
-reward model.
+(reasoning-gym's chain_sum, one solved example before each question, the answer on a last
+line "Answer: X"), the task's exact scorer as reward and judge, no critic, no reward model.
 
 Run (full recipe, CPU-sized):
   python scripts/train.py --config experiments/real/smollm2_grpo.py --workdir runs/grpo
@@ -26,16 +26,18 @@ def get_config(arg=None):
   c.rl.critic = "none"
   c.rl.group_size = 8
   c.rl.rollout_batch_size, c.rl.minibatch_size, c.rl.ppo_epochs = 32, 16, 1
+  c.rl.old_logps = "sampler"          # the decode's log-probs: no re-forward of the rollout
   c.rl.advantage.estimator = "grpo"
   c.rl.advantage.whiten_advantages = False
   c.rl.loss_kwargs.vf_coef = 0.0
   c.rl.loss_kwargs.aggregation = "seq_mean"
-  c.rl.kl.placement, c.rl.kl.estimator, c.rl.kl.coef = "loss", "k3", 0.02
-  c.rl.lr, c.rl.warmup_steps = 2e-6, 0
-  c.rl.temperature = 1.0
-  c.rl.iterations = 40
+  c.rl.kl.placement, c.rl.kl.estimator, c.rl.kl.coef = "loss", "k3", 0.04
+  c.rl.lr, c.rl.warmup_steps = 3e-6, 0
+  c.rl.temperature = 0.8
+  c.rl.iterations = 20
   if arg == "quick":
     rl_quick(c)
+    c.rl.rollout_batch_size, c.rl.minibatch_size = 16, 16
   elif arg not in (None, ""):
     raise ValueError(f"unknown config arg {arg!r}: expected quick")
   return c

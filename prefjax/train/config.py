@@ -70,8 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   # and held-out prompts drawn from reasoning-gym's generators with this seed; options are
   # per-task generator keywords (difficulty knobs), e.g. {"chain_sum": {"max_terms": 2}};
   # answer_format "tag" (<answer>...</answer>) or "line" (a last line "Answer: ...").
+  # shots: solved examples of the task before each question, as earlier chat turns (small
+  # models follow the answer format only with them).
   c.tasks = ml_collections.ConfigDict(dict(seed=0, n_train=2000, n_eval=200,
-                                           answer_format="tag"))
+                                           answer_format="tag", shots=0))
   c.tasks.options = ml_collections.ConfigDict()
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Multi-host (prefjax/distributed.py), on with enabled=True or $PREFJAX_COORDINATOR:

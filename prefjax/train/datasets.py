@@ -126,7 +126,7 @@ class DataSource:
       self._cache["taskset"] = tasks.TaskSet(
           tasks.parse_spec(self.train_spec), seed=t.seed, n_train=t.n_train, n_eval=t.n_eval,
           options={k: dict(v) for k, v in dict(t.options).items()},
-          answer_format=t.answer_format)
+          answer_format=t.answer_format, shots=t.shots)
     return self._cache["taskset"]
 
   def prompts(self, split: str = "train", n: int | None = None) -> list:
