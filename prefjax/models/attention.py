@@ -9,8 +9,12 @@ and response j branch j, so each response sees the prompt and itself only.
 
 Kernels (``select_kernel``): "dense" computes the (B, G, R, T, S) scores with einsums (CPU,
 TPU, softcapped Gemma 2, float32); "cudnn" calls ``jax.nn.dot_product_attention`` (cuDNN
-flash attention, no T x T scores per head) on GPU in bfloat16/float16. Both take the same
-boolean mask; ``attend`` is the one entry point.
+flash attention, no T x T scores per head) on GPU in bfloat16/float16; "blockwise" is flash
+attention in plain JAX (``ModelConfig.attention_kernel="blockwise"``): an online softmax over
+key blocks under ``lax.scan``, whose scores and probabilities are never larger than
+(B, H, block, block), forward or backward, so attention memory grows linearly in T (the
+boolean mask, one byte per (query, key) shared by every layer and head, is the only T x S
+array). All take the same boolean mask; ``attend`` is the one entry point.
 
 With a cache (generation), keys live in a fixed buffer of length S; a query written at
 buffer slot ``index + t`` may attend to slot s iff s <= index + t and the slot's segment
@@ -51,6 +55,11 @@ def causal_segment_mask(segment_ids_bt, branch_ids_bt=None):
   return mask[:, None]                                                              # (B, 1, T, T)
 
 
+KERNELS = ("dense", "blockwise", "cudnn", "xla")
+# Queries and keys per block of the blockwise kernel.
+BLOCKWISE_BLOCK = 512
+
+
 def select_kernel(backend: str, dtype, *, softcap=None, head_dim: int = 64) -> str:
   """"cudnn" where cuDNN flash attention applies (GPU, 16-bit, no softcap), else "dense"."""
   ok = (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
@@ -86,6 +95,10 @@ def attend(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
     return jnp.concatenate(outs, axis=1)
   if kernel == "dense":
     return _dense(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap)
+  if kernel == "blockwise":
+    causal = bool(causal_block) and t == k_bsgk.shape[1]
+    return blockwise_attention(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale=scale, softcap=softcap,
+                               causal=causal)
   if softcap is not None:
     raise ValueError("attention softcapping needs the dense kernel")
   s = k_bsgk.shape[1]
@@ -180,6 +193,148 @@ def _dense_bwd(scale, softcap, res, dout_bthk):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+# ---------------------------------------------------------------------------------------------
+# Blockwise (flash) attention: the online softmax of Milakov & Gimelshein, "Online normalizer
+# calculation for softmax" (arXiv:1805.02867), blocked as in Dao et al., "FlashAttention"
+# (arXiv:2205.14135) and Dao, "FlashAttention-2" (arXiv:2307.08691).
+
+def blockwise_attention(q_bthk, k_bsgk, v_bsgk, mask_b1ts, *, scale: float, softcap=None,
+                        causal: bool = False, block: int = BLOCKWISE_BLOCK):
+  """softmax(softcap(scale * q k^T) masked) v, one (query block, key block) at a time.
+
+  For each query block the keys are visited in blocks under ``lax.scan`` with a running row
+  max m, sum l and output accumulator (the online softmax); ``causal`` (query i never sees a
+  key after slot i, and T == S) stops at the query block's diagonal, skipping the blocks
+  above it. The custom VJP keeps q, k, v, the mask, the output and the row log-sum-exp, and
+  recomputes each block's probabilities in the backward pass (FlashAttention-2's
+  backward). A query whose mask row is empty (padding) gets output 0.
+
+  Args:
+    q_bthk: [B, T, H, K] queries; k_bsgk, v_bsgk: [B, S, G, K] keys and values (H % G == 0).
+    mask_b1ts: [B, 1, T, S] boolean, True where a query may see a key.
+    scale: logit scale; softcap: optional cap * tanh(logits / cap).
+    block: queries and keys per block (T and S are padded to a multiple of it).
+  Returns:
+    [B, T, H, K] in q's dtype.
+  """
+  b, t, h, hd = q_bthk.shape
+  s = k_bsgk.shape[1]
+  bq = min(block, t)
+  bk = min(block, s)
+  causal = causal and t == s and bq == bk
+  tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
+  pad = lambda x, n, axis: jnp.pad(x, [(0, n - x.shape[axis]) if i == axis else (0, 0)
+                                       for i in range(x.ndim)])
+  q = pad(q_bthk, tp, 1)
+  k, v = pad(k_bsgk, sp, 1), pad(v_bsgk, sp, 1)
+  mask = pad(pad(mask_b1ts, tp, 2), sp, 3)
+  out = _flash(q, k, v, mask, scale, softcap, causal, bq, bk)
+  return out[:, :t]
+
+
+def _key_blocks(i: int, n_k: int, causal: bool) -> int:
+  """Key blocks query block ``i`` visits: up to its diagonal when causal, else all."""
+  return min(i + 1, n_k) if causal else n_k
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _flash(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap, causal, bq, bk):
+  return _flash_fwd(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap, causal, bq, bk)[0]
+
+
+def _flash_fwd(q_bthk, k_bsgk, v_bsgk, mask_b1ts, scale, softcap, causal, bq, bk):
+  b, t, h, hd = q_bthk.shape
+  s, g = k_bsgk.shape[1], k_bsgk.shape[2]
+  r = h // g
+  acc = acc_dtype(q_bthk.dtype)
+  n_q, n_k = t // bq, s // bk
+  kb = k_bsgk.reshape(b, n_k, bk, g, hd).swapaxes(0, 1)                        # (Nk, B, Bk, G, K)
+  vb = v_bsgk.reshape(b, n_k, bk, g, hd).swapaxes(0, 1)
+  outs, lses = [], []
+  for i in range(n_q):
+    q = q_bthk[:, i * bq:(i + 1) * bq].reshape(b, bq, g, r, hd)                  # (B, Bq, G, R, K)
+    rows = mask_b1ts[:, :, i * bq:(i + 1) * bq]                                  # (B, 1, Bq, S)
+    nk = _key_blocks(i, n_k, causal)
+    mb = rows[..., :nk * bk].reshape(b, 1, bq, nk, bk).transpose(3, 0, 1, 2, 4)  # (nk, B, 1, Bq, Bk)
+
+    def body(carry, xs):
+      m, l, o = carry                                   # (B, G, R, Bq), same, (B, Bq, G, R, K)
+      k, v, mk = xs
+      _, sc = _scores(q, k, mk, scale, softcap)                            # (B, G, R, Bq, Bk)
+      m_new = jnp.maximum(m, sc.max(-1))
+      p = jnp.where(mk[:, :, None], jnp.exp(sc - m_new[..., None]), 0.0)
+      corr = jnp.exp(m - m_new)
+      l = l * corr + p.sum(-1)
+      pv = jnp.einsum("bgrqs,bsgk->bqgrk", p.astype(v.dtype), v).astype(acc)
+      o = o * jnp.moveaxis(corr, 3, 1)[..., None] + pv
+      return (m_new, l, o), None
+
+    init = (jnp.full((b, g, r, bq), _NEG, acc), jnp.zeros((b, g, r, bq), acc),
+            jnp.zeros((b, bq, g, r, hd), acc))
+    (m, l, o), _ = jax.lax.scan(body, init, (kb[:nk], vb[:nk], mb))
+    empty = l == 0.0                                    # padding queries: no key at all
+    l_safe = jnp.where(empty, 1.0, l)
+    outs.append((o / jnp.moveaxis(l_safe, 3, 1)[..., None]).reshape(b, bq, h, hd))
+    lses.append(jnp.where(empty, 0.0, m + jnp.log(l_safe)))                      # (B, G, R, Bq)
+  out = jnp.concatenate(outs, axis=1).astype(q_bthk.dtype)                      # (B, T, H, K)
+  lse = jnp.concatenate(lses, axis=-1)                                           # (B, G, R, T)
+  return out, (q_bthk, k_bsgk, v_bsgk, mask_b1ts, out, lse)
+
+
+def _flash_bwd(scale, softcap, causal, bq, bk, res, dout_bthk):
+  # As in ``_dense_bwd``: keep XLA from merging the recomputation with the forward pass.
+  (q_bthk, k_bsgk, v_bsgk, mask_b1ts, out, lse), dout_bthk = jax.lax.optimization_barrier(
+      (res, dout_bthk))
+  b, t, h, hd = q_bthk.shape
+  s, g = k_bsgk.shape[1], k_bsgk.shape[2]
+  r = h // g
+  dtype = q_bthk.dtype
+  acc = acc_dtype(dtype)
+  n_q, n_k = t // bq, s // bk
+  kb = k_bsgk.reshape(b, n_k, bk, g, hd).swapaxes(0, 1)                        # (Nk, B, Bk, G, K)
+  vb = v_bsgk.reshape(b, n_k, bk, g, hd).swapaxes(0, 1)
+  # D_i = sum_k dO_ik O_ik = sum_j P_ij dP_ij: the softmax VJP's row term, once per query.
+  delta = jnp.einsum("btgrk,btgrk->bgrt", dout_bthk.reshape(b, t, g, r, hd).astype(acc),
+                     out.reshape(b, t, g, r, hd).astype(acc))                    # (B, G, R, T)
+  dk = jnp.zeros((n_k, b, bk, g, hd), acc)
+  dv = jnp.zeros((n_k, b, bk, g, hd), acc)
+  dqs = []
+  for i in range(n_q):
+    sl = slice(i * bq, (i + 1) * bq)
+    q = q_bthk[:, sl].reshape(b, bq, g, r, hd)
+    do = dout_bthk[:, sl].reshape(b, bq, g, r, hd)
+    lse_i, delta_i = lse[..., sl], delta[..., sl]                                # (B, G, R, Bq)
+    nk = _key_blocks(i, n_k, causal)
+    mb = mask_b1ts[:, :, sl, :nk * bk].reshape(b, 1, bq, nk, bk).transpose(3, 0, 1, 2, 4)
+
+    def body(dq, xs):
+      k, v, mk = xs
+      raw, sc = _scores(q, k, mk, scale, softcap)                          # (B, G, R, Bq, Bk)
+      p = jnp.where(mk[:, :, None], jnp.exp(sc - lse_i[..., None]), 0.0)
+      dv_j = jnp.einsum("bgrqs,bqgrk->bsgk", p.astype(dtype), do).astype(acc)
+      dp = jnp.einsum("bqgrk,bsgk->bgrqs", do, v).astype(acc)
+      ds = p * (dp - delta_i[..., None])
+      if softcap is not None:
+        ds = ds * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+      ds = (ds * scale).astype(dtype)
+      dq = dq + jnp.einsum("bgrqs,bsgk->bqgrk", ds, k).astype(acc)
+      dk_j = jnp.einsum("bgrqs,bqgrk->bsgk", ds, q).astype(acc)
+      return dq, (dk_j, dv_j)
+
+    dq, (dk_i, dv_i) = jax.lax.scan(body, jnp.zeros((b, bq, g, r, hd), acc),
+                                    (kb[:nk], vb[:nk], mb))
+    dk = dk.at[:nk].add(dk_i)
+    dv = dv.at[:nk].add(dv_i)
+    dqs.append(dq.reshape(b, bq, h, hd))
+  dq = jnp.concatenate(dqs, axis=1)
+  dk = dk.swapaxes(0, 1).reshape(b, s, g, hd)
+  dv = dv.swapaxes(0, 1).reshape(b, s, g, hd)
+  return dq.astype(dtype), dk.astype(k_bsgk.dtype), dv.astype(v_bsgk.dtype), None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
 def sliding_window_mask(mask_b1ts, window: int, index=0):
   """Restricts a (B, 1, T, S) mask to keys within ``window`` of the query's slot."""
   t, s = mask_b1ts.shape[-2:]
@@ -214,7 +369,8 @@ class Attention(nnx.Module):
         hd, self.rope_theta, None if local else cfg.rope_scaling))
     self.logit_scale = cfg.query_scale if cfg.query_scale is not None else hd ** -0.5
     self.softcap = cfg.attn_softcap
-    self.kernel = None   # None: ``select_kernel`` at trace time; "dense"/"xla"/"cudnn" forces one
+    # None: ``select_kernel`` at trace time; a name of ``KERNELS`` forces that kernel.
+    self.kernel = getattr(cfg, "attention_kernel", None)
     self.q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), dtype=pd)
     self.k = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dtype=pd)
     self.v = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), dtype=pd)

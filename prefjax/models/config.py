@@ -52,6 +52,9 @@ class ModelConfig:
     scan_layers: run the blocks with ``jax.lax.scan`` (compile time flat in depth); needs
       every block to have the same structure (else the plain loop runs). Parameters keep the
       per-layer layout ``blocks.0``, ``blocks.1``, ... either way.
+    attention_kernel: None (chosen per backend and dtype), "dense", "blockwise" (flash
+      attention in JAX: memory linear in sequence length), "cudnn" or "xla"
+      (prefjax/models/attention.py). Changes memory and speed, not results.
   """
   vocab_size: int
   dim: int
@@ -86,6 +89,7 @@ class ModelConfig:
   post_norms: bool = False
   remat: str = "none"
   scan_layers: bool = False
+  attention_kernel: str | None = None
 
   def __post_init__(self):
     if self.n_heads % self.n_kv_heads:
@@ -98,10 +102,11 @@ class ModelConfig:
                "act": ("silu", "gelu_tanh", "gelu"), "pos_emb": ("rope", "learned"),
                "dtype": ("float32", "bfloat16", "float16", "float64"),
                "param_dtype": ("float32", "bfloat16", "float16", "float64"),
-               "remat": ("none", "block", "save_matmuls")}
+               "remat": ("none", "block", "save_matmuls"),
+               "attention_kernel": (None, "dense", "blockwise", "cudnn", "xla")}
     for f, ok in choices.items():
       if getattr(self, f) not in ok:
-        raise ConfigError(f"model config field {f}={getattr(self, f)!r}; valid: {', '.join(ok)}")
+        raise ConfigError(f"model config field {f}={getattr(self, f)!r}; valid: {', '.join(map(str, ok))}")
     if self.layer_types is not None:
       if isinstance(self.layer_types, list):   # from JSON; keep the config hashable
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
