@@ -186,11 +186,19 @@ class Transformer(nnx.Module):
     return logits, new_cache
 
   def _blocks(self, x, positions, mask, local_mask, cache, index):
-    """Runs every block; returns (x, (k [L, ...], v [L, ...]) or None)."""
+    """Runs every block; returns (x, (k [L, ...], v [L, ...]) or None).
+
+    A per-layer cache (tuples of L buffers, ``init_cache(per_layer=True)``) comes back as
+    tuples and always takes the loop: each layer's buffer is then its own array, which a
+    decode loop updates in place (a stacked [L, ...] cache is sliced and re-stacked, i.e.
+    copied whole, at every step).
+    """
     remat = self.cfg.remat if cache is None else "none"   # no backward pass with a cache
     splits = [nnx.split(b) for b in self.blocks]
     graphdefs = [g for g, _ in splits]
-    if self.cfg.scan_layers and all(g == graphdefs[0] for g in graphdefs[1:]):
+    per_layer = cache is not None and isinstance(cache["k"], (tuple, list))
+    if (self.cfg.scan_layers and not per_layer
+        and all(g == graphdefs[0] for g in graphdefs[1:])):
       layer_mask = local_mask if self.blocks[0].sliding else mask
       fn = _block_fn(graphdefs[0], remat)
       stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in splits])  # (L, ...)
@@ -211,12 +219,24 @@ class Transformer(nnx.Module):
       if c is not None:
         new_k.append(c[0])
         new_v.append(c[1])
-    return x, ((jnp.stack(new_k), jnp.stack(new_v)) if new_k else None)
+    if not new_k:
+      return x, None
+    if per_layer:
+      return x, (tuple(new_k), tuple(new_v))
+    return x, (jnp.stack(new_k), jnp.stack(new_v))
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
-  """An empty KV cache: k, v of shape (L, B, S, G, K), segment ids (B, S), write index 0."""
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None, per_layer: bool = False):
+  """An empty KV cache: k, v of shape (L, B, S, G, K), segment ids (B, S), write index 0.
+
+  ``per_layer=True``: k and v are tuples of L arrays (B, S, G, K) instead, which a decode
+  loop updates in place (see ``Transformer._blocks``).
+  """
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "segment_ids": jnp.zeros((batch, length), jnp.int32), "index": jnp.int32(0)}
+  shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+  seg = jnp.zeros((batch, length), jnp.int32)
+  if per_layer:
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+  else:
+    zeros = lambda: jnp.zeros((cfg.n_layers,) + shape, dtype)
+  return {"k": zeros(), "v": zeros(), "segment_ids": seg, "index": jnp.int32(0)}

@@ -1,8 +1,27 @@
-"""Batched, jit-compiled generation with a KV cache: greedy or temperature / top-p.
+"""Batched, jit-compiled sampling with a KV cache: one core for generation and RL rollouts.
 
-Prompts are left-padded to a common length (rounded up to a bucket so few shapes compile),
-prefilled in one forward pass, then decoded one token at a time in a ``lax.while_loop``
-that stops when every row has emitted EOS or ``max_new_tokens`` is reached.
+    tokens_bn, logps_bn, stopped_b = sample_batch(graphdef, params, tokens_bp, segment_bp, rng,
+                                                  max_new_tokens=128, temperature=1.0,
+                                                  top_p=1.0, top_k=0, stop_ids=(2,), pad_id=0)
+    completions = generate(graphdef, params, prompts, max_new_tokens=128, rng=rng,
+                           stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+
+Prompts are left-padded to a common width (``left_pad``; segment id 0 on padding, positions
+counted from each row's first real token), the width rounded up by ``bucket_width`` so few
+shapes compile. All prompt tokens but the last are prefilled into the KV cache in one
+forward pass; then a ``lax.while_loop`` feeds one token per row (first the prompt's last
+token) and draws the next, until every row has drawn a stop id or ``max_new_tokens`` were
+drawn. A row that stopped keeps its stop token and is padded after it.
+
+Each drawn token also comes with its log-probability under the policy,
+``log_softmax(logits)[token]`` of the unmodified float32 logits (not the temperature / top-k /
+top-p distribution it was drawn from): the value a trainer recomputes with one full forward
+(``prefjax.models.logprobs.token_logprobs``), up to cache-vs-full-forward rounding.
+
+Speed: the cache is one buffer per layer (``init_cache(per_layer=True)``), updated in place
+inside the loop; the outputs are written one column per step in place; the prefill's unused
+logits are never computed (XLA removes them); greedy decoding and top-k draw no random
+numbers over the whole vocabulary, and only top-p without top-k sorts it.
 """
 from __future__ import annotations
 
@@ -14,82 +33,241 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prefjax.models.logprobs import token_logprobs
 from prefjax.models.transformer import init_cache
 
 
-def sample_token(logits_bv, rng, temperature: float, top_p: float):
-  """Greedy when temperature == 0; else softmax(logits / T) restricted to the top-p mass."""
-  if temperature == 0.0:
+# ----------------------------------------------------------------------------- drawing
+def _nucleus(sorted_logits_bk, top_p: float):
+  """Sorted (descending) logits with everything past the top-p mass set to -inf.
+
+  Keeps the smallest prefix whose probability reaches ``top_p`` (at least one token): token
+  j stays iff the mass strictly before it is < top_p.
+  """
+  probs = jax.nn.softmax(sorted_logits_bk, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  keep = (mass_before < top_p).at[:, 0].set(True)
+  return jnp.where(keep, sorted_logits_bk, -jnp.inf)
+
+
+def sample_token(logits_bv, rng, temperature: float, top_p: float, top_k: int = 0):
+  """One token id per row [B]: greedy when temperature == 0 (or top_k == 1), else a draw
+  from softmax(logits / temperature) restricted to the top_k most likely tokens (0 = all)
+  and then to the smallest set of them holding top_p of the (renormalised) mass.
+
+  Args:
+    logits_bv: [B, V] logits.
+    rng: a PRNG key (unused when greedy).
+    temperature, top_p, top_k: Python numbers (they select the program).
+  Returns:
+    [B] int32 token ids.
+  """
+  if temperature == 0.0 or top_k == 1:
     return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-  logits = logits_bv / temperature
+  logits = logits_bv.astype(jnp.float32) / temperature
+  if 0 < top_k < logits.shape[-1]:
+    # Draw among the k candidates only: no [B, V] sort and no [B, V] random numbers.
+    vals_bk, idx_bk = jax.lax.top_k(logits, top_k)                                # descending
+    if top_p < 1.0:
+      vals_bk = _nucleus(vals_bk, top_p)
+    choice = jax.random.categorical(rng, vals_bk, axis=-1)
+    return jnp.take_along_axis(idx_bk, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
   if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    cutoff_idx = jnp.sum(mass_before < top_p, axis=-1, keepdims=True) - 1          # (B, 1)
-    cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
+    sorted_bv = jnp.sort(logits, axis=-1)[:, ::-1]
+    kept = _nucleus(sorted_bv, top_p)
+    # The smallest kept logit is the cutoff (ties with it are kept too).
+    cutoff = jnp.min(jnp.where(jnp.isfinite(kept), kept, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p",
-                                             "eos_id", "pad_id"))
-def _generate(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens, temperature,
-              top_p, eos_id, pad_id):
+# ----------------------------------------------------------------------------- the core
+# Prefill tiles: rows x columns of the prompt grid run together (see ``_prefill``).
+PREFILL_ROWS = 8
+PREFILL_CHUNK = 32
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
+                                             "top_p", "top_k", "stop_ids", "pad_id",
+                                             "prefill_rows", "prefill_chunk"))
+def sample_batch(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens: int,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 stop_ids: tuple = (), pad_id: int = 0, prefill_rows: int = PREFILL_ROWS,
+                 prefill_chunk: int = PREFILL_CHUNK):
+  """Draws up to ``max_new_tokens`` tokens per left-padded prompt row, with a KV cache.
+
+  Args:
+    graphdef, params: a prefjax ``Transformer`` (``nnx.split``; params as a pure dict).
+    tokens_bp: [B, P] int prompt ids, left-padded (``left_pad``); every row holds >= 1 token.
+    segment_bp: [B, P] int, 1 on prompt tokens and 0 on padding.
+    rng: a PRNG key; step i draws with ``fold_in(rng, i)``, so results depend on rng only.
+    max_new_tokens: N, the most tokens drawn per row.
+    temperature, top_p, top_k: see ``sample_token`` (temperature 0: greedy).
+    stop_ids: a row stops after drawing any of these (the stop token is kept).
+    pad_id: written after a row's stop token.
+    prefill_rows, prefill_chunk: the prefill's tile (see ``_prefill``).
+  Returns:
+    tokens [B, N] int32 (pad_id after the stop), logps [B, N] float32 (log_softmax of the
+    unmodified logits at each drawn token; 0 after the stop), stopped [B] bool (the row drew
+    a stop id).
+  """
   model = nnx.merge(graphdef, params)
   b, p = tokens_bp.shape
-  positions = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0)
-  cache = init_cache(model.cfg, b, p + max_new_tokens)
-  logits, cache = model(tokens_bp, positions, segment_bp, cache=cache)
-  rng, sub = jax.random.split(rng)
-  first = sample_token(logits[:, -1], sub, temperature, top_p)
-  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
-  done = first == eos_id
-  next_pos = positions[:, -1] + 1
+  n = max_new_tokens
+  segment_bp = segment_bp.astype(jnp.int32)
+  positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0)
+  # Rows longest first, so that the prefill's row groups hold prompts of similar lengths;
+  # the outputs are put back in the caller's order at the end.
+  order_b = jnp.argsort(-jnp.sum(segment_bp, axis=1), stable=True)
+  tokens_bp, segment_bp, positions_bp = (x[order_b] for x in (tokens_bp, segment_bp,
+                                                              positions_bp))
+  # Slots: the prompt but its last token, then the n tokens the loop feeds (the prompt's last
+  # token and every drawn token but the last, which is never fed back).
+  cache = _prefill(model, tokens_bp[:, :-1], positions_bp[:, :-1], segment_bp[:, :-1],
+                   extra_slots=n, rows=prefill_rows, chunk=prefill_chunk)
+  stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
+  ones_b1 = jnp.ones((b, 1), jnp.int32)
 
-  def cond(carry):
-    i, _, _, done, _, _, _ = carry
-    return (i < max_new_tokens) & ~jnp.all(done)
+  def cond(c):
+    i, done_b = c[0], c[4]
+    return (i < n) & ~jnp.all(done_b)
 
-  def body(carry):
-    i, tok, cache, done, pos, out, rng = carry
-    logits, cache = model(tok[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
-    rng, sub = jax.random.split(rng)
-    nxt = sample_token(logits[:, -1], sub, temperature, top_p)
-    nxt = jnp.where(done, pad_id, nxt)
-    out = out.at[:, i].set(nxt)
-    return i + 1, nxt, cache, done | (nxt == eos_id), pos + 1, out, rng
+  def body(c):
+    i, tok_b, pos_b, cache, done_b, out_bn, logp_bn = c
+    logits_b1v, cache = model(tok_b[:, None], pos_b[:, None], ones_b1, cache=cache)
+    logits_bv = logits_b1v[:, 0]
+    nxt_b = sample_token(logits_bv, jax.random.fold_in(rng, i), temperature, top_p, top_k)
+    logp_b = token_logprobs(logits_bv[:, None], nxt_b[:, None])[:, 0]
+    nxt_b = jnp.where(done_b, pad_id, nxt_b)
+    logp_b = jnp.where(done_b, 0.0, logp_b)
+    out_bn = jax.lax.dynamic_update_slice(out_bn, nxt_b[:, None], (0, i))
+    logp_bn = jax.lax.dynamic_update_slice(logp_bn, logp_b[:, None], (0, i))
+    done_b = done_b | jnp.any(nxt_b[:, None] == stops[None, :], axis=-1)
+    return i + 1, nxt_b, pos_b + 1, cache, done_b, out_bn, logp_bn
 
-  carry = (jnp.int32(1), first, cache, done, next_pos, out, rng)
-  return jax.lax.while_loop(cond, body, carry)[5]
+  carry = (jnp.int32(0), tokens_bp[:, -1].astype(jnp.int32), positions_bp[:, -1], cache,
+           jnp.zeros((b,), bool), jnp.full((b, n), pad_id, jnp.int32),
+           jnp.zeros((b, n), jnp.float32))
+  _, _, _, _, stopped_b, out_bn, logp_bn = jax.lax.while_loop(cond, body, carry)
+  back_b = jnp.argsort(order_b)
+  return out_bn[back_b], logp_bn[back_b], stopped_b[back_b]
+
+
+def _prefill(model, tokens_bt, positions_bt, segment_bt, *, extra_slots: int, rows: int,
+             chunk: int):
+  """A per-layer KV cache holding the given (left-padded) tokens, then ``extra_slots`` free
+  slots; its write index points at the first free slot.
+
+  Left padding wastes most of a prefill when prompt lengths differ (a batch is as wide as
+  its longest prompt). The [B, T] grid is cut into tiles of ``rows`` rows by ``chunk``
+  columns (rows sorted by length, longest first, by the caller) and a tile runs only if it
+  holds a real token: each row group fills its cache chunk by chunk, left to right, every
+  chunk attending to the group's earlier slots (the model's cached path). When T is not a
+  multiple of the chunk width, the cache starts with up to chunk - 1 empty (masked) slots.
+  """
+  b, t = tokens_bt.shape
+  chunk = max(1, min(chunk, t))
+  lead = -t % chunk                         # empty slots in front: whole chunks of columns
+  width = lead + t
+  cache = init_cache(model.cfg, b, width + extra_slots, per_layer=True)
+  if t == 0:
+    return cache
+  pad = lambda x: jnp.pad(x, ((0, 0), (lead, 0)))
+  tokens_bt, positions_bt, segment_bt = pad(tokens_bt), pad(positions_bt), pad(segment_bt)
+  rows = max(d for d in range(1, min(rows, b) + 1) if b % d == 0)
+  rows_slice = lambda x, r: jax.lax.dynamic_slice_in_dim(x, r, rows, axis=0)
+  cols_slice = lambda x, c: jax.lax.dynamic_slice_in_dim(x, c, chunk, axis=1)
+
+  def group(g, cache):
+    r = g * rows
+    tok, pos, seg = (rows_slice(x, r) for x in (tokens_bt, positions_bt, segment_bt))
+    sub = {"k": tuple(rows_slice(x, r) for x in cache["k"]),
+           "v": tuple(rows_slice(x, r) for x in cache["v"]),
+           "segment_ids": rows_slice(cache["segment_ids"], r), "index": jnp.int32(0)}
+
+    def tile(j, sub):
+      c = j * chunk
+
+      def run(sub):
+        _, sub = model(cols_slice(tok, c), cols_slice(pos, c), cols_slice(seg, c),
+                       cache=dict(sub, index=c))
+        return sub
+      return jax.lax.cond(jnp.any(cols_slice(seg, c) != 0), run, lambda sub: sub, sub)
+
+    sub = jax.lax.fori_loop(0, width // chunk, tile, dict(sub, index=jnp.int32(0)))
+    put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, r, axis=0)
+    return {"k": tuple(map(put, cache["k"], sub["k"])),
+            "v": tuple(map(put, cache["v"], sub["v"])),
+            "segment_ids": put(cache["segment_ids"], sub["segment_ids"]),
+            "index": cache["index"]}
+
+  cache = jax.lax.fori_loop(0, b // rows, group, cache)
+  return dict(cache, index=jnp.int32(width))
+
+
+# ----------------------------------------------------------------------------- host side
+def bucket_width(n: int, bucket: int = 16) -> int:
+  """``n`` rounded up to a multiple of ``bucket``, and for long prompts to one of 4 widths
+  per octave (steps of 2^(floor(log2 n) - 2)): at most ~25% padding, few compiled shapes.
+  ``bucket`` <= 1 keeps ``n``."""
+  if bucket <= 1:
+    return n
+  step = max(bucket, 1 << max(n.bit_length() - 3, 0))
+  return -(-n // step) * step
+
+
+def left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int):
+  """(tokens [B, W], segment ids [B, W]) as np.int32: each prompt right-aligned in ``width``
+  columns, pad_id / segment 0 before it."""
+  tokens = np.full((len(prompts), width), pad_id, np.int32)
+  seg = np.zeros((len(prompts), width), np.int32)
+  for i, ids in enumerate(prompts):
+    if len(ids) > width:
+      raise ValueError(f"left_pad: prompt {i} has {len(ids)} tokens, more than width {width}")
+    if len(ids):
+      tokens[i, width - len(ids):] = ids
+      seg[i, width - len(ids):] = 1
+  return tokens, seg
+
+
+def cut_at_stop(row: Sequence[int], stopped: bool, stop_ids) -> list[int]:
+  """A sampled row up to and including its first stop id (the whole row if it has none)."""
+  row = list(row)
+  if stopped:
+    stops = set(stop_ids)
+    for j, t in enumerate(row):
+      if t in stops:
+        return row[:j + 1]
+  return row
 
 
 def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             rng, temperature: float = 1.0, top_p: float = 1.0, eos_id: int, pad_id: int = 0,
+             rng, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             eos_id: int | None = None, stop_ids: Sequence[int] = (), pad_id: int = 0,
              batch_size: int = 64, bucket: int = 16) -> list[list[int]]:
-  """Completions (token ids, EOS included when emitted) for each prompt."""
+  """Completions (token ids, the stop token included when drawn), one per prompt, in order.
+
+  Prompts run in batches of ``batch_size`` in the given order (the last batch is filled up
+  with copies so every batch has one shape); each batch's width is its longest prompt
+  rounded up by ``bucket_width``. Generation stops at any of ``stop_ids`` or ``eos_id``
+  (e.g. ``tokenizer.stop_ids``: the chat template's end of turn and EOS). Batch j draws with
+  ``fold_in(rng, j)``.
+  """
   if not len(prompts):
     return []
   if any(len(p) == 0 for p in prompts):
     raise ValueError("generate: every prompt needs at least one token (e.g. BOS)")
+  stops = tuple(sorted(set(int(s) for s in stop_ids) | ({int(eos_id)} if eos_id is not None
+                                                        else set())))
   out: list[list[int]] = []
-  for start in range(0, len(prompts), batch_size):
+  for j, start in enumerate(range(0, len(prompts), batch_size)):
     chunk = list(prompts[start:start + batch_size])
     n = len(chunk)
     chunk += [chunk[-1]] * (batch_size - n)          # fixed batch shape: one compile
-    p = -(-max(len(x) for x in chunk) // bucket) * bucket
-    tokens = np.full((batch_size, p), pad_id, np.int32)
-    seg = np.zeros((batch_size, p), np.int32)
-    for i, ids in enumerate(chunk):
-      tokens[i, p - len(ids):] = ids
-      seg[i, p - len(ids):] = 1
-    rng, sub = jax.random.split(rng)
-    res = np.asarray(_generate(graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), sub,
-                               max_new_tokens=max_new_tokens, temperature=float(temperature),
-                               top_p=float(top_p), eos_id=eos_id, pad_id=pad_id))
-    for row in res[:n]:
-      ids = row.tolist()
-      if eos_id in ids:            # after EOS the loop wrote padding; without EOS all is kept
-        ids = ids[:ids.index(eos_id) + 1]
-      out.append(ids)
+    width = bucket_width(max(len(x) for x in chunk), bucket)
+    tokens, seg = left_pad(chunk, width, pad_id)
+    res, _, stopped = sample_batch(
+        graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), jax.random.fold_in(rng, j),
+        max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+        top_k=int(top_k), stop_ids=stops, pad_id=pad_id)
+    res, stopped = np.asarray(res), np.asarray(stopped)
+    out += [cut_at_stop(row, s, stops) for row, s in zip(res[:n].tolist(), stopped[:n])]
   return out
