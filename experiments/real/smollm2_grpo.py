@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.rl.rewards = {"verifier": 1.0}
   c.rl.critic = "none"
   c.rl.group_size = 8
-  c.rl.rollout_batch_size, c.rl.minibatch_size, c.rl.ppo_epochs = 32, 16, 1
+  c.rl.rollout_batch_size, c.rl.minibatch_size, c.rl.ppo_epochs = 32, 8, 1
   c.rl.old_logps = "sampler"          # the decode's log-probs: no re-forward of the rollout
   c.rl.advantage.estimator = "grpo"
   c.rl.advantage.whiten_advantages = False
@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.rl.iterations = 20
   if arg == "quick":
     rl_quick(c)
-    c.rl.rollout_batch_size, c.rl.minibatch_size = 16, 16
+    c.rl.rollout_batch_size, c.rl.minibatch_size = 16, 8
   elif arg not in (None, ""):
     raise ValueError(f"unknown config arg {arg!r}: expected quick")
   return c

@@ -21,17 +21,19 @@ def get_config(arg=None):
   c.rl.rewards = {"verifier": 1.0}
   c.rl.critic = "shared"
   c.rl.group_size = 1
-  c.rl.rollout_batch_size, c.rl.minibatch_size, c.rl.ppo_epochs = 32, 16, 2
+  c.rl.rollout_batch_size, c.rl.minibatch_size, c.rl.ppo_epochs = 32, 8, 1
   c.rl.advantage.estimator = "gae"
   c.rl.advantage.whiten_advantages = True
   c.rl.loss_kwargs.vf_coef = 0.1
   c.rl.loss_kwargs.aggregation = "token_mean"
   c.rl.kl.placement, c.rl.kl.estimator, c.rl.kl.coef = "reward", "k1", 0.02
-  c.rl.lr, c.rl.warmup_steps = 2e-6, 0
+  c.rl.lr, c.rl.warmup_steps = 3e-6, 0
   c.rl.lr_multipliers = {"value_head": 100.0, "value_bias": 100.0}
-  c.rl.iterations = 40
+  c.rl.temperature = 0.8
+  c.rl.iterations = 20
   if arg == "quick":
     rl_quick(c)
+    c.rl.rollout_batch_size = 16
   elif arg not in (None, ""):
     raise ValueError(f"unknown config arg {arg!r}: expected quick")
   return c
