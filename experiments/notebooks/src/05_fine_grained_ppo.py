@@ -107,7 +107,7 @@ def ppo_series(workdir, key):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(l) for l in f]
   rows = [r for r in rows if r["stage"] == "ppo" and key in r]
-  return [r["step"] for r in rows], [r[key] for r in rows]
+  return [r.get("rl/iteration", r["step"]) for r in rows], [r[key] for r in rows]
 
 
 dirs = {"fine-grained (token RM)": "fg_ppo", "sequence RM": "seq_ppo"}
