@@ -28,14 +28,14 @@ def get_config(arg=None):
   o.steps_per_round, o.batch_size = 4, 8
   o.loss, o.loss_kwargs = "dpo", ml_collections.ConfigDict(dict(beta=0.1))
   o.lr = 2e-6
-  o.max_new_tokens = 64
-  o.n_prompts = 2000
+  o.max_new_tokens = 24
+  o.n_prompts = 120
   opts = [a for a in (arg or "").split(",") if a]
   for opt in opts:
     if opt == "quick":
       rl_quick(c)
       o.rounds, o.prompts_per_round, o.steps_per_round = 2, 8, 2
-      o.max_new_tokens, o.n_prompts = 48, 64
+      o.n_prompts = 64
     elif opt == "mdpo":
       o.loss = "mdpo"
       c.data.group_size = o.k // 2

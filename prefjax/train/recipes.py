@@ -67,12 +67,12 @@ def real_rl_config(stages=("ppo", "eval")):
   c.tasks.n_train, c.tasks.n_eval = 120, 80
   c.tasks.answer_format, c.tasks.shots = "line", 1
   c.rl = rl_config()
-  c.rl.max_new_tokens = 64
+  c.rl.max_new_tokens = 24            # "Answer: X" is ~5 tokens; rows stay short
   c.rl.n_prompts = 120
   c.rl.missing_eos = "none"
   c.rl.checkpoint_every = 5
   c.eval.n_prompts, c.eval.n_samples, c.eval.temperature = 80, 1, 0.0
-  c.eval.max_new_tokens = 64
+  c.eval.max_new_tokens = 24
   c.checkpoint.keep = 2
   c.ranking.enabled = False
   c.export.hf = False
@@ -83,8 +83,7 @@ def real_rl_config(stages=("ppo", "eval")):
 def rl_quick(c):
   """A CPU smoke run of a few minutes: 2 iterations, 16 held-out prompts, short answers."""
   c.rl.iterations = 2
-  c.rl.max_new_tokens = 32
-  c.eval.n_prompts, c.eval.max_new_tokens = 16, 32
+  c.eval.n_prompts = 16
   c.tasks.n_train, c.tasks.n_eval = 64, 16
   c.rl.n_prompts = 64
   return c
