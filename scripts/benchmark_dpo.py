@@ -25,8 +25,17 @@ FLOPs:
                 before training into a fresh cache directory, timed, and also reported
                 amortised over the run's steps: variant ``no_ref_cache`` turns it off)
 
-and ends with ``prefjax/TRL pairs/s ratio: X`` for the first max_len. TRL comes
-from the optional extra ``pip install -e '.[bench]'`` (torch pinned to 2.13.0).
+and ends, for the first max_len and the first variant, with
+
+  prefjax/TRL pairs/s ratio: X                           steady steps (median)
+  prefjax/TRL peak RSS ratio: X                          each side's process
+  prefjax/TRL wall ratio over N steps, compiles included: X   every step's seconds summed
+                                                         (warmup included; prefjax's
+                                                         reference precompute included)
+
+With variants besides the first, their per-step DPO loss is compared with the first's
+(``bf16_moments``: the loss-curve difference of bfloat16 against float32 Adam moments).
+TRL comes from the optional extra ``pip install -e '.[bench]'`` (torch pinned to 2.13.0).
 """
 import json
 import os
@@ -43,7 +52,9 @@ from prefjax.cli import main_guard
 
 _MAX_LENS = flags.DEFINE_string("max_lens", "256,1024", "Comma-separated max_len values.")
 _BATCH = flags.DEFINE_integer("batch_pairs", 4, "Pairs per optimizer step.")
-_STEPS = flags.DEFINE_integer("steps", 4, "Timed steps.")
+_STEPS = flags.DEFINE_integer(
+    "steps", 10, "Timed steps (a timed step that compiles a new row length is left out: 10 "
+    "keeps at least 6 steady ones at max_len 256 and 1024 on the HH pairs).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator).")
 _THREADS = flags.DEFINE_integer("threads", 2, "Threads for every framework.")
 _PEERS = flags.DEFINE_string("peers", "trl", "Peers to run when installed (trl).")
@@ -73,7 +84,10 @@ VARIANTS = {
     # Each block rematerialised, under XLA:CPU's memory scheduler (prefjax.xla_cpu, chosen by
     # the run for remat != "none"): the step's temporaries stay flat in depth.
     "remat": {"model.overrides.remat": "block"},
+    # Both Adam moments in bfloat16 (optimizer.py): 4 instead of 8 bytes per parameter.
+    "bf16_moments": {"dpo.opt_state_dtype": "bfloat16"},
 }
+MIN_STEADY = 6     # steady timed steps a median is taken over
 
 
 # ----------------------------------------------------------------------------- data
@@ -144,7 +158,10 @@ def worker_prefjax(a):
   steady = [r for r in timed if not r.get("compiled_steps")] or timed
   with open(os.path.join(a["workdir"], "summary.json")) as f:
     summary = json.load(f)
+  dpo_rows = [r for r in rows if r["stage"] == "dpo"]
   out = {"step_seconds": [r["seconds_per_step"] for r in steady],
+         "all_step_seconds": [r["seconds_per_step"] for r in dpo_rows],
+         "losses": [r["loss"] for r in dpo_rows],
          # pairs in each step (packed plans take as many as fit the rows, <= batch_pairs)
          "step_pairs": [r.get("data/examples", a["batch"]) for r in steady],
          "padding": [r.get("data/padding_fraction") for r in steady],
@@ -192,7 +209,8 @@ def worker_trl(a):
                        processing_class=tok, callbacks=[Timer()])
   t0 = time.perf_counter()
   trainer.train()
-  return {"step_seconds": times[a["warmup"]:], "total_seconds": time.perf_counter() - t0}
+  return {"step_seconds": times[a["warmup"]:], "all_step_seconds": times,
+          "total_seconds": time.perf_counter() - t0}
 
 
 WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl}
@@ -265,6 +283,9 @@ def _measure(tmp):
         if res.get("padding") and None not in res["padding"]:
           extra = (f"  {n_pairs:.2f} pairs/step, padding {100 * np.mean(res['padding']):.0f}%"
                    f", {res['compiled_timed_steps']} timed steps compiled (left out)")
+        if len(res["step_seconds"]) < MIN_STEADY:
+          print(f"note: {label} at max_len {max_len} kept {len(res['step_seconds'])} steady "
+                f"timed steps (< {MIN_STEADY}); raise --steps", flush=True)
         print(f"max_len {max_len:5d}  {label:22s} {res['sec_per_step']:8.2f} s/step "
               f"{res['pairs_per_sec']:6.3f} pairs/s  peak RSS {res['peak_rss_mb']:7.0f} MB  "
               f"useful {100 * res['useful_fraction']:5.1f}% of peak{extra}", flush=True)
@@ -276,13 +297,28 @@ def _measure(tmp):
         print(f"max_len {max_len:5d}  {label:22s} {res.get('skipped') or res.get('error')}",
               flush=True)
   first = _MAX_LENS.value.split(",")[0]
-  ours = results.get(f"prefjax[{_VARIANTS.value.split(',')[0]}]@{first}", {})
+  variants = _VARIANTS.value.split(",")
+  ours = results.get(f"prefjax[{variants[0]}]@{first}", {})
   trl = results.get(f"trl@{first}", {})
+  for v in variants[1:]:                     # loss curves against the first variant's
+    other = results.get(f"prefjax[{v}]@{first}", {})
+    if ours.get("losses") and other.get("losses"):
+      d = np.abs(np.asarray(other["losses"]) - np.asarray(ours["losses"]))
+      print(f"loss, {v} vs {variants[0]} over {len(d)} steps at max_len {first}: max |diff| "
+            f"{d.max():.2e}, mean {d.mean():.2e} (losses {min(ours['losses']):.3f}-"
+            f"{max(ours['losses']):.3f})")
   if "pairs_per_sec" in ours and "pairs_per_sec" in trl:
     if "amortised_pairs_per_sec" in ours:
       print(f"prefjax/TRL pairs/s ratio, reference precompute amortised over {n_steps} steps: "
             f"{ours['amortised_pairs_per_sec'] / trl['pairs_per_sec']:.2f}")
     print(f"prefjax/TRL pairs/s ratio: {ours['pairs_per_sec'] / trl['pairs_per_sec']:.2f}")
+  if "peak_rss_mb" in ours and "peak_rss_mb" in trl:
+    print(f"prefjax/TRL peak RSS ratio: {ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f}")
+  if ours.get("all_step_seconds") and trl.get("all_step_seconds"):
+    wall = sum(ours["all_step_seconds"]) + ours.get("reference_seconds", 0.0)
+    print(f"prefjax/TRL wall ratio over {n_steps} steps, compiles included: "
+          f"{wall / sum(trl['all_step_seconds']):.2f} ({wall:.1f} s vs "
+          f"{sum(trl['all_step_seconds']):.1f} s)")
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump({"matmul_peak_flops": peak, "load": load, "results": results}, f, indent=2)
