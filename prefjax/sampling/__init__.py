@@ -1,4 +1,5 @@
-"""Batched generation with a KV cache."""
-from prefjax.sampling.sampler import generate, sample_token
+"""Batched sampling with a KV cache: the jitted core (``sample_batch``) and ``generate``."""
+from prefjax.sampling.sampler import (bucket_width, generate, left_pad, sample_batch,
+                                      sample_token)
 
-__all__ = ["generate", "sample_token"]
+__all__ = ["bucket_width", "generate", "left_pad", "sample_batch", "sample_token"]

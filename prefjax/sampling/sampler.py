@@ -20,8 +20,9 @@ top-p distribution it was drawn from): the value a trainer recomputes with one f
 
 Speed: the cache is one buffer per layer (``init_cache(per_layer=True)``), updated in place
 inside the loop; the outputs are written one column per step in place; the prefill's unused
-logits are never computed (XLA removes them); greedy decoding and top-k draw no random
-numbers over the whole vocabulary, and only top-p without top-k sorts it.
+logits are never computed (XLA removes them); a draw needs one random number per row
+(``_categorical``), and top-p looks for its nucleus among the most likely tokens before it
+would sort the vocabulary.
 """
 from __future__ import annotations
 
@@ -38,16 +39,95 @@ from prefjax.models.transformer import init_cache
 
 
 # ----------------------------------------------------------------------------- drawing
-def _nucleus(sorted_logits_bk, top_p: float):
+# top-p without top-k first looks for the nucleus among this many most likely tokens (a
+# partial sort); only when they hold less than top_p of the mass does it sort the vocabulary.
+NUCLEUS_CANDIDATES = 256
+_BLOCK = 128
+
+
+def _categorical(rng, logits_bk):
+  """[B] indices drawn with probability softmax(logits_bk) (-inf: never), int32.
+
+  Inverse CDF of one uniform per row over the unnormalised probabilities, summed in blocks
+  of 128 (a block is found from the block sums, then the index inside it), so a draw over a
+  whole vocabulary costs one exp per logit and [B] random numbers (Gumbel-max, as
+  ``jax.random.categorical``, needs [B, V] of them). The index found is the first whose
+  cumulative mass reaches the uniform, so an entry of zero probability is never drawn.
+  """
+  b, k = logits_bk.shape
+  e_bk = jnp.exp(logits_bk - jnp.max(logits_bk, axis=-1, keepdims=True))            # in [0, 1]
+  nb = -(-k // _BLOCK)
+  e_bnc = jnp.pad(e_bk, ((0, 0), (0, nb * _BLOCK - k))).reshape(b, nb, _BLOCK)
+  csum_bn = jnp.cumsum(jnp.sum(e_bnc, axis=-1), axis=-1)
+  u_b = 1.0 - jax.random.uniform(rng, (b,), jnp.float32)                           # (0, 1]
+  target_b = u_b * csum_bn[:, -1]
+  j_b = jnp.argmax(csum_bn >= target_b[:, None], axis=-1)                          # the block
+  upto_b = jnp.take_along_axis(csum_bn, j_b[:, None], axis=-1)[:, 0]
+  before_b = jnp.where(j_b > 0, jnp.take_along_axis(csum_bn, jnp.maximum(j_b - 1, 0)[:, None],
+                                                    axis=-1)[:, 0], 0.0)
+  inner_bc = jnp.cumsum(jnp.take_along_axis(e_bnc, j_b[:, None, None], axis=1)[:, 0], axis=-1)
+  # The target's place inside the block, rescaled to the block's own cumulative sum (the two
+  # sums of one block may differ in the last bit).
+  t_b = (target_b - before_b) / (upto_b - before_b) * inner_bc[:, -1]
+  i_b = jnp.argmax(inner_bc >= t_b[:, None], axis=-1)
+  return (j_b * _BLOCK + i_b).astype(jnp.int32)
+
+
+def _nucleus(sorted_logits_bk, top_p: float, lse_b1=None):
   """Sorted (descending) logits with everything past the top-p mass set to -inf.
 
   Keeps the smallest prefix whose probability reaches ``top_p`` (at least one token): token
-  j stays iff the mass strictly before it is < top_p.
+  j stays iff the mass strictly before it is < top_p. Probabilities are normalised over the
+  given logits, or by ``lse_b1`` (the log-normaliser of a larger set they were taken from).
   """
-  probs = jax.nn.softmax(sorted_logits_bk, axis=-1)
+  if lse_b1 is None:
+    lse_b1 = jax.nn.logsumexp(sorted_logits_bk, axis=-1, keepdims=True)
+  probs = jnp.exp(sorted_logits_bk - lse_b1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
   keep = (mass_before < top_p).at[:, 0].set(True)
   return jnp.where(keep, sorted_logits_bk, -jnp.inf)
+
+
+def _top_p(logits_bv, rng, top_p: float):
+  """A draw from the top-p nucleus of the whole vocabulary [B] (0 < top_p < 1).
+
+  The nucleus is looked for among the ``NUCLEUS_CANDIDATES`` most likely tokens (a partial
+  sort); if they hold less than top_p of some row's mass, the cut is found by bisection on
+  the logit instead (no sort of the vocabulary): token i is kept iff the mass of the tokens
+  more likely than it is < top_p, the same set as the sorted prefix of ``_nucleus``.
+  """
+  v = logits_bv.shape[-1]
+  vals_bk, idx_bk = jax.lax.top_k(logits_bv, min(NUCLEUS_CANDIDATES, v))           # descending
+  lse_b1 = jax.nn.logsumexp(logits_bv, axis=-1, keepdims=True)
+
+  def among_candidates():
+    kept = _nucleus(vals_bk, top_p, lse_b1)
+    return jnp.take_along_axis(idx_bk, _categorical(rng, kept)[:, None], axis=-1)[:, 0]
+
+  def bisection():
+    probs_bv = jnp.exp(logits_bv - lse_b1)
+
+    def halve(_, bounds):     # invariant: mass(> hi) < top_p <= mass(> lo)
+      lo, hi = bounds
+      mid = 0.5 * (lo + hi)
+      below = jnp.sum(jnp.where(logits_bv > mid, probs_bv, 0.0), -1, keepdims=True) < top_p
+      return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+    lo = jnp.min(jnp.where(logits_bv > -jnp.inf, logits_bv, jnp.inf), -1, keepdims=True) - 1.0
+    _, hi = jax.lax.fori_loop(0, 40, halve, (lo, vals_bk[:, :1]))
+    return _categorical(rng, jnp.where(logits_bv >= hi, logits_bv, -jnp.inf))
+
+  covered = jnp.all(jnp.sum(jnp.exp(vals_bk - lse_b1), axis=-1) >= top_p)
+  return jax.lax.cond(covered, among_candidates, bisection).astype(jnp.int32)
+
+
+def _argmax(logits_bv):
+  """argmax over the last axis [B] (first of ties): a max and a min, which XLA:CPU runs
+  several times faster than its (value, index) argmax reduction over a vocabulary."""
+  v = logits_bv.shape[-1]
+  top_b1 = jnp.max(logits_bv, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits_bv.shape, 1)
+  return jnp.minimum(jnp.min(jnp.where(logits_bv == top_b1, iota, v), axis=-1), v - 1)
 
 
 def sample_token(logits_bv, rng, temperature: float, top_p: float, top_k: int = 0):
@@ -62,23 +142,19 @@ def sample_token(logits_bv, rng, temperature: float, top_p: float, top_k: int = 
   Returns:
     [B] int32 token ids.
   """
-  if temperature == 0.0 or top_k == 1:
-    return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  if temperature == 0.0 or top_k == 1 or top_p <= 0.0:
+    return _argmax(logits_bv)
   logits = logits_bv.astype(jnp.float32) / temperature
   if 0 < top_k < logits.shape[-1]:
-    # Draw among the k candidates only: no [B, V] sort and no [B, V] random numbers.
+    # Draw among the k candidates only: no [B, V] sort.
     vals_bk, idx_bk = jax.lax.top_k(logits, top_k)                                # descending
     if top_p < 1.0:
       vals_bk = _nucleus(vals_bk, top_p)
-    choice = jax.random.categorical(rng, vals_bk, axis=-1)
+    choice = _categorical(rng, vals_bk)
     return jnp.take_along_axis(idx_bk, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
   if top_p < 1.0:
-    sorted_bv = jnp.sort(logits, axis=-1)[:, ::-1]
-    kept = _nucleus(sorted_bv, top_p)
-    # The smallest kept logit is the cutoff (ties with it are kept too).
-    cutoff = jnp.min(jnp.where(jnp.isfinite(kept), kept, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return _top_p(logits, rng, top_p)
+  return _categorical(rng, logits)
 
 
 # ----------------------------------------------------------------------------- the core

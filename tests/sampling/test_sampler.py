@@ -226,18 +226,35 @@ def test_top_k_1_rollouts_equal_greedy(llama, greedy):
   assert out.tolist() == greedy
 
 
-@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (5, 0.5), (0, 0.5)])
-def test_draws_stay_in_the_allowed_set_with_the_renormalised_frequencies(top_k, top_p):
-  logits = _logits(seed=2, b=1)[0]
-  keys = jax.random.split(jax.random.key(0), 4000)
-  draw = jax.jit(jax.vmap(lambda k: sample_token(logits[None], k, 1.0, top_p, top_k)[0]))
-  got = np.asarray(draw(keys))
-  # The allowed set: the top k, then the smallest prefix holding top_p of their mass.
-  order = np.argsort(-np.asarray(logits))[:top_k or V]
-  probs = np.exp(np.asarray(logits)[order] - np.asarray(logits)[order].max())
-  probs /= probs.sum()
+def _allowed(logits, top_k, top_p):
+  """numpy reference: (allowed ids, their renormalised probabilities) after top-k, top-p."""
+  v = logits.shape[-1]
+  order = np.argsort(-logits, kind="stable")[:top_k or v]
+  probs = np.exp(logits[order] - logits.max())
+  probs /= np.exp(logits - logits.max()).sum() if not top_k else probs.sum()
   keep = (np.cumsum(probs) - probs) < top_p
-  allowed, p_allowed = order[keep], probs[keep] / probs[keep].sum()
+  keep[0] = True
+  return order[keep], probs[keep] / probs[keep].sum()
+
+
+@pytest.mark.parametrize("top_k,top_p,v,scale", [
+    (5, 1.0, V, 2.0), (5, 0.5, V, 2.0), (0, 0.5, V, 2.0), (0, 1.0, 300, 1.0),
+    (200, 1.0, 300, 1.0),                      # several blocks of the inverse-CDF draw
+    (0, 0.6, 1000, 3.0),                       # the nucleus within the top candidates
+    (0, 0.9, 1000, 0.3)])                      # not: the cut is found by bisection
+def test_draws_stay_in_the_allowed_set_with_the_renormalised_frequencies(top_k, top_p, v, scale):
+  from prefjax.sampling import sampler
+  logits = np.random.default_rng(2).normal(0, scale, v).astype(np.float32)
+  logits[::7] = -np.inf                        # never drawn
+  allowed, p_allowed = _allowed(logits, top_k, top_p)
+  if not top_k and top_p < 1:
+    top = np.sort(np.exp(logits - logits.max()))[::-1]
+    covered = top[:sampler.NUCLEUS_CANDIDATES].sum() / top.sum() >= top_p
+    assert covered == (scale > 1), "each branch of the top-p draw is tested"
+  keys = jax.random.split(jax.random.key(0), 4000)
+  draw = jax.jit(jax.vmap(lambda k: sample_token(jnp.asarray(logits)[None], k, 1.0, top_p,
+                                                 top_k)[0]))
+  got = np.asarray(draw(keys))
   assert set(np.unique(got)) <= set(allowed.tolist())
   freq = np.array([(got == t).mean() for t in allowed])
   np.testing.assert_allclose(freq, p_allowed, atol=0.03)
