@@ -50,6 +50,9 @@ _TABLE = flags.DEFINE_bool("table", False, "Plan the grid of --table_models x me
 _TABLE_MODELS = flags.DEFINE_string("table_models", "llama:1b,llama:8b,llama:70b",
                                     "Models of --table.")
 _TABLE_MESHES = flags.DEFINE_string("table_meshes", "1,8,64", "fsdp mesh sizes of --table.")
+_LAYOUT = flags.DEFINE_enum("layout", "plain", ["plain", "packed"],
+                            "Row layout: one row per response, or prompt-shared pairs packed "
+                            "into rows of 2 * max_len tokens.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 256, "Vocabulary of a preset model.")
 _PROBE = flags.DEFINE_string(
     "probe_layers", "", "Two depths, e.g. 2,4: compile those and extend linearly to the "
@@ -101,7 +104,8 @@ def main(argv):
                             devices=jax.devices()[:n])
   t0 = time.perf_counter()
   kw = dict(batch=_BATCH.value, max_len=_MAX_LEN.value, lora_rank=_LORA.value,
-            opt_state_dtype=_OPT.value, reference=_REF.value, logps_chunk=_CHUNK.value or None)
+            opt_state_dtype=_OPT.value, reference=_REF.value, logps_chunk=_CHUNK.value or None,
+            layout=_LAYOUT.value)
   if _PROBE.value:
     probe = tuple(int(x) for x in _PROBE.value.split(","))
     plan = memory_plan.plan_step_by_depth(cfg, mesh, probe_layers=probe, **kw)
@@ -111,7 +115,7 @@ def main(argv):
         f"{dict(mesh.shape)}, batch {_BATCH.value} pairs x {_MAX_LEN.value} tokens, "
         f"{'LoRA r=%d' % _LORA.value if _LORA.value else 'full'}, moments {_OPT.value}, "
         f"remat {_REMAT.value}, logps_chunk {_CHUNK.value}, reference {_REF.value}, "
-        f"attention {_ATTN.value or 'default'}; "
+        f"attention {_ATTN.value or 'default'}, layout {_LAYOUT.value}; "
         f"compiled on {jax.default_backend()} in {time.perf_counter() - t0:.0f} s"
         + (f" at {_PROBE.value} layers, extended to {cfg.n_layers}" if _PROBE.value else ""))
   print(plan.breakdown())
@@ -140,7 +144,7 @@ def table(jax, sharding, memory_plan):
         mesh = sharding.make_mesh(1, m, 1, devices=jax.devices()[:m])
         kw = dict(batch=max(_BATCH.value, m), max_len=_MAX_LEN.value, lora_rank=lora,
                   opt_state_dtype=_OPT.value, reference=_REF.value,
-                  logps_chunk=_CHUNK.value or None)
+                  logps_chunk=_CHUNK.value or None, layout=_LAYOUT.value)
         t0 = time.perf_counter()
         bound = memory_plan.plan_step(cfg, mesh, compile=False, **kw)
         if bound.params_optimizer / memory_plan.GIB > largest:

@@ -12,8 +12,9 @@ assignment (``compiled.memory_analysis()``), which is per device for a sharded s
                     pass, gradients, the reference's forward)
   total             arguments + outputs not aliased to a donated argument + temporaries
 
-The batch is the plain layout (``prefjax.data.pipeline.encode_pair``): ``batch`` pairs of
-two ``[max_len]`` rows (chosen and rejected), the longest a batch can be.
+The batch is ``batch`` pairs at their longest: two ``[max_len]`` rows each (the plain layout,
+``prefjax.data.pipeline.encode_pair``), or prompt-shared pairs packed into rows of
+``2 * max_len`` tokens (``layout="packed"``, the real-model recipes' default).
 
 What it is not: the compile runs on the host's backend (XLA:CPU with simulated devices when
 planning a mesh on a laptop); another backend fuses and schedules differently, so its
@@ -160,13 +161,28 @@ def abstract_model(cfg: ModelConfig):
   return graphdef, params, model
 
 
-def pair_batch(batch: int, max_len: int, reference_cache: bool = False) -> dict:
-  """Abstract plain-layout pairwise batch (``pipeline.encode_pair``): [B, T] int32 rows."""
-  from prefjax.data.collate import ROW_FIELDS
-  row = jax.ShapeDtypeStruct((batch, max_len), jnp.int32)
+def pair_batch(batch: int, max_len: int, reference_cache: bool = False,
+               layout: str = "plain") -> dict:
+  """Abstract pairwise batch of ``batch`` pairs.
+
+  "plain" (``pipeline.encode_pair``): chosen_* and rejected_* rows [B, max_len] int32.
+  "packed" (``prefjax.data.layout``, the real-model recipes' default): prompt-shared pairs
+  in ceil(B / 2) rows of 2 * max_len tokens, the layout's default rows and row length.
+  """
   vec = jax.ShapeDtypeStruct((batch,), jnp.float32)
-  out = {f"{side}_{k}": row for side in ("chosen", "rejected") for k in ROW_FIELDS}
-  out.update(truncated=vec, completion_truncated=vec, example_mask=vec, alpha=vec)
+  if layout == "packed":
+    from prefjax.data.layout import ROW_FIELDS as PACKED_FIELDS
+    row = jax.ShapeDtypeStruct((-(-batch // 2), 2 * max_len), jnp.int32)
+    out = {f"rows_{k}": row for k in PACKED_FIELDS}
+    out.update(slot_source=jax.ShapeDtypeStruct((batch, 2), jnp.int32), truncated=vec,
+               example_mask=vec, alpha=vec)
+  elif layout == "plain":
+    from prefjax.data.collate import ROW_FIELDS
+    row = jax.ShapeDtypeStruct((batch, max_len), jnp.int32)
+    out = {f"{side}_{k}": row for side in ("chosen", "rejected") for k in ROW_FIELDS}
+    out.update(truncated=vec, completion_truncated=vec, example_mask=vec, alpha=vec)
+  else:
+    raise ConfigError(f"layout must be 'plain' or 'packed', got {layout!r}")
   if reference_cache:          # cached reference log-probs travel as batch fields
     out.update(ref_chosen_logps=vec, ref_rejected_logps=vec)
   return out
@@ -174,8 +190,8 @@ def pair_batch(batch: int, max_len: int, reference_cache: bool = False) -> dict:
 
 def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: int = 0,
               opt_state_dtype: str | None = None, reference: str = "model",
-              logps_chunk: int | None = None, loss: str = "dpo", compile: bool = True,
-              return_compiled=False):
+              logps_chunk: int | None = None, loss: str = "dpo", layout: str = "plain",
+              compile: bool = True, return_compiled=False):
   """Compiles the DPO train step on abstract shapes over ``mesh``; returns a ``Plan``.
 
   Args:
@@ -189,6 +205,7 @@ def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: in
     reference: "model" (the step runs the reference model: full fine-tuning holds a second
       copy of the weights) or "cache" (reference log-probs come with the batch).
     logps_chunk: tokens per chunk of the vocabulary log-softmax (None: full logits).
+    layout: "plain" or "packed" rows (``pair_batch``).
     compile: False skips XLA: only the parameter, optimizer and batch bytes (a lower bound;
       temporaries and outputs 0).
   Returns:
@@ -230,7 +247,7 @@ def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: in
     raise ConfigError(f"batch={batch} pairs do not split over the {n_batch} data x fsdp "
                       f"devices of the mesh; use a multiple of {n_batch}")
   abstract_batch = pair_batch(batch, max_len, reference_cache=(
-      reference == "cache" and objective.needs_reference and not lora_rank))
+      reference == "cache" and objective.needs_reference and not lora_rank), layout=layout)
   sizes = dict(
       trainable=per_device_bytes(trainable, trainable_sh),
       optimizer=per_device_bytes(opt_state, opt_sh),

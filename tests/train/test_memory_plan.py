@@ -158,3 +158,12 @@ def test_fsdp8_holds_an_eighth_of_the_state_per_device():
   assert out["mu_spec"] == out["param_spec"] != "PartitionSpec()", out
   # activations are split over the batch too (one pair per device instead of eight)
   assert eight["temporaries"] < one["temporaries"] / 2, out
+
+
+def test_packed_layout_plans_the_recipes_rows():
+  # 4 pairs packed into 2 rows of 64 tokens: 7 int32 fields per row token, 2 slots and 3
+  # float32 fields per pair, 2 cached reference log-probs per pair
+  plan = memory_plan.plan_step(_cfg(), _mesh1(), batch=4, max_len=32, layout="packed",
+                               reference="cache", logps_chunk=16)
+  assert plan.batch == 2 * 64 * 7 * 4 + 4 * (2 * 4 + 3 * 4 + 2 * 4)
+  assert plan.temporaries > 0
