@@ -29,7 +29,10 @@ BENCHMARKS.md compares a plan with a measured peak RSS).
 Deep models compile slowly on a CPU (minutes for 32 layers on 8 simulated devices);
 ``plan_step_by_depth`` compiles two shallow copies (e.g. 2 and 4 layers) and extends every
 byte count linearly in depth: parameters, moments and gradients grow exactly by one block's
-worth per layer, and so do the activations a block keeps for the backward pass.
+worth per layer, and so do the activations a block keeps for the backward pass. Measured
+against full compiles (bfloat16, batch 8 x 2048, remat "block"): probes at 4 and 8 layers
+are within 0.1% (Llama-3.2-1B shapes, 1 device) and 4% (Llama-3.1-8B, fsdp=8) of the total;
+probes at 2 and 4 layers are off by up to 19% (too shallow to be linear yet).
 """
 from __future__ import annotations
 
