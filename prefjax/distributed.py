@@ -6,7 +6,8 @@ builds one global mesh. What changes with several processes:
 
 * ``initialize()`` must run before any other JAX call;
 * a global batch array is assembled from the rows this host holds (``host_batch``), and
-  each host only needs to encode those rows (``process_rows``, ``local_batches``);
+  each host only needs to encode those rows (``process_rows``;
+  ``prefjax.data.host_batches.local_batches``);
 * only process 0 writes logs and summaries (``is_main``); Orbax checkpoints are written by
   every process cooperatively (each its own shards).
 
@@ -17,7 +18,6 @@ On CPU (tests, 2 local processes) JAX >= 0.5 uses gloo collectives by default
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -128,49 +128,3 @@ def host_batch(batch: dict, sharding: Sharding, global_batch_size: int | None = 
       sharding, np.asarray(v), (global_batch_size,) + tuple(v.shape[1:]))
           for k, v in local.items()}
 
-
-class LocalBatches:
-  """``batches[step]`` with only this process's rows encoded (a global batch is the same
-  shuffled examples as ``pipeline.batched``; this host encodes rows [lo, hi) of each).
-
-  Wraps a random-access dataset of *raw example lists* (``grain.MapDataset.batch`` without
-  encoding) and an encoder; pass ``global_batch_size`` to ``host_batch``.
-  """
-
-  def __init__(self, raw_batches, encode: Callable, rows: tuple[int, int]):
-    self.raw, self.encode, self.rows = raw_batches, encode, rows
-
-  def __len__(self):
-    return len(self.raw)
-
-  def __getitem__(self, step: int):
-    from prefjax.data import pipeline
-    examples = list(self.raw[step])
-    lo, hi = self.rows
-    if getattr(self.encode, "batch_level", False):   # the encoder needs the whole batch
-      return {k: v[lo:hi] for k, v in self.encode(examples).items()}
-    return pipeline.stack([self.encode(ex) for ex in examples[lo:hi]])
-
-
-def local_batches(examples: Sequence[dict], encode: Callable, batch_size: int, *, seed: int,
-                  num_steps: int, sharding: Sharding, shuffle: bool = True):
-  """Like ``pipeline.batched`` but each process encodes only its rows of every batch.
-
-  Returns ``(batches, global_batch_size)``; feed ``host_batch(batches[i], sharding,
-  global_batch_size)``. With one process (or a non-contiguous layout) it is
-  ``pipeline.batched`` itself.
-  """
-  from prefjax.data import pipeline
-  full = pipeline.batched(examples, encode, batch_size, seed=seed, num_steps=num_steps,
-                          shuffle=shuffle)
-  rows = process_rows(batch_size, sharding)
-  if jax.process_count() == 1 or rows is None:
-    return full, batch_size
-  import grain
-  import math
-  epochs = max(1, math.ceil(num_steps * batch_size / len(examples)))
-  ds = grain.MapDataset.source(list(examples)).repeat(epochs)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  raw = ds.batch(batch_size, drop_remainder=True, batch_fn=list)
-  return LocalBatches(raw, encode, rows), batch_size

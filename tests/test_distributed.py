@@ -76,7 +76,7 @@ def test_single_process_helpers_and_local_encoding():
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from prefjax import distributed, sharding
-  from prefjax.data import pipeline
+  from prefjax.data import host_batches, pipeline
   from prefjax.testbed import world
   from tests.train import helpers
 
@@ -89,7 +89,7 @@ def test_single_process_helpers_and_local_encoding():
   pairs = world.preference_pairs(world.WorldConfig(tasks=("sort",)), 40)
   enc = pipeline.encode_pair(helpers.TOK, 32)
   full = pipeline.batched(pairs, enc, 8, seed=3, num_steps=9)
-  batches, n = distributed.local_batches(pairs, enc, 8, seed=3, num_steps=9, sharding=batch_sh)
+  batches, n = host_batches.local_batches(pairs, enc, 8, seed=3, num_steps=9, sharding=batch_sh)
   assert n == 8 and batches is not None
   placed = distributed.host_batch(full[6], batch_sh)
   for k, v in full[6].items():
@@ -98,7 +98,7 @@ def test_single_process_helpers_and_local_encoding():
   import grain
   raw = grain.MapDataset.source(list(pairs)).repeat(2).shuffle(seed=3).batch(
       8, drop_remainder=True, batch_fn=list)
-  part = distributed.LocalBatches(raw, enc, (2, 6))
+  part = host_batches.LocalBatches(raw, enc, (2, 6))
   for step in (0, 4, 8):
     for k, v in full[step].items():
       np.testing.assert_array_equal(part[step][k], v[2:6])

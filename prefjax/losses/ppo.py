@@ -6,7 +6,7 @@ Per completion action t (mask m_t = 1), with ratio rho_t = exp(log pi(a_t) - log
   l^V_t   = 1/2 max((V_t - R_t)^2, (V_old,t + clip(V_t - V_old,t, -c, c) - R_t)^2)
   l_t     = l^pi_t + vf_coef l^V_t - entropy_coef H_t + beta_t k(log pi(a_t), log pi_ref(a_t))
 
-(eps_high > eps_low is DAPO's "clip-higher"; k is a KL estimator from ``prefjax.rl.kl``, its
+(eps_high > eps_low is DAPO's "clip-higher"; k is a KL estimator from ``prefjax.losses.kl``, its
 coefficient beta a batch field so an adaptive controller never recompiles the step; with
 beta = 0 the reference log-probs are unused.) Aggregation over tokens, stated explicitly:
 
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from prefjax.errors import ConfigError
 from prefjax.losses.registry import register
-from prefjax.rl.kl import kl_estimate
+from prefjax.losses.kl import kl_estimate
 
 AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum")
 

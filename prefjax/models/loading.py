@@ -16,11 +16,17 @@ import json
 import os
 from typing import Any
 
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+
 from prefjax import hostmem
 from prefjax.errors import ConfigError, DataError
 from prefjax.models.config import ModelConfig
 from prefjax.models.hf import load_hf_dir
 from prefjax.models.hf_weights import abstract_params
+from prefjax.sharding import logical_to_spec
+from prefjax.tokenizers import Tokenizer
 
 MODEL_CONFIG = "model_config.json"
 PARAMS_DIR = "params"
@@ -46,16 +52,29 @@ def hf_tokenizer(path: str):
   when it has no ``tokenizer.json`` or the ``tokenizers`` extra is not installed."""
   if not os.path.exists(os.path.join(path, "tokenizer.json")):
     return None
-  try:
-    from prefjax.tokenizers import Tokenizer
-  except ImportError:
-    return None
   return Tokenizer.from_hf_dir(path)
+
+
+def save_params(directory: str, params) -> None:
+  """Writes a bare parameter tree (e.g. the final policy) as an Orbax checkpoint."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(directory), params, force=True)
+
+
+def load_params(directory: str, like=None, shardings=None):
+  """Reads a tree written by ``save_params``; with ``like`` it is restored to that layout."""
+  with ocp.StandardCheckpointer() as ckptr:
+    if like is None:
+      return ckptr.restore(os.path.abspath(directory))
+    if shardings is None:
+      shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), like)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
+    return ckptr.restore(os.path.abspath(directory), abstract)
 
 
 def save_checkpoint(path: str, cfg: ModelConfig, params, extra: dict[str, Any] | None = None):
   """Writes a prefjax checkpoint: ``model_config.json`` and Orbax ``params/``."""
-  from prefjax.train.checkpoint import save_params
   os.makedirs(path, exist_ok=True)
   save_params(os.path.join(path, PARAMS_DIR), params)
   with open(os.path.join(path, MODEL_CONFIG), "w") as f:
@@ -64,10 +83,6 @@ def save_checkpoint(path: str, cfg: ModelConfig, params, extra: dict[str, Any] |
 
 def load_checkpoint(path: str, *, mesh=None):
   """(cfg, graphdef, params, extra) from a directory written by ``save_checkpoint``."""
-  import jax
-  from jax.sharding import NamedSharding
-  from prefjax.sharding import logical_to_spec
-  from prefjax.train.checkpoint import load_params
   fn = os.path.join(path, MODEL_CONFIG)
   try:
     with open(fn) as f:

@@ -21,25 +21,10 @@ with K_beta = n_steps / horizon (n_steps: samples in the batch that measured KL_
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from prefjax.errors import ConfigError
+from prefjax.losses.kl import ESTIMATORS, kl_estimate  # noqa: F401  (re-exported)
 
-ESTIMATORS = ("k1", "k2", "k3")
 KL_PLACEMENTS = ("none", "reward", "loss", "both")
-
-
-def kl_estimate(logps_bt, ref_logps_bt, estimator: str = "k1"):
-  """Per-token KL estimate [...] from policy and reference log-probs of the sampled tokens."""
-  log_ratio = logps_bt - ref_logps_bt            # log p/q
-  if estimator == "k1":
-    return log_ratio
-  if estimator == "k2":
-    return 0.5 * jnp.square(log_ratio)
-  if estimator == "k3":
-    # exp(-l) - 1 + l, written with expm1 for accuracy at small l.
-    return jnp.expm1(-log_ratio) + log_ratio
-  raise ConfigError(f"unknown KL estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
 
 
 def check_placement(placement: str) -> None:

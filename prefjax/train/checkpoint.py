@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from prefjax.models.loading import load_params, save_params  # noqa: F401  (re-exported)
+
 BAD_SUFFIX = ".unreadable"   # bad step folders are renamed <step>.unreadable (not a step name)
 
 
@@ -160,21 +162,3 @@ def _short_reason(e: BaseException) -> str:
   text = (str(e).strip().splitlines() or [""])[0]
   text = text if len(text) <= 200 else text[:197] + "..."
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def save_params(directory: str, params) -> None:
-  """Writes a bare parameter tree (e.g. the final policy) as an Orbax checkpoint."""
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(directory), params, force=True)
-
-
-def load_params(directory: str, like=None, shardings=None):
-  """Reads a tree written by ``save_params``; with ``like`` it is restored to that layout."""
-  with ocp.StandardCheckpointer() as ckptr:
-    if like is None:
-      return ckptr.restore(os.path.abspath(directory))
-    if shardings is None:
-      shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), like)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
-    return ckptr.restore(os.path.abspath(directory), abstract)

@@ -110,7 +110,7 @@ def run_stage(stage: str, *, train_step: Callable, state, state_shardings, ref_p
     ``max_skips_in_a_row`` consecutive skipped steps.
   handle_signals: catch SIGTERM/SIGINT during the stage (see ``Preempted``).
   global_batch_size: with several processes, ``batches[i]`` may hold only this host's rows
-    (``distributed.local_batches``); give the global batch size then.
+    (``prefjax.data.host_batches.local_batches``); give the global batch size then.
   """
   if nonfinite not in NONFINITE_POLICIES:
     raise ConfigError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE_POLICIES}")
