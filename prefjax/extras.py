@@ -4,7 +4,8 @@ installs them (never a bare ``ModuleNotFoundError`` traceback).
   gguf = require("gguf", "real", "reading a GGUF checkpoint")
 
 Extras (``setup.py``): ``real`` (torch, transformers, tokenizers, safetensors, gguf,
-accelerate, jinja2), ``calibration`` (statsmodels, scipy), ``test`` (pytest).
+accelerate, jinja2), ``calibration`` (statsmodels, scipy), ``tasks`` (reasoning-gym),
+``test`` (pytest).
 """
 from __future__ import annotations
 

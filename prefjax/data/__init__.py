@@ -13,12 +13,13 @@ from prefjax.data.preference_files import (
     split_spec,
 )
 from prefjax.data.preference_formats import PreferenceExample, hh_chat
+from prefjax.data.prompts import PromptItem, read_prompts_file
 from prefjax.data.sources import (
     CONVERSIONS, KINDS, SOURCES, SourceResult, load_examples, register_source, split_heldout)
 
 __all__ = [
     "BATCH_METRICS", "COMPLETION_POLICIES", "CONVERSIONS", "CompletionTooLong", "FORMATS",
-    "KINDS", "PolicyError", "PreferenceExample", "PreferenceFileError", "PromptTooLong",
+    "KINDS", "PolicyError", "PreferenceExample", "PromptItem", "read_prompts_file", "PreferenceFileError", "PromptTooLong",
     "ReadResult", "RowSkipped", "SOURCES", "SourceResult", "TRUNCATION_POLICIES",
     "batch_metrics", "bucket_lengths", "filter_examples", "hh_chat", "load_examples",
     "read_preferences", "read_rows", "register_source", "split_heldout", "split_spec",
