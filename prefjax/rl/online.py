@@ -174,7 +174,8 @@ def run_online_stage(ctx, o, policy_params):
   if len(pool) < o.prompts_per_round:
     raise ConfigError(f"config.online.prompts_per_round={o.prompts_per_round} but the data "
                       f"source has {len(pool)} training prompts")
-  start = jax.tree.map(jnp.copy, policy_params)        # the reference="start" model
+  start = policy_params           # the reference="start" model (read only: the step's
+                                  # state holds its own copy)
   env = rw.SourceEnv(ctx=ctx, policy_params=start)
   sources = rw.build_sources(env, dict(o.rewards), o.reward_kwargs.to_dict())
   encode = ctx.data.encoder(kind, batch_size=o.batch_size)
@@ -241,6 +242,6 @@ def run_online_stage(ctx, o, policy_params):
 
 def online_stage(ctx, models) -> None:
   """Stage function: online rounds from the current policy; reference = that start."""
-  reference = jax.tree.map(jnp.copy, models.policy)
+  reference = models.policy       # read only: no second copy
   models.policy = run_online_stage(ctx, ctx.config.online, models.policy)
   models.reference = reference

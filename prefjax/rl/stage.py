@@ -43,6 +43,7 @@ from flax import nnx
 
 from prefjax import distributed, sharding
 from prefjax.errors import ConfigError
+from prefjax.eval import testbed_eval   # also registers the "oracle" reward source
 from prefjax.losses.ppo import per_token_objective
 from prefjax.rl import advantages as adv_lib
 from prefjax.rl import kl as kl_lib
@@ -202,7 +203,7 @@ def judge_metrics(ctx, view) -> dict:
   """Exact-judge readouts of a rollout, whatever reward trains it: the testbed oracle's
   mean, or the verifier's accuracy and format rate on ``tasks:`` prompts."""
   if getattr(ctx.data, "testbed", False):
-    return {"rollout/oracle_reward": float(np.mean(rw.oracle_source().fn(view)))}
+    return {"rollout/oracle_reward": float(np.mean(testbed_eval.oracle_source().fn(view)))}
   ts = getattr(ctx.data, "taskset", None)
   if ts is None:
     return {}
@@ -257,7 +258,7 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
     raise ConfigError(f"config.rl.rollout_batch_size / group_size = "
                       f"{r.rollout_batch_size // r.group_size} prompts per iteration, but the "
                       f"data source has {len(pool)} training prompts")
-  ref_params = jax.device_put(jax.tree.map(jnp.copy, ref_params), ctx.param_shardings)
+  ref_params = jax.device_put(ref_params, ctx.param_shardings)   # read only: no copy
 
   def reference_sample(n):             # for calibrated reward sources
     idx = np.random.default_rng([c.seed, 7]).choice(len(pool), min(n, len(pool)), replace=False)
@@ -374,6 +375,6 @@ def check_config(c) -> None:
 
 def rl_stage(ctx, models) -> None:
   """Stage function ``(ctx, models)``: RL from the current policy; reference = that start."""
-  reference = jax.tree.map(jnp.copy, models.policy)
+  reference = models.policy       # read only (the step donates its own copy): no 2nd copy
   models.policy = run_rl_stage(ctx, ctx.config.rl, models.policy, reference)
   models.reference = reference
