@@ -8,10 +8,11 @@
 
 Prompts are left-padded to a common width (``left_pad``; segment id 0 on padding, positions
 counted from each row's first real token), the width rounded up by ``bucket_width`` so few
-shapes compile. All prompt tokens but the last are prefilled into the KV cache in one
-forward pass; then a ``lax.while_loop`` feeds one token per row (first the prompt's last
-token) and draws the next, until every row has drawn a stop id or ``max_new_tokens`` were
-drawn. A row that stopped keeps its stop token and is padded after it.
+shapes compile. All prompt tokens but the last are prefilled into the KV cache, in tiles of
+rows of similar length by chunks of columns that skip the left padding (``_prefill``); then
+a ``lax.while_loop`` feeds one token per row (first the prompt's last token) and draws the
+next, until every row has drawn a stop id or ``max_new_tokens`` were drawn. A row that
+stopped keeps its stop token and is padded after it.
 
 Each drawn token also comes with its log-probability under the policy,
 ``log_softmax(logits)[token]`` of the unmodified float32 logits (not the temperature / top-k /
