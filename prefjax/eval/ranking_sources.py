@@ -25,11 +25,11 @@ from pathlib import Path
 import ml_collections
 import orbax.checkpoint as ocp
 
+from prefjax.data.preference_files import PreferenceFileError, read_preferences
 from prefjax.errors import ConfigError, DataError
-
-LOADER_MISSING = ("{path}: not a prefjax workdir (no config.json + checkpoints/), and "
-                  "prefjax.models.loading.load_model is not available in this checkout "
-                  "({err})")
+from prefjax.models.loading import load_model
+from prefjax.train import datasets, export
+from prefjax.train.sources import build_model
 
 
 @dataclasses.dataclass
@@ -60,10 +60,8 @@ def _load_workdir(root: Path, dpo_step_dir: Path | None) -> Models:
   sft = _last_step_dir(root / "checkpoints" / "sft")
   if c.get("model", {}).get("init_from"):
     return _load_real_workdir(root, c, sft, dpo_step_dir)
-  from prefjax.testbed.tokenizer import TestbedTokenizer
-  from prefjax.train import runner
-  tok = TestbedTokenizer()
-  _, graphdef, _ = runner.build_model(c, tok)
+  tok = datasets.default_tokenizer("testbed")
+  _, graphdef, _ = build_model(c, tok)
   dpo = dpo_step_dir or _last_step_dir(root / "checkpoints" / "dpo")
   if sft is None and dpo is None:
     raise ConfigError(f"{root}: no checkpoints under checkpoints/sft or checkpoints/dpo")
@@ -77,8 +75,6 @@ def _load_workdir(root: Path, dpo_step_dir: Path | None) -> Models:
 def _load_real_workdir(root: Path, c, sft: Path | None, dpo_step_dir: Path | None) -> Models:
   """A real-model run: the policy is the final model (``model/``) or one DPO checkpoint, the
   reference the last SFT checkpoint, else the run's starting model."""
-  from prefjax.models.loading import load_model
-  from prefjax.train import export
   _, graphdef, final, tok = export.load_workdir(str(root))
   if dpo_step_dir is not None and c.get("lora", {}).get("rank", 0) > 0:
     raise ConfigError(f"{dpo_step_dir}: a LoRA run's checkpoints hold adapters only; "
@@ -104,10 +100,6 @@ def load_models(path: str) -> Models:
     return _load_workdir(p.parents[2], p)
   if not p.exists():
     raise ConfigError(f"--model {path}: no such file or directory")
-  try:
-    from prefjax.models.loading import load_model  # written on branch realmodels / gguf
-  except ImportError as e:
-    raise ConfigError(LOADER_MISSING.format(path=path, err=e)) from None
   cfg, graphdef, params, tokenizer = load_model(path)
   return Models(graphdef, params, params, tokenizer,
                 f"{path} ({type(cfg).__name__}); reference = the same model")
@@ -125,24 +117,17 @@ class Pairs:
 
 
 def _testbed_pairs(spec: str, config, limit: int | None) -> Pairs:
-  from prefjax.testbed import tasks, world
   parts = spec.split(":")
   names = tuple(parts[1].split("+")) if len(parts) > 1 and parts[1] else ("sort",)
   split = parts[2] if len(parts) > 2 else "eval"
   if split not in ("eval", "train"):
     raise ConfigError(f"--data {spec}: split must be 'eval' or 'train', got {split!r}")
-  for n in names:
-    try:
-      tasks.get_task(n)
-    except (KeyError, ValueError) as e:
-      raise ConfigError(f"--data {spec}: {e}") from None
-  if config is not None:
-    from prefjax.train.runner import world_config
-    wcfg = dataclasses.replace(world_config(config), tasks=names)
-  else:
-    wcfg = world.WorldConfig(tasks=names)
+  try:
+    datasets.check_testbed_tasks(names)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f"--data {spec}: {e}") from None
   n = limit or (config.testbed.n_eval_pairs if config is not None else 256)
-  rows = world.preference_pairs(wcfg, n, split=split)
+  rows = datasets.testbed_task_pairs(config, names, n, split=split)
   pairs = [dict(prompt=r["prompt"], chat=None, chosen=r["chosen"], rejected=r["rejected"],
                 alpha=float(r["alpha"]), id=r["id"]) for r in rows]
   return Pairs(pairs, [], spec, "testbed", alpha_note="exact Bradley-Terry alpha")
@@ -157,7 +142,6 @@ def load_pairs(spec: str, *, config=None, limit: int | None = None,
   """
   if spec.startswith("testbed"):
     return _testbed_pairs(spec, config, limit)
-  from prefjax.data.preference_files import PreferenceFileError, read_preferences
   try:
     res = read_preferences(spec)
   except PreferenceFileError as e:

@@ -6,14 +6,19 @@
     (the sequence-level Monte-Carlo estimator; unbiased, can be slightly negative).
   * implicit-reward accuracy and margins on held-out pairs: beta * log(pi / pi_ref) of the
     chosen minus the rejected response.
+
+The oracle is also a reward source (``"oracle"`` in ``config.rl.rewards``), registered here.
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
 
+from prefjax.errors import ConfigError
 from prefjax.eval.scoring import score_completions
+from prefjax.rl.rewards import RewardSource, register_reward_source
 from prefjax.sampling.sampler import generate
+from prefjax.testbed import world
 from prefjax.testbed.tasks import get_task
 
 
@@ -79,3 +84,14 @@ def implicit_reward_metrics(graphdef, policy_params, ref_params, tokenizer, pair
   margins = logps["chosen"] - logps["rejected"]
   return {"heldout/rewards/accuracies": float((margins > 0).mean()),
           "heldout/rewards/margins": float(margins.mean())}
+
+
+@register_reward_source("oracle")
+def oracle_source(env=None, arg=None) -> RewardSource:
+  """The testbed's exact oracle r*(x, y) in [0, 1] on the decoded completion."""
+  def fn(view):
+    if view.tasks is None or any(t is None for t in view.tasks):
+      raise ConfigError("reward source 'oracle' needs testbed prompts (tasks are unknown)")
+    return np.array([world.oracle_reward(t, p, y) for t, p, y in
+                     zip(view.tasks, view.prompts, view.completions)], np.float32)
+  return RewardSource("oracle", "sequence", fn)

@@ -17,10 +17,17 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from prefjax.errors import PrefjaxError
+from prefjax.eval import ranking_sources
+from prefjax.models.config import ModelConfig
+from prefjax.models.loading import hf_tokenizer, load_model
 from prefjax.rewards.implicit import ImplicitRewardScorer
+from prefjax.rewards.model import build_reward_model
 from prefjax.rewards.scoring import RewardScorer
+from prefjax.train.datasets import default_tokenizer
+from prefjax.train.sources import build_model
 
 KINDS = ("auto", "reward", "implicit", "loglik")
+TESTBED_DATA = ("world", "length_bias")   # config.reward.data drawn from the testbed
 
 
 class ModelLoadError(PrefjaxError, ValueError):
@@ -64,10 +71,13 @@ def _check(graphdef, params, where):
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
+def reward_tokenizer(c):
+  """The tokenizer of a preset reward model: testbed characters or UTF-8 bytes."""
+  return default_tokenizer("testbed" if c.reward.data in TESTBED_DATA else c.reward.data)
+
+
 def _reward_tokenizer_and_config(workdir, c):
   """The tokenizer and model config a reward stage recorded in ``params/reward.json``."""
-  from prefjax.models.config import ModelConfig
-  from prefjax.rewards import training
   fn = os.path.join(workdir, "params", "reward.json")
   meta = {}
   if os.path.isfile(fn):
@@ -76,9 +86,8 @@ def _reward_tokenizer_and_config(workdir, c):
   cfg = ModelConfig.from_dict(meta["model"]) if "model" in meta else None
   name = meta.get("tokenizer")
   if name in (None, "TestbedTokenizer", "ByteTokenizer"):
-    return training.reward_tokenizer(c), cfg
+    return reward_tokenizer(c), cfg
   tok_dir = os.path.join(workdir, "model", "tokenizer")
-  from prefjax.models.loading import hf_tokenizer, load_model
   tok = hf_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
   if tok is None and meta.get("model_source"):
     tok = load_model(meta["model_source"])[3]
@@ -95,9 +104,8 @@ def load_reward_model(path: str):
   if not os.path.isdir(d):
     raise ModelLoadError(f"{path}: no params/reward (run the 'reward' stage first)")
   c = _config(path)
-  from prefjax.rewards import training   # noqa: late import (training imports the runner's deps)
   tok, model_cfg = _reward_tokenizer_and_config(path, c)
-  _, graphdef, _ = training.build_reward_model(c, tok, model_cfg)
+  _, graphdef, _ = build_reward_model(c, tok, model_cfg)
   params = _restore_params(d)
   _check(graphdef, params, d)
   return graphdef, params
@@ -113,7 +121,6 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
   if not os.path.isdir(path):
     raise ModelLoadError(f"{path}: no such directory")
   c = _config(path)
-  from prefjax.rewards import training   # noqa: late import (training imports the runner's deps)
   if kind == "auto":
     kind = "reward" if os.path.isdir(os.path.join(path, "params", "reward")) else "implicit"
   if kind == "reward":
@@ -121,7 +128,7 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
     if not os.path.isdir(d):
       raise ModelLoadError(f"{path}: no params/reward (run the 'reward' stage first)")
     tok, model_cfg = _reward_tokenizer_and_config(path, c)
-    _, graphdef, _ = training.build_reward_model(c, tok, model_cfg)
+    _, graphdef, _ = build_reward_model(c, tok, model_cfg)
     params = _restore_params(d)
     _check(graphdef, params, d)
     ml = max_len or c.reward.get("max_len", c.data.max_len)
@@ -130,9 +137,7 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
   if c.get("model", {}).get("init_from"):
     graphdef, policy, ref, tok = _real_policy_and_reference(path)
   else:
-    from prefjax.testbed.tokenizer import TestbedTokenizer
-    from prefjax.train.runner import build_model
-    tok = TestbedTokenizer()
+    tok = default_tokenizer("testbed")
     _, graphdef, init = build_model(c, tok)
     policy = _latest_stage_params(path, "dpo")
     if policy is None:
@@ -148,7 +153,6 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
 
 def _real_policy_and_reference(path):
   """A real-model run's final model and its reference (the SFT model, else the start)."""
-  from prefjax.eval import ranking_sources
   if not os.path.isdir(os.path.join(path, "checkpoints", "dpo")):
     raise ModelLoadError(f"{path}: no checkpoints/dpo (an implicit reward needs a DPO run)")
   m = ranking_sources.load_models(path)

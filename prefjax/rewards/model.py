@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefjax.models.config import ModelConfig
+from prefjax.models.config import ModelConfig, make_config
 from prefjax.models.layers import param
 from prefjax.models.transformer import Transformer
 
@@ -102,3 +102,12 @@ def reward_params_from_backbone(reward_params: dict, backbone_params: dict) -> d
   out = dict(reward_params)
   out["backbone"] = backbone_params
   return out
+
+
+def build_reward_model(c, tokenizer, model_cfg=None):
+  """(model, graphdef, pure params) of a fresh ``RewardModel`` (``model_cfg`` or preset)."""
+  mcfg = model_cfg or make_config(c.model.preset, vocab_size=tokenizer.vocab_size,
+                                  overrides=c.model.overrides.to_dict())
+  model = RewardModel(mcfg, nnx.Rngs(c.seed))
+  graphdef, state = nnx.split(model)
+  return model, graphdef, nnx.to_pure_dict(state)

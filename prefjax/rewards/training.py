@@ -22,51 +22,26 @@ import os
 
 import jax
 import numpy as np
-from flax import nnx
 
 from prefjax import sharding
-from prefjax.models import make_config
 from prefjax.rewards.calibration import spearman
-from prefjax.rewards.model import RewardModel, reward_params_from_backbone
+from prefjax.rewards.loading import TESTBED_DATA, load_scorer
+from prefjax.rewards.model import build_reward_model, reward_params_from_backbone
 from prefjax.rewards.scoring import RewardScorer
-from prefjax.testbed import length_bias, world
 from prefjax.train.checkpoint import save_params
+from prefjax.train.datasets import testbed_reward_pairs
 from prefjax.train.objective import make_objective
-
-TESTBED_DATA = ("world", "length_bias")
-
-
-def reward_tokenizer(c):
-  """The tokenizer of a preset reward model: testbed characters or UTF-8 bytes."""
-  from prefjax.train.sources import default_tokenizer
-  return default_tokenizer("testbed" if c.reward.data in TESTBED_DATA else c.reward.data)
-
-
-def _world(c):
-  from prefjax.testbed.source import world_config
-  return world_config(c, "testbed")
+from prefjax.train.stages import accum, copy_params, train_stage
 
 
 def reward_pairs(c, split: str, n: int, data=None):
   """Preference pairs {prompt, chosen, rejected[, alpha, reward_chosen, reward_rejected]}."""
   r = c.reward
-  if r.data == "world":
-    return world.preference_pairs(_world(c), n, split="train" if split == "train" else "eval")
-  if r.data == "length_bias":
-    lb = length_bias.LengthBias(**r.length_bias.to_dict())
-    return length_bias.length_bias_pairs(_world(c), lb, n, split=split)
+  if r.data in TESTBED_DATA:
+    return testbed_reward_pairs(c, r.data, split, n)
   pairs = data.examples("pairwise", "train" if split == "train" else "eval",
                         spec=r.data or None)
   return pairs[:n] if n else pairs
-
-
-def build_reward_model(c, tokenizer, model_cfg=None):
-  """(model, graphdef, pure params) of a fresh ``RewardModel`` (``model_cfg`` or preset)."""
-  mcfg = model_cfg or make_config(c.model.preset, vocab_size=tokenizer.vocab_size,
-                                  overrides=c.model.overrides.to_dict())
-  model = RewardModel(mcfg, nnx.Rngs(c.seed))
-  graphdef, state = nnx.split(model)
-  return model, graphdef, nnx.to_pure_dict(state)
 
 
 def _max_len(c):
@@ -75,7 +50,6 @@ def _max_len(c):
 
 def train_reward_model(ctx, backbone_params) -> dict:
   """Trains ``RewardModel(backbone = backbone_params)``; returns summary entries."""
-  from prefjax.train.stages import accum, copy_params, train_stage
   c = ctx.config
   model, graphdef, params = build_reward_model(c, ctx.tokenizer, ctx.model_cfg)
   params = reward_params_from_backbone(params, copy_params(backbone_params))
@@ -102,7 +76,6 @@ def evaluate_reward_model(ctx) -> dict:
   c = ctx.config
   graphdef, params = ctx.reward or (None, None)
   if params is None:
-    from prefjax.rewards.loading import load_scorer
     scorer, _ = load_scorer(ctx.workdir, kind="reward")
   else:
     scorer = RewardScorer(graphdef, params, ctx.tokenizer, max_len=_max_len(c))

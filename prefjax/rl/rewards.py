@@ -21,7 +21,8 @@ as ``{name: weight}`` (a weighted sum) with keyword arguments in ``config.rl.rew
   verifier          the task's exact score (reasoning-gym's ``score_answer`` on the answer
                     read in the requested format; ``tasks:`` data)
   format            1 when the response gives its answer in the requested format
-  oracle            the testbed's exact reward r*(x, y)
+  oracle            the testbed's exact reward r*(x, y) (registered by the testbed's
+                    evaluator, ``prefjax.eval.testbed_eval``)
   length_penalty    -(completion tokens) / scale
   sequence_rm       a reward model trained first as a sub-stage (or by a ``reward`` stage)
   token_rm          a token-level reward model trained first on minimal edits
@@ -328,19 +329,6 @@ def length_penalty_source(env, arg=None, *, scale: float = 100.0) -> RewardSourc
   if scale <= 0:
     raise ConfigError(f"config.rl.reward_kwargs.length_penalty.scale must be > 0, got {scale}")
   return RewardSource("length_penalty", "sequence", lambda view: -view.lengths / scale)
-
-
-@register_reward_source("oracle")
-def oracle_source(env=None, arg=None) -> RewardSource:
-  """The testbed's exact oracle r*(x, y) in [0, 1] on the decoded completion."""
-  from prefjax.testbed import world
-
-  def fn(view):
-    if view.tasks is None or any(t is None for t in view.tasks):
-      raise ConfigError("reward source 'oracle' needs testbed prompts (tasks are unknown)")
-    return np.array([world.oracle_reward(t, p, y) for t, p, y in
-                     zip(view.tasks, view.prompts, view.completions)], np.float32)
-  return RewardSource("oracle", "sequence", fn)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "method"))

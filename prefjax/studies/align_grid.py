@@ -18,7 +18,7 @@ from prefjax import sharding
 from prefjax.data import pipeline
 from prefjax.eval import testbed_eval
 from prefjax.models import Transformer, make_config
-from prefjax.testbed.tokenizer import TestbedTokenizer
+from prefjax.train.datasets import default_tokenizer
 from prefjax.train.objective import Objective, make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.step import init_state, make_train_step
@@ -28,7 +28,7 @@ from flax import nnx
 @dataclasses.dataclass
 class Grid:
   """A model shape plus caches of compiled steps. Build with ``Grid.make``."""
-  tok: TestbedTokenizer
+  tok: object                 # the testbed tokenizer
   graphdef: nnx.GraphDef
   init_params: dict
   param_sh: dict
@@ -39,7 +39,7 @@ class Grid:
 
   @classmethod
   def make(cls, *, n_layers=1, dim=64, max_len=32, seed=0, preset="testbed-tiny"):
-    tok = TestbedTokenizer()
+    tok = default_tokenizer("testbed")
     mcfg = make_config(preset, vocab_size=tok.vocab_size,
                        overrides={"n_layers": n_layers, "dim": dim})
     model = Transformer(mcfg, nnx.Rngs(seed))

@@ -1,15 +1,17 @@
 """The testbed as a data source: examples of every kind from ``config.testbed``.
 
 ``data.train = "testbed"`` (the default) or ``"testbed:TASK[,TASK...]"`` selects the
-synthetic world; this module is the only place the runner reaches into the world for data
-(the evaluator, ``prefjax.eval.testbed_eval``, reaches it for the oracle).
+synthetic world; this module, through ``prefjax.train.datasets``, is the only place the
+library reaches into the world for data (the evaluator, ``prefjax.eval.testbed_eval``,
+reaches it for the oracle).
 """
 from __future__ import annotations
 
 import dataclasses
 
 from prefjax.errors import ConfigError
-from prefjax.testbed import world
+from prefjax.testbed import length_bias, world
+from prefjax.testbed.tasks import get_task
 
 PREFIX = "testbed"
 
@@ -60,3 +62,36 @@ def eval_prompts(c, n: int) -> list[tuple[str, str]]:
 def train_prompts(c, n: int) -> list[tuple[str, str]]:
   """Training (task, prompt) pairs for sampling stages (disjoint from ``eval_prompts``)."""
   return [(e["task"], e["prompt"]) for e in world.sft_examples(world_config(c), n, split="train")]
+
+
+_WORLD_EXAMPLES = {"sft": world.sft_examples, "pairwise": world.preference_pairs,
+                   "unpaired": world.unpaired_examples, "multi": world.group_preferences}
+
+
+def world_examples(wcfg: world.WorldConfig, kind: str, n: int, split: str = "train"):
+  """``n`` examples of ``kind`` (sft, pairwise, multi, unpaired) drawn from the world ``wcfg``."""
+  return _WORLD_EXAMPLES[kind](wcfg, n, split)
+
+
+def reward_pairs(c, data: str, split: str, n: int) -> list[dict]:
+  """Pairs for a reward model from ``config.reward.data``: "world" (testbed pairs) or
+  "length_bias" (the length-biased labeller of ``config.reward.length_bias``)."""
+  wcfg = world_config(c, PREFIX)
+  if data == "world":
+    return world.preference_pairs(wcfg, n, split="train" if split == "train" else "eval")
+  lb = length_bias.LengthBias(**c.reward.length_bias.to_dict())
+  return length_bias.length_bias_pairs(wcfg, lb, n, split=split)
+
+
+def check_tasks(names) -> None:
+  """Raises KeyError / ValueError for a name that is not a testbed task."""
+  for name in names:
+    get_task(name)
+
+
+def task_pairs(c, names: tuple[str, ...], n: int, split: str = "eval") -> list[dict]:
+  """``n`` preference pairs of the tasks ``names`` in the world of ``config.testbed``
+  (``c`` None: the default world), with the exact Bradley-Terry alpha of their labels."""
+  wcfg = (dataclasses.replace(world_config(c, PREFIX), tasks=names) if c is not None
+          else world.WorldConfig(tasks=names))
+  return world.preference_pairs(wcfg, n, split=split)

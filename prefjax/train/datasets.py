@@ -20,8 +20,26 @@ from __future__ import annotations
 
 from prefjax.data import layout
 from prefjax.data import prompts as prompts_lib
+from prefjax.data.byte_tokenizer import ByteTokenizer
 from prefjax.errors import ConfigError
 from prefjax.testbed import source as testbed_source
+from prefjax.testbed.tokenizer import TestbedTokenizer
+
+# The testbed outside a run's DataSource (reward-model data, the ranking evaluation, fresh
+# models): nothing but this module and the evaluator (prefjax.eval.testbed_eval) imports it.
+is_testbed = testbed_source.is_testbed
+world_config = testbed_source.world_config
+world_examples = testbed_source.world_examples
+testbed_reward_pairs = testbed_source.reward_pairs
+check_testbed_tasks = testbed_source.check_tasks
+testbed_task_pairs = testbed_source.task_pairs
+
+
+def default_tokenizer(data_spec: str):
+  """The tokenizer of a preset model: testbed characters or UTF-8 bytes."""
+  if is_testbed(data_spec):
+    return TestbedTokenizer()
+  return ByteTokenizer()
 
 
 class DataSource:

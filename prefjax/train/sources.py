@@ -26,6 +26,7 @@ from prefjax import sharding
 from prefjax.errors import ConfigError, DataError
 from prefjax.models import PRESETS, Transformer, make_config
 from prefjax.models.config import ModelConfig
+from prefjax.train.datasets import default_tokenizer
 
 
 @dataclasses.dataclass
@@ -44,14 +45,13 @@ class ModelSource:
     return int(sum(x.size for x in jax.tree.leaves(self.params)))
 
 
-def default_tokenizer(data_spec: str):
-  """The tokenizer of a preset model: testbed characters or UTF-8 bytes."""
-  from prefjax.testbed.source import is_testbed
-  if is_testbed(data_spec):
-    from prefjax.testbed.tokenizer import TestbedTokenizer
-    return TestbedTokenizer()
-  from prefjax.data.byte_tokenizer import ByteTokenizer
-  return ByteTokenizer()
+def build_model(c, tokenizer):
+  """(model, graphdef, pure params) of a fresh ``config.model.preset`` model."""
+  mcfg = make_config(c.model.preset, vocab_size=tokenizer.vocab_size,
+                     overrides=c.model.overrides.to_dict())
+  model = Transformer(mcfg, nnx.Rngs(c.seed))
+  graphdef, state = nnx.split(model)
+  return model, graphdef, nnx.to_pure_dict(state)
 
 
 def _tokenizer_data(c) -> str:

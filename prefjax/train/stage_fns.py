@@ -142,11 +142,10 @@ def evaluate(ctx: RunContext, models: Models) -> None:
   reference = models.reference if models.reference is not None else models.policy
   if ctx.data.testbed:
     from prefjax.eval import testbed_eval
-    from prefjax.testbed import source
     ev = c.eval
+    prompts = [(p.task, p.prompt) for p in ctx.data.prompts("eval", ev.n_prompts)]
     res, _ = testbed_eval.evaluate_policy(
-        ctx.graphdef, models.policy, reference, ctx.tokenizer,
-        source.eval_prompts(c, ev.n_prompts), n_samples=ev.n_samples,
+        ctx.graphdef, models.policy, reference, ctx.tokenizer, prompts, n_samples=ev.n_samples,
         max_new_tokens=ev.max_new_tokens, max_len=c.data.max_len, seed=ev.seed,
         temperature=ev.temperature)
     ctx.summary.update(res)
