@@ -43,12 +43,10 @@ class JudgeSettings:
 
 
 def _rollout_config(s: JudgeSettings, tokenizer) -> RolloutConfig:
-  return RolloutConfig(max_len=s.max_len, max_new_tokens=s.max_new_tokens,
-                       temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                       eos_id=tokenizer.eos_id,
-                       stop_ids=tuple(getattr(tokenizer, "stop_ids", ()) or ()),
-                       pad_id=tokenizer.pad_id, missing_eos="none",
-                       logps_chunk=s.logps_chunk)
+  return RolloutConfig.for_tokenizer(tokenizer, max_len=s.max_len,
+                                     max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                     top_p=s.top_p, top_k=s.top_k, missing_eos="none",
+                                     logps_chunk=s.logps_chunk)
 
 
 def _side(model, items, ids, s: JudgeSettings, cfg, tokenizer, source, taskset):

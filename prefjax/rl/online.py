@@ -163,10 +163,9 @@ def run_online_stage(ctx, o, policy_params):
   c, tok = ctx.config, ctx.tokenizer
   objective = make_objective(o.loss, o.loss_kwargs.to_dict(), logps_chunk=logps_chunk(c))
   kind = objective.spec.kind
-  rcfg = RolloutConfig(max_len=c.data.max_len, max_new_tokens=o.max_new_tokens,
-                       temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
-                       eos_id=tok.eos_id, stop_ids=tuple(getattr(tok, "stop_ids", ()) or ()),
-                       pad_id=tok.pad_id, missing_eos="none")
+  rcfg = RolloutConfig.for_tokenizer(tok, max_len=c.data.max_len,
+                                     max_new_tokens=o.max_new_tokens, temperature=o.temperature,
+                                     top_p=o.top_p, top_k=o.top_k, missing_eos="none")
   pool = ctx.data.prompts("train", o.n_prompts)
   pool_ids = [tok.encode_prompt(x.prompt) for x in pool]
   check_prompts(pool_ids, rcfg)

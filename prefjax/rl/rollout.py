@@ -75,6 +75,12 @@ class RolloutConfig:
   prompt_len: int = 0             # > 0: every batch left-pads prompts to this width and rows
                                   # are prompt_len + max_new_tokens long (one compiled shape)
 
+  @classmethod
+  def for_tokenizer(cls, tokenizer, **kw) -> "RolloutConfig":
+    """Settings ``kw`` with the tokenizer's EOS, stop ids (end of turn, EOS) and padding."""
+    return cls(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+               stop_ids=tuple(getattr(tokenizer, "stop_ids", ()) or ()), **kw)
+
   @property
   def stops(self) -> tuple:
     return tuple(sorted(set(self.stop_ids) | ({self.eos_id} if self.eos_id is not None else set())))

@@ -191,12 +191,11 @@ def _advantages(rewards, old_lp, ref_lp, values, mask, kl_coef, *, estimator, gr
 
 def rollout_config(c, r, tok) -> RolloutConfig:
   """Sampling settings of ``config.rl`` for the run's tokenizer (its stop ids)."""
-  return RolloutConfig(max_len=c.data.max_len, max_new_tokens=r.max_new_tokens,
-                       temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                       eos_id=tok.eos_id, stop_ids=tuple(getattr(tok, "stop_ids", ()) or ()),
-                       pad_id=tok.pad_id, missing_eos=r.missing_eos,
-                       missing_eos_penalty=r.missing_eos_penalty,
-                       logps_chunk=logps_chunk(c), old_logps=r.old_logps)
+  return RolloutConfig.for_tokenizer(
+      tok, max_len=c.data.max_len, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+      top_p=r.top_p, top_k=r.top_k, missing_eos=r.missing_eos,
+      missing_eos_penalty=r.missing_eos_penalty, logps_chunk=logps_chunk(c),
+      old_logps=r.old_logps)
 
 
 def judge_metrics(ctx, view) -> dict:
