@@ -31,6 +31,7 @@ import numpy as np
 
 from prefjax.eval import pair_scoring
 from prefjax.metrics import ranking
+from prefjax.sampling.sampler import generate
 
 SINGLE_LABEL_ALPHA = 0.75
 
@@ -90,7 +91,6 @@ def end_of_turn(tokenizer) -> int:
 def write_generations(path: str, graphdef, params, tokenizer, prompts: Sequence, *, stage: str,
                       step: int, max_new_tokens: int, seed: int = 0, temperature: float = 0.0):
   """Appends one sampled (greedy at temperature 0) completion per prompt to ``path``."""
-  from prefjax.sampling.sampler import generate
   if not prompts:
     return
   ids = [tokenizer.encode_prompt(p) for p in prompts]

@@ -36,6 +36,7 @@ from prefjax.data.collate import pack, stack
 from prefjax.errors import PrefjaxError
 from prefjax.eval import row_scoring
 from prefjax.eval.scoring import _score
+from prefjax.models.transformer import Transformer
 
 LAYOUTS = ("plain", "packed", "prefix")
 
@@ -76,7 +77,6 @@ def _score_window(graphdef, params, batch, start, width: int):
 
 def _window_ok(graphdef) -> bool:
   """Whether the model is a plain ``Transformer`` whose head ``_head_logits`` reproduces."""
-  from prefjax.models.transformer import Transformer
   nodes = getattr(graphdef, "nodes", None)
   return bool(nodes) and getattr(nodes[0], "type", None) is Transformer
 

@@ -21,10 +21,17 @@ import json
 import os
 import time
 
+import numpy as np
+
+from prefjax.errors import ConfigError
+from prefjax.eval import pair_scoring, ranking_sources
+from prefjax.eval.heldout import SINGLE_LABEL_ALPHA
+from prefjax.metrics import flips, ranking
+from prefjax.train.datasets import DataSource
+
 
 def score(models, pairs, max_len, batch_size, progress, desc):
   """{"ref": (chosen, rejected), "policy": (...)} Scores of the pairs that fit max_len."""
-  from prefjax.eval import pair_scoring
   prompts, chosen, rejected, kept, dropped = pair_scoring.encode_pairs(
       models.tokenizer, pairs, max_len=max_len)
   kw = dict(max_len=max_len, batch_size=batch_size, progress=progress)
@@ -37,7 +44,6 @@ def score(models, pairs, max_len, batch_size, progress, desc):
 
 def table_rows(s, alpha, betas):
   """Table 1 rows of the reference (its own policy) and of the trained policy."""
-  from prefjax.metrics import ranking
   (rc, rr), (pc, pr) = s["ref"], s["policy"]
   ref = dict(ref_chosen_sums=rc.sums, ref_rejected_sums=rr.sums, ref_chosen_means=rc.means,
              ref_rejected_means=rr.means, alpha=alpha, betas=betas)
@@ -50,8 +56,6 @@ def table_rows(s, alpha, betas):
 
 
 def flips_by_difficulty(s, alpha):
-  import numpy as np
-  from prefjax.metrics import flips, ranking
   (rc, rr), (pc, pr) = s["ref"], s["policy"]
   c = np.asarray(flips.dpo_difficulty(rc.sums, rr.sums))
   ref_ok = np.asarray(ranking.ranking_accuracy(rc.sums, rr.sums, alpha)[0]).astype(bool)
@@ -82,7 +86,6 @@ def plot(f, path, title):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import numpy as np
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
   labels = [f"[{lo:.1f}, {hi:.1f}]\nn={n}" for (lo, hi), n in
             zip(f["bin_ranges"], f["num_ref_wrong"])] or ["all"]
@@ -110,12 +113,6 @@ def plot(f, path, title):
 
 def study(workdir, out_dir, *, betas=(0.01, 0.1, 1, 5, 10), batch_size=16, progress=True):
   """Writes OUT's files (see the module docstring); returns the results.json dict."""
-  import numpy as np
-  from prefjax.errors import ConfigError
-  from prefjax.eval import ranking_sources
-  from prefjax.eval.heldout import SINGLE_LABEL_ALPHA
-  from prefjax.metrics import ranking
-  from prefjax.train.datasets import DataSource
   t0 = time.perf_counter()
   models = ranking_sources.load_models(workdir)
   c = models.config

@@ -29,6 +29,8 @@ import numpy as np
 
 from prefjax.extras import require
 from prefjax.errors import DataError
+from prefjax.models import hf as hf_lib
+from prefjax.tokenizers import Tokenizer
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 _GEMMA = ("gemma2", "gemma3")
@@ -261,15 +263,13 @@ def load_gguf(path: str, *, mesh=None, dtype=None, compute_dtype=None):
     mesh: optional mesh; parameters land sharded by the rule table.
     dtype: parameter dtype (default float32); compute_dtype: activation dtype.
   """
-  from prefjax.models import hf
-  from prefjax.tokenizers import Tokenizer
   hf_config, state, tok_meta = read_gguf(path)
   over = {}
   if dtype is not None:
     over["param_dtype"] = str(dtype)
   if compute_dtype is not None:
     over["dtype"] = str(compute_dtype)
-  cfg = hf.config_from_hf(hf_config, **over)
-  params = hf.params_from_hf(state, cfg, mesh=mesh)
-  graphdef, _ = hf.abstract_params(cfg)
+  cfg = hf_lib.config_from_hf(hf_config, **over)
+  params = hf_lib.params_from_hf(state, cfg, mesh=mesh)
+  graphdef, _ = hf_lib.abstract_params(cfg)
   return cfg, graphdef, params, Tokenizer.from_gguf_meta(tok_meta, source=str(path))

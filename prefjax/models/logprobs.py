@@ -29,6 +29,12 @@ def token_logprobs(logits_btv, targets_bt):
   return picked - lse
 
 
+def entropy_from_logits(logits_btv):
+  """H(softmax(logits)) per position, [B, T]."""
+  logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+  return -(jnp.exp(logp) * logp).sum(-1)
+
+
 def _chunk_logits(h_cd, w, vocab_major: bool, softcap):
   """float32 [C, V] logits as the model computes them (W cast to the hidden dtype)."""
   spec = "cd,vd->cv" if vocab_major else "cd,dv->cv"

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from prefjax.data.collate import pack, stack
 from prefjax.errors import DataError
+from prefjax.eval import row_scoring
+from prefjax.eval.pair_scoring import bucket_lengths
 
 
 def fit_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
@@ -59,7 +61,6 @@ def batched_apply(fn, rows: Sequence[dict], batch_size: int, desc: str | None = 
   the whole set compiles at most one shape per bucket. Cutting trailing padding changes
   no result (causal attention; padding is never read).
   """
-  from prefjax.eval.pair_scoring import bucket_lengths
   if not len(rows):
     return np.zeros((0,), np.float32)
   t = len(rows[0]["input_ids"])
@@ -172,7 +173,6 @@ class RewardScorer:
   def _unit_kwargs(self, n: int) -> dict:
     """Rows of 2 * max_len tokens (a prompt and two responses fit), the plain path's token
     budget per pass."""
-    from prefjax.eval.pair_scoring import bucket_lengths
     row_len = 2 * self.max_len
     return dict(row_len=row_len, buckets=bucket_lengths(row_len, min(32, row_len)),
                 batch_size=self.batch_size, batch_tokens=self.batch_size * self.max_len,
@@ -180,7 +180,6 @@ class RewardScorer:
                           else self.progress), desc="scoring")
 
   def _score_units(self, prompts, responses) -> np.ndarray:
-    from prefjax.eval import row_scoring
     n = len(responses)
     _, comp, groups = self._fit(prompts, responses)
     if n == 0:

@@ -19,7 +19,8 @@ from flax import nnx
 from prefjax.errors import ConfigError
 from prefjax.models.config import ModelConfig
 from prefjax.models.layers import param
-from prefjax.models.logprobs import chunked_token_logprobs, token_logprobs, unembedding
+from prefjax.models.logprobs import (chunked_token_logprobs, entropy_from_logits,
+                                     token_logprobs, unembedding)
 from prefjax.models.transformer import Transformer
 
 CRITICS = ("shared", "separate", "none")
@@ -34,12 +35,6 @@ def logits_from_hidden(lm: Transformer, h_btd):
   if cfg.final_softcap is not None:
     logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
   return logits
-
-
-def entropy_from_logits(logits_btv):
-  """H(softmax(logits)) per position, [B, T]."""
-  logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-  return -(jnp.exp(logp) * logp).sum(-1)
 
 
 class ActorCritic(nnx.Module):

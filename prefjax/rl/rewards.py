@@ -48,6 +48,8 @@ import numpy as np
 from flax import nnx
 
 from prefjax.errors import ConfigError, DataError
+from prefjax.rewards import calibration
+from prefjax.rewards.lowess import lowess
 
 LEVELS = ("sequence", "span", "token")
 MISSING_EOS = ("penalty", "mask", "none")
@@ -351,7 +353,7 @@ def token_rm_source(graphdef, params, name: str = "token_rm") -> RewardSource:
 @register_reward_source("rm", takes_arg=True)
 def workdir_rm_source(env, arg) -> RewardSource:
   """The reward model of a finished run (``WORKDIR/params/reward``), on the rollout's rows."""
-  from prefjax.rewards import loading
+  from prefjax.rewards import loading   # the run loader imports the train package
   graphdef, params = loading.load_reward_model(arg)
   return sequence_rm_source(graphdef, params, f"rm:{arg}")
 
@@ -386,8 +388,6 @@ def calibrated_source(env, arg, *, method: str = "rc_lwr", n: int = 64, frac: fl
   reference policy: RC-Mean (window mean of width d = mean |l_i - l_j| / ratio) or RC-LWR
   (LOWESS with ``frac``); r_hat = r - alpha * b(l) (arXiv 2409.17407). ``inner_kwargs``
   are the inner source's keyword arguments."""
-  from prefjax.rewards import calibration
-  from prefjax.rewards.lowess import lowess
   if method not in ("rc_mean", "rc_lwr"):
     raise ConfigError(f"config.rl.reward_kwargs.calibrated:{arg}.method: unknown {method!r}; "
                       "valid: rc_mean, rc_lwr")

@@ -18,7 +18,7 @@ n_eval_pairs).
 """
 from __future__ import annotations
 
-from prefjax.data import layout
+from prefjax.data import layout, sources, tasks
 from prefjax.data import prompts as prompts_lib
 from prefjax.data.byte_tokenizer import ByteTokenizer
 from prefjax.errors import ConfigError
@@ -87,7 +87,6 @@ class DataSource:
             for p in ts.prompts(split) if p.answer]
 
   def _file_examples(self, spec, kind, split):
-    from prefjax.data import sources
     c = self.c
     key = (spec, kind)
     if key not in self._cache:
@@ -139,7 +138,6 @@ class DataSource:
     if not self.train_spec.startswith("tasks:"):
       return None
     if "taskset" not in self._cache:
-      from prefjax.data import tasks
       t = self.c.tasks
       self._cache["taskset"] = tasks.TaskSet(
           tasks.parse_spec(self.train_spec), seed=t.seed, n_train=t.n_train, n_eval=t.n_eval,

@@ -21,6 +21,10 @@ import os
 from typing import Any, Mapping
 
 from prefjax.errors import DataError
+from prefjax.models import loading
+from prefjax.models.hf import save_hf_dir
+from prefjax.models.loading import MODEL_CONFIG
+from prefjax.models.lora import merge_lora
 
 WORKDIR_MODEL = "model"
 WORKDIR_HF = os.path.join("export", "hf")
@@ -41,9 +45,7 @@ def export_hf(directory: str, cfg, params, tokenizer=None, *, lora: tuple | None
   Returns:
     ``directory``.
   """
-  from prefjax.models.hf import save_hf_dir
   if lora is not None:
-    from prefjax.models.lora import merge_lora
     lora_params, scale = lora
     params = merge_lora(params, lora_params, float(scale))
   extra = dict(hf_config_extra or {})
@@ -69,7 +71,6 @@ def export_hf(directory: str, cfg, params, tokenizer=None, *, lora: tuple | None
 def is_workdir(path: str) -> bool:
   """True for a directory that looks like a training workdir (model/, export/hf/ or
   checkpoints/ inside), not a model directory itself."""
-  from prefjax.models.loading import MODEL_CONFIG
   return (os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_CONFIG)) and any(
       os.path.isdir(os.path.join(path, d)) for d in (WORKDIR_MODEL, WORKDIR_HF, "checkpoints")))
 
@@ -82,7 +83,6 @@ def load_workdir(path: str, *, mesh=None, dtype=None):
     DataError (one line) when neither exists, e.g. a workdir of a run that did not finish or
     was written by an older runner.
   """
-  from prefjax.models import loading
   model_dir = os.path.join(path, WORKDIR_MODEL)
   hf_dir = os.path.join(path, WORKDIR_HF)
   if os.path.exists(os.path.join(model_dir, loading.MODEL_CONFIG)):

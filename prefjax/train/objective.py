@@ -22,7 +22,7 @@ from flax import nnx
 
 from prefjax import losses
 from prefjax.errors import ConfigError
-from prefjax.models.logprobs import forward_logps, slot_logps
+from prefjax.models.logprobs import entropy_from_logits, forward_logps, slot_logps, token_logprobs
 
 _FORWARDS: dict[str, Callable] = {}
 
@@ -221,8 +221,6 @@ def forward_ppo(model, batch, chunk_size=None):
   elif hasattr(model, "evaluate"):
     logps, entropy, values = model.evaluate(batch)
   else:
-    from prefjax.rl.actor_critic import entropy_from_logits
-    from prefjax.models.logprobs import token_logprobs
     logits, _ = model(batch["input_ids"], batch["positions"], batch["segment_ids"])
     logps, entropy = token_logprobs(logits, batch["target_ids"]), entropy_from_logits(logits)
     values = jnp.zeros(logps.shape, jnp.float32)

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import os
 
+import jax
+
+from prefjax import distributed
 from prefjax.models.loading import save_checkpoint
+from prefjax.train.export import export_hf
 
 
 def _export_hf(path, cfg, params, tokenizer):
-  try:
-    from prefjax.train.export import export_hf
-  except ImportError:
-    export_hf = None
   if not hasattr(tokenizer, "save_pretrained"):   # the testbed's and byte tokenizers: code
     tokenizer = None
-  if export_hf is not None:
-    export_hf(path, cfg, params, tokenizer)
-    return
-  from prefjax.models.hf import save_hf_dir
-  save_hf_dir(path, cfg, params)
+  export_hf(path, cfg, params, tokenizer)
 
 
 def write_run_outputs(workdir: str, cfg, params, tokenizer, *, hf: bool = True) -> dict:
@@ -33,8 +29,6 @@ def write_run_outputs(workdir: str, cfg, params, tokenizer, *, hf: bool = True) 
   The Orbax checkpoint is written by every process together; the HF export (host numpy)
   by process 0 from the gathered parameters.
   """
-  import jax
-  from prefjax import distributed
   model_dir = os.path.join(workdir, "model")
   save_checkpoint(model_dir, cfg, params)
   main = distributed.is_main()

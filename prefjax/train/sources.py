@@ -26,6 +26,8 @@ from prefjax import sharding
 from prefjax.errors import ConfigError, DataError
 from prefjax.models import PRESETS, Transformer, make_config
 from prefjax.models.config import ModelConfig
+from prefjax.models.hf_weights import abstract_params
+from prefjax.models.loading import load_model
 from prefjax.train.datasets import default_tokenizer
 
 
@@ -120,8 +122,6 @@ def load(c, mesh) -> ModelSource:
     params = jax.device_put(nnx.to_pure_dict(state), shard)
     return ModelSource(mcfg, graphdef, params, shard, tok, f"preset:{preset}", loaded=False)
 
-  from prefjax.models.hf_weights import abstract_params
-  from prefjax.models.loading import load_model
   path = resolve_path(init_from)
   cfg, graphdef, params, tok = load_model(path, mesh=mesh)
   if tok is None:

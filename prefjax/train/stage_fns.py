@@ -8,7 +8,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from prefjax import distributed
 from prefjax.errors import ConfigError, DataError
+from prefjax.eval import heldout, judge, ranking_monitor, testbed_eval
+from prefjax.models import lora as lora_lib
+from prefjax.rewards import training
+from prefjax.rl import online as online_lib
+from prefjax.rl import rewards as rw
+from prefjax.rl import stage as rl_stage_lib
+from prefjax.train import outputs
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import (Lora, RunContext, accum, copy_params, logps_chunk,
                                   preference_objective, register_stage, train_stage)
@@ -59,7 +67,6 @@ def _eval_pairs(ctx) -> list:
 
 def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
   """Training-time hooks: ranking accuracy (testbed) and held-out preference metrics."""
-  from prefjax.eval import heldout, ranking_monitor
   c, hooks = ctx.config, []
   rc = c.get("ranking")
   if rc is not None and rc.enabled and kind == "pairwise" and ctx.data.testbed:
@@ -104,7 +111,6 @@ def dpo(ctx: RunContext, models: Models) -> None:
   start = lora.init(reference, c.lora.seed) if lora else copy_params(reference)
   params_fn = (lambda a: lora.merge(reference, a)) if lora else None
   if lora:
-    from prefjax.models import lora as lora_lib
     ctx.summary["lora/num_params"] = lora_lib.num_lora_params(start)
   trained = train_stage(ctx, "dpo", c.dpo, objective, params=start, examples=examples,
                         encode=ctx.data.encoder(kind, batch_size=c.dpo.batch_size * accum(c.dpo)),
@@ -124,13 +130,11 @@ def _check_reward(c):
 
 @register_stage("reward", check=_check_reward)
 def reward(ctx: RunContext, models: Models) -> None:
-  from prefjax.rewards import training
   ctx.summary.update(training.train_reward_model(ctx, models.policy))
 
 
 @register_stage("eval_reward", check=_check_reward)
 def eval_reward(ctx: RunContext, models: Models) -> None:
-  from prefjax.rewards import training
   ctx.summary.update(training.evaluate_reward_model(ctx))
 
 
@@ -141,7 +145,6 @@ def evaluate(ctx: RunContext, models: Models) -> None:
   c = ctx.config
   reference = models.reference if models.reference is not None else models.policy
   if ctx.data.testbed:
-    from prefjax.eval import testbed_eval
     ev = c.eval
     prompts = [(p.task, p.prompt) for p in ctx.data.prompts("eval", ev.n_prompts)]
     res, _ = testbed_eval.evaluate_policy(
@@ -156,7 +159,6 @@ def evaluate(ctx: RunContext, models: Models) -> None:
   if ctx.data.samples_prompts_only:
     judge_policy(ctx, models.policy, reference)
     return
-  from prefjax.eval import heldout
   pairs = _eval_pairs(ctx)
   if not pairs:
     return
@@ -174,9 +176,6 @@ def judge_policy(ctx: RunContext, policy, reference) -> dict:
   """Held-out prompts sampled from the policy and the reference, scored by
   ``config.eval.reward`` ("" = the verifier of ``tasks:`` data): ``eval/*`` in the summary,
   every sample in ``workdir/generations.jsonl``."""
-  from prefjax import distributed
-  from prefjax.eval import judge
-  from prefjax.rl import rewards as rw
   c, ev = ctx.config, ctx.config.eval
   name = ev.get("reward", "") or ("verifier" if ctx.data.taskset is not None else "")
   if not name:
@@ -200,7 +199,6 @@ def judge_policy(ctx: RunContext, policy, reference) -> dict:
 # ----------------------------------------------------------------------------- outputs
 def write_outputs(ctx: RunContext, models: Models) -> None:
   """``workdir/model/`` (prefjax checkpoint + tokenizer) and ``workdir/export/hf/``."""
-  from prefjax.train import outputs
   out = outputs.write_run_outputs(ctx.workdir, ctx.model_cfg, models.policy, ctx.tokenizer,
                                  hf=ctx.config.get("export") is None or ctx.config.export.hf)
   ctx.summary.update(out)
@@ -208,24 +206,20 @@ def write_outputs(ctx: RunContext, models: Models) -> None:
 
 # ----------------------------------------------------------------------------- rl
 def _check_rl(c):
-  from prefjax.rl.stage import check_config
-  check_config(c)
+  rl_stage_lib.check_config(c)
 
 
 @register_stage("ppo", check=_check_rl)
 def ppo(ctx: RunContext, models: Models) -> None:
   """PPO / fine-grained PPO / GRPO / RLOO / REINFORCE++ (``config.rl``; prefjax.rl.stage)."""
-  from prefjax.rl.stage import rl_stage
-  rl_stage(ctx, models)
+  rl_stage_lib.rl_stage(ctx, models)
 
 
 def _check_online(c):
-  from prefjax.rl.online import check_config
-  check_config(c)
+  online_lib.check_config(c)
 
 
 @register_stage("online", check=_check_online)
 def online(ctx: RunContext, models: Models) -> None:
   """Online / iterative preference optimisation with any registered loss (prefjax.rl.online)."""
-  from prefjax.rl.online import online_stage
-  online_stage(ctx, models)
+  online_lib.online_stage(ctx, models)
