@@ -1,0 +1,92 @@
+"""Seeds of a real-model RL / online run -> one table: held-out verified accuracy of the
+reference and of the policy (before -> after), win rate, KL, format rate, length; mean +-
+standard error over seeds.
+
+  python experiments/real/collect_rl.py --runs 'runs/grpo_s*' --out runs/grpo_table
+
+Writes OUT.json (one row per run and the aggregate) and OUT.md, and prints the table. A
+difference inside two standard errors is reported as no difference.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+_RUNS = flags.DEFINE_string("runs", None, "Glob (or comma-separated list) of workdirs.",
+                            required=True)
+_OUT = flags.DEFINE_string("out", None, "Output path prefix (OUT.json, OUT.md).", required=True)
+
+KEYS = ("verified_accuracy/reference", "verified_accuracy/policy", "win_rate_vs_reference",
+        "kl_to_reference", "format_rate/reference", "format_rate/policy",
+        "lenient_accuracy/reference", "lenient_accuracy/policy", "length/reference",
+        "length/policy")
+
+
+def _mean_se(xs):
+  xs = np.asarray(xs, np.float64)
+  se = xs.std(ddof=1) / np.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+  return float(xs.mean()), float(se)
+
+
+def collect(workdirs):
+  rows = []
+  for w in workdirs:
+    path = os.path.join(w, "summary.json")
+    if not os.path.exists(path):
+      print(f"skipping {w}: no summary.json", file=sys.stderr)
+      continue
+    s = json.load(open(path))
+    cfg = json.load(open(os.path.join(w, "config.json")))
+    rows.append(dict({k: s[f"eval/{k}"] for k in KEYS if f"eval/{k}" in s}, run=w,
+                     seed=cfg.get("seed"), n=s.get("eval/judge/samples"),
+                     seconds=s.get("wall_seconds")))
+  if not rows:
+    raise SystemExit("no finished runs")
+  agg = {k: _mean_se([r[k] for r in rows]) for k in KEYS if k in rows[0]}
+  gain = [r["verified_accuracy/policy"] - r["verified_accuracy/reference"] for r in rows]
+  agg["gain"] = _mean_se(gain)
+  return rows, agg
+
+
+def table(rows, agg) -> str:
+  m, se = agg["gain"]
+  verdict = ("no difference (inside two standard errors)" if not abs(m) > 2 * se else
+             ("improved" if m > 0 else "got worse"))
+  lines = ["| seed | reference | policy | win rate | KL | format (ref -> policy) | tokens |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['seed']} | {r['verified_accuracy/reference']:.3f} | "
+                 f"{r['verified_accuracy/policy']:.3f} | {r['win_rate_vs_reference']:.3f} | "
+                 f"{r['kl_to_reference']:.3f} | {r['format_rate/reference']:.2f} -> "
+                 f"{r['format_rate/policy']:.2f} | {r['length/policy']:.1f} |")
+  f = lambda k: f"{agg[k][0]:.3f} +- {agg[k][1]:.3f}"
+  lines.append(f"| mean +- SE ({len(rows)} seeds) | {f('verified_accuracy/reference')} | "
+               f"{f('verified_accuracy/policy')} | {f('win_rate_vs_reference')} | "
+               f"{f('kl_to_reference')} | | |")
+  lines.append("")
+  lines.append(f"policy - reference verified accuracy: {m:+.3f} +- {se:.3f} ({verdict}; "
+               f"n = {int(rows[0]['n'])} held-out prompts per run)")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  runs = (sorted(glob.glob(_RUNS.value)) if any(ch in _RUNS.value for ch in "*?[")
+          else _RUNS.value.split(","))
+  rows, agg = collect(runs)
+  text = table(rows, agg)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value + ".json", "w") as fh:
+    json.dump({"runs": rows, "mean_se": agg}, fh, indent=2)
+  with open(_OUT.value + ".md", "w") as fh:
+    fh.write(text + "\n")
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
