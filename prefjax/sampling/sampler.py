@@ -249,12 +249,14 @@ def _prefill(model, tokens_bt, positions_bt, segment_bt, *, extra_slots: int, ro
     return cache
   pad = lambda x: jnp.pad(x, ((0, 0), (lead, 0)))
   tokens_bt, positions_bt, segment_bt = pad(tokens_bt), pad(positions_bt), pad(segment_bt)
-  rows = max(d for d in range(1, min(rows, b) + 1) if b % d == 0)
+  rows = max(1, min(rows, b))
   rows_slice = lambda x, r: jax.lax.dynamic_slice_in_dim(x, r, rows, axis=0)
   cols_slice = lambda x, c: jax.lax.dynamic_slice_in_dim(x, c, chunk, axis=1)
 
   def group(g, cache):
-    r = g * rows
+    # The last group ends at the last row (it may share rows with the one before, which it
+    # then recomputes and rewrites whole).
+    r = jnp.minimum(g * rows, b - rows)
     tok, pos, seg = (rows_slice(x, r) for x in (tokens_bt, positions_bt, segment_bt))
     sub = {"k": tuple(rows_slice(x, r) for x in cache["k"]),
            "v": tuple(rows_slice(x, r) for x in cache["v"]),
@@ -276,7 +278,7 @@ def _prefill(model, tokens_bt, positions_bt, segment_bt, *, extra_slots: int, ro
             "segment_ids": put(cache["segment_ids"], sub["segment_ids"]),
             "index": cache["index"]}
 
-  cache = jax.lax.fori_loop(0, b // rows, group, cache)
+  cache = jax.lax.fori_loop(0, -(-b // rows), group, cache)
   return dict(cache, index=jnp.int32(width))
 
 
