@@ -18,8 +18,9 @@ Generated tokens are counted per row up to and including the first stop id (all
 the generation calls without compilation (prefjax: wall time minus JAX's measured tracing,
 lowering and compilation time), tokens/s over the batches after the first, wall seconds
 with compilation, model load seconds, peak RSS; then how many greedy rows agree token for
-token, the load average, and last ``prefjax/transformers generate tokens/s ratio: X``
-(tokens/s without compilation; the wall ratio with compilation is printed above it).
+token, the load average, the ratios of the wall time with compilation and of the batches
+after the first, and last ``prefjax/transformers generate tokens/s ratio: X`` (tokens/s
+without compilation).
 """
 import json
 import os
@@ -237,6 +238,9 @@ def main(argv):
       print(f"rows identical on both sides: {same} of {len(ids)}")
       print(f"prefjax/transformers wall ratio with compilation: "
             f"{ours['wall_tokens_per_sec'] / hf['wall_tokens_per_sec']:.2f}")
+      if "after_first_tokens_per_sec" in ours and "after_first_tokens_per_sec" in hf:
+        print(f"prefjax/transformers tokens/s ratio over the batches after the first: "
+              f"{ours['after_first_tokens_per_sec'] / hf['after_first_tokens_per_sec']:.2f}")
       ratio = ours["tokens_per_sec"] / hf["tokens_per_sec"]
       print(f"prefjax/transformers generate tokens/s ratio: {ratio:.2f}")
     if _OUT.value:
