@@ -100,7 +100,7 @@ def run_stage(stage: str, *, train_step: Callable, state, state_shardings, ref_p
 
   ``batches[i]`` is the batch of step i (a random-access dataset), so resuming needs only
   the train state. Batches made from the policy itself (RL rollouts, online preference
-  pairs) come from an object with ``at(step, state) -> batch`` instead
+  pairs) come from an object with ``batch_from_state(step, state) -> batch`` instead
   (``prefjax.train.rounds.RoundBatches``), which keeps what it made resumable on its own.
   Returns the final state.
 
@@ -147,9 +147,9 @@ def _loop(stage, stop, start, *, train_step, state, ref_params, batches, batch_s
   # Steps that compiled (a new batch shape) are counted in each metrics line, so timings
   # can leave them out; a jitted step exposes its cache size (0 otherwise).
   cache_size = getattr(train_step, "_cache_size", lambda: 0)
-  at = getattr(batches, "at", None)
+  from_state = getattr(batches, "batch_from_state", None)
   for step in bar:
-    raw = at(step, state) if at is not None else batches[step]
+    raw = from_state(step, state) if from_state is not None else batches[step]
     batch = distributed.host_batch(raw, batch_sharding, global_batch_size)
     before = cache_size()
     state, m = train_step(state, batch, ref_params)

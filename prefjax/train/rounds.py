@@ -4,9 +4,10 @@
     state = run_stage(..., batches=src, num_steps=rounds * U, on_log=src.on_log)
 
 Round r covers steps ``[r * U, (r + 1) * U)``. At its first step the training loop asks
-``src.at(step, state)``; the source calls ``build(r, state) -> (batches, metrics)`` with the
-state the round starts from (a rollout of the current policy, pairs scored by a reward
-source, ...), keeps its ``U`` batches (numpy dicts) and serves them one per step.
+``src.batch_from_state(step, state)``; the source calls ``build(r, state) -> (batches,
+metrics)`` with the state the round starts from (a rollout of the current policy, pairs
+scored by a reward source, ...), keeps its ``U`` batches (numpy dicts) and serves them one
+per step.
 
 The round is written to ``directory/round.npz`` (the latest one only) before its first step
 runs, so a run stopped in the middle of a round (SIGTERM: the loop checkpoints that step)
@@ -26,7 +27,8 @@ from prefjax import distributed
 
 
 class RoundBatches:
-  """``at(step, state)`` for ``prefjax.train.loop.run_stage``; ``metrics`` of the round."""
+  """``batch_from_state(step, state)`` for ``prefjax.train.loop.run_stage``; the round's
+  ``metrics``."""
 
   def __init__(self, build: Callable, steps_per_round: int, directory: str):
     if steps_per_round < 1:
@@ -40,7 +42,7 @@ class RoundBatches:
   def _path(self) -> str:
     return os.path.join(self.directory, "round.npz")
 
-  def at(self, step: int, state) -> dict:
+  def batch_from_state(self, step: int, state) -> dict:
     r, j = divmod(step, self.steps_per_round)
     if r != self.round:
       if not self._load(r, resumed_inside=j > 0):
