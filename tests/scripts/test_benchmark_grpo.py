@@ -14,10 +14,16 @@ SCRIPT = ROOT / "scripts" / "benchmark_grpo.py"
 
 
 @functools.cache
-def _load_script():          # once: the script defines absl flags at import
+def _load_script():
+  """The script as a module (once); the absl flags it defines are removed again, so other
+  scripts that tests load in the same process can define flags of the same names."""
+  from absl import flags
+  before = set(flags.FLAGS)
   spec = importlib.util.spec_from_file_location("benchmark_grpo", SCRIPT)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
   return mod
 
 
