@@ -273,6 +273,7 @@ def worker_prefjax(a):
           "compile_cache": str(cache) if cache else None, "remat": a["remat"],
           "old_logps": r.get("old_logps", "trainer"),
           "prompts_digest": prompts_digest(pool, a["order"]),
+          "torch_imported": "torch" in sys.modules,
           "jax_devices": [str(d) for d in jax.devices()]}
 
 
@@ -371,7 +372,8 @@ def worker_trl(a):
           "gradient_checkpointing": bool(args.gradient_checkpointing),
           "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
           "prompts_digest": prompts_digest(pool, a["order"]),
-          "torch_threads": torch.get_num_threads()}
+          "torch_threads": torch.get_num_threads(),
+          "jax_imported": "jax" in sys.modules}     # prefjax.data (the TaskSet) imports it
 
 
 WORKERS = {"prefjax": worker_prefjax, "trl": worker_trl}
@@ -439,11 +441,11 @@ def main(argv):
                   threads=_THREADS.value, order=order, remat=_REMAT.value,
                   answer_format=answer_format, shots=shots,
                   workdir=os.path.join(tmp, side))
-      t0 = time.perf_counter()
+      load_before, t0 = os.getloadavg(), time.perf_counter()
       res = bench.run_worker(__file__, side, args, threads=_THREADS.value,
                              timeout=_TIMEOUT.value)
       res["process_seconds"] = time.perf_counter() - t0
-      res["load_after"] = os.getloadavg()
+      res["load_before"], res["load_after"] = load_before, os.getloadavg()
       if "iterations" in res:
         summarize(res, rows)
         extra = ""
