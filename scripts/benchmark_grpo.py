@@ -14,7 +14,8 @@ prompts, score them with the task's verifier, and take one optimizer step on all
   * the same prompts: reasoning-gym's chain_sum (``prefjax.data.tasks.TaskSet``, seed 0,
     64 training prompts), iteration i taking the prompts prefjax's RL stage draws for it
     (``numpy.random.default_rng([seed, i]).choice(64, prompts_per_iteration)``), in that
-    order on TRL's side too (a dataset of those prompts, not shuffled);
+    order on TRL's side too (a dataset of those prompts, not shuffled); each side reports a
+    digest of the chat messages it used and the run says whether they agree;
   * the same reward: ``TaskSet.score(prompt, response).correct``;
   * the same sampling (temperature 1, no top-p / top-k, at most --max_new_tokens, stop at the
     end-of-turn token) and the same objective: clipped ratio (0.2), per-sequence token mean
@@ -25,13 +26,16 @@ prompts, score them with the task's verifier, and take one optimizer step on all
     both processes, as scripts/benchmark_dpo.py does; XLA's CPU thread pool is not
     limited by them, so give --threads = the CPU count for an equal footing).
 
-prefjax runs ``prefjax.train.run.run`` on the ``experiments/real/smollm2_grpo.py`` recipe with
-the settings above written over the recipe's and one update per iteration
-(rollout_batch_size = minibatch_size = prompts x group_size, ppo_epochs 1); its iteration time is the training loop's own figure (``seconds_per_step`` x
-steps per iteration in ``metrics.jsonl``: the rollout, its scoring forwards and the update;
-metric logging and checkpoint writes excluded). TRL runs ``GRPOTrainer.train()`` with its
-built-in transformers generation, ``max_steps`` = --iterations; its iteration time is
-``on_step_begin`` to ``on_step_end`` (generation, rewards, reference forward, the update).
+prefjax runs ``prefjax.train.run.run`` on the ``experiments/real/smollm2_grpo.py`` recipe
+with the settings above written over the recipe's, the recipe's prompt format
+(``config.tasks.answer_format``, ``shots``; --answer_format / --shots override it, on both
+sides) and one update per iteration (rollout_batch_size = minibatch_size = prompts x
+group_size, ppo_epochs 1); its iteration time is the training loop's own figure
+(``seconds_per_step`` x steps per iteration in ``metrics.jsonl``: the rollout, its scoring
+forwards and the update; metric logging and checkpoint writes excluded). TRL runs
+``GRPOTrainer.train()`` with its built-in transformers generation, ``max_steps`` =
+--iterations; its iteration time is ``on_step_begin`` to ``on_step_end`` (generation,
+rewards, reference forward, the update).
 
 Each side runs in its own process (peak RSS is that process's, from wait4). Printed per side:
 samples/s (completions generated and trained on per second) over the steady iterations (all
