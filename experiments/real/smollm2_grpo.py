@@ -34,7 +34,7 @@ def get_config(arg=None):
   c.rl.kl.placement, c.rl.kl.estimator, c.rl.kl.coef = "loss", "k3", 0.04
   c.rl.lr, c.rl.warmup_steps = 3e-6, 0
   c.rl.temperature = 0.8
-  c.rl.iterations = 20
+  c.rl.iterations = 8
   if arg == "quick":
     rl_quick(c)
     c.rl.rollout_batch_size, c.rl.minibatch_size = 16, 8

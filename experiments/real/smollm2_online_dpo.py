@@ -24,7 +24,7 @@ def get_config(arg=None):
   c = real_rl_config(stages=("online", "eval"))
   c.online = online_config()
   o = c.online
-  o.rounds, o.prompts_per_round, o.k = 12, 16, 4
+  o.rounds, o.prompts_per_round, o.k = 8, 16, 4
   o.steps_per_round, o.batch_size = 4, 8
   o.loss, o.loss_kwargs = "dpo", ml_collections.ConfigDict(dict(beta=0.1))
   o.lr = 2e-6

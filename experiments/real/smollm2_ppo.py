@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.rl.lr, c.rl.warmup_steps = 3e-6, 0
   c.rl.lr_multipliers = {"value_head": 100.0, "value_bias": 100.0}
   c.rl.temperature = 0.8
-  c.rl.iterations = 20
+  c.rl.iterations = 8
   if arg == "quick":
     rl_quick(c)
     c.rl.rollout_batch_size = 16
