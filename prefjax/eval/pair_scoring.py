@@ -10,7 +10,7 @@ Two layouts with equal results (tests/eval/test_pair_scoring.py):
 
 In the plain layout every completion is packed (``prefjax.data.collate.pack``) at the smallest bucket length
 that holds it, rows of one bucket are batched at a fixed batch size (the last batch padded
-by repeating a row), and each batch goes through the jitted ``prefjax.eval.scoring._score``.
+by repeating a row), and each batch goes through the jitted ``prefjax.eval.scoring.completion_logps``.
 So a whole dataset compiles at most ``len(bucket_lengths(max_len))`` shapes, whatever the
 spread of its lengths.
 
@@ -32,23 +32,15 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from prefjax.data import pipeline
 from prefjax.data.collate import pack, stack
 from prefjax.errors import PrefjaxError
 from prefjax.eval import row_scoring
-from prefjax.eval.scoring import _score
+from prefjax.eval.scoring import completion_logps
+from prefjax.models.logprobs import hidden_token_logps
 from prefjax.models.transformer import Transformer
 
 LAYOUTS = ("plain", "packed", "prefix")
-
-
-def _head_logits(model, hidden):
-  """The output head of ``prefjax.models.transformer.Transformer`` on final-norm states."""
-  cfg = model.cfg
-  w = model.embed[...].T if cfg.tie_embeddings else model.unembed[...]
-  logits = (hidden @ w.astype(jnp.dtype(cfg.dtype))).astype(jnp.float32)
-  if cfg.final_softcap is not None:
-    logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
-  return logits
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "width"))
@@ -69,14 +61,11 @@ def _score_window(graphdef, params, batch, start, width: int):
   hw = jnp.take_along_axis(hidden, idx[..., None], axis=1)                       # [B, W, D]
   targets = jnp.take_along_axis(batch["target_ids"], idx, axis=1)
   mask = jnp.take_along_axis(batch["loss_mask"], idx, axis=1).astype(jnp.float32)
-  logits = _head_logits(model, hw)                                               # [B, W, V]
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return ((picked - lse) * mask).sum(-1), mask.sum(-1)
+  return (hidden_token_logps(model, hw, targets) * mask).sum(-1), mask.sum(-1)
 
 
 def _window_ok(graphdef) -> bool:
-  """Whether the model is a plain ``Transformer`` whose head ``_head_logits`` reproduces."""
+  """Whether the model is a plain ``Transformer`` (its hidden states and ``head`` used apart)."""
   nodes = getattr(graphdef, "nodes", None)
   return bool(nodes) and getattr(nodes[0], "type", None) is Transformer
 
@@ -86,12 +75,9 @@ def _window_width(need: int, length: int, step: int = 32) -> int:
 
 
 def bucket_lengths(max_len: int, smallest: int = 32) -> list[int]:
-  """Powers of two from ``smallest`` up to (and ending at) ``max_len``: few jit shapes."""
-  out, n = [], smallest
-  while n < max_len:
-    out.append(n)
-    n *= 2
-  return out + [max_len]
+  """Powers of two from ``smallest`` up to (and ending at) ``max_len``: few jit shapes
+  (``prefjax.data.pipeline.bucket_lengths`` with one length per octave)."""
+  return list(pipeline.bucket_lengths(max_len, smallest, per_octave=1))
 
 
 def packed_length(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> int:
@@ -207,7 +193,7 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
         lp, ln = _score_window(graphdef, params, stack(rows), np.asarray(starts, np.int32),
                                width)
       else:
-        lp, ln = _score(graphdef, params, stack(rows))
+        lp, ln = completion_logps(graphdef, params, stack(rows))
       sums[chunk] = np.asarray(lp)[:len(chunk)]
       lengths[chunk] = np.asarray(ln)[:len(chunk)]
       bar.update(len(chunk))

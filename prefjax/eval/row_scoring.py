@@ -37,7 +37,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from prefjax.data import layout
-from prefjax.models.logprobs import chunked_token_logprobs, unembedding
+from prefjax.models.logprobs import chunked_token_logprobs
 
 _FIELDS = ("input_ids", "target_ids", "positions", "segment_ids", "branch_ids")
 
@@ -50,7 +50,7 @@ def _window_logps(graphdef, params, rows, idx_bw, chunk_size: int):
                     return_hidden=True, branch_ids_bt=rows["branch_ids"])        # [B, T, D]
   h_bwd = jnp.take_along_axis(hidden, idx_bw[..., None], axis=1)                 # [B, W, D]
   y_bw = jnp.take_along_axis(rows["target_ids"], idx_bw, axis=1)
-  w, vocab_major, softcap = unembedding(model)
+  w, vocab_major, softcap = model.unembedding()
   return chunked_token_logprobs(h_bwd, w, y_bw, chunk_size=chunk_size, softcap=softcap,
                                 vocab_major=vocab_major)
 

@@ -13,7 +13,9 @@ from prefjax.models.logprobs import forward_logps
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _score(graphdef, params, batch):
+def completion_logps(graphdef, params, batch):
+  """(log pi(completion | prompt) summed over each row's completion tokens [B], their
+  counts [B]) of a packed batch: the jitted ``forward_logps``."""
   logps, lengths, _ = forward_logps(nnx.merge(graphdef, params), batch)
   return logps, lengths
 
@@ -29,7 +31,7 @@ def score_completions(graphdef, params, prompt_ids: Sequence[Sequence[int]],
     chunk = rows[s:s + batch_size]
     n = len(chunk)
     chunk = chunk + [chunk[-1]] * (batch_size - n)
-    lp, ln = _score(graphdef, params, stack(chunk))
+    lp, ln = completion_logps(graphdef, params, stack(chunk))
     logps.append(np.asarray(lp)[:n])
     lengths.append(np.asarray(ln)[:n])
   return np.concatenate(logps), np.concatenate(lengths)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from prefjax.losses.dpo import pairwise_metrics
+from prefjax.losses.dpo import implicit_reward, pairwise_metrics
 from prefjax.losses.registry import register
 
 
 def _rewards(beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
              ref_rejected_logps):
-  return (beta * (policy_chosen_logps - ref_chosen_logps),
-          beta * (policy_rejected_logps - ref_rejected_logps))
+  return (implicit_reward(policy_chosen_logps, ref_chosen_logps, beta),
+          implicit_reward(policy_rejected_logps, ref_rejected_logps, beta))
 
 
 @register("nca_pair")

@@ -29,6 +29,12 @@ def reward_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy
   }
 
 
+def implicit_reward(policy_logps, ref_logps, beta):
+  """DPO's implicit reward r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) (Rafailov et al.,
+  arXiv 2305.18290), elementwise."""
+  return beta * (policy_logps - ref_logps)
+
+
 def pairwise_metrics(beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                      ref_rejected_logps):
   """Implicit-reward metrics shared by every pairwise loss (names are slash-separated).
@@ -37,8 +43,8 @@ def pairwise_metrics(beta, policy_chosen_logps, policy_rejected_logps, ref_chose
   rewards/margins = chosen - rejected; rewards/accuracies = 1[margin > 0].
   All values are ``[B]`` and detached.
   """
-  return reward_metrics(beta * (policy_chosen_logps - ref_chosen_logps),
-                        beta * (policy_rejected_logps - ref_rejected_logps),
+  return reward_metrics(implicit_reward(policy_chosen_logps, ref_chosen_logps, beta),
+                        implicit_reward(policy_rejected_logps, ref_rejected_logps, beta),
                         policy_chosen_logps, policy_rejected_logps)
 
 

@@ -155,17 +155,6 @@ def chunked_token_logprobs(hidden_btd, w, targets_bt, *, chunk_size: int,
   return jnp.where(wanted, out, 0.0)
 
 
-def unembedding(model):
-  """(W, vocab_major, final softcap or None) of a prefjax ``Transformer``.
-
-  Tied models return the embedding table [V, D] itself (vocab_major=True), untied ones the
-  unembedding [D, V].
-  """
-  if model.cfg.tie_embeddings:
-    return model.embed[...], True, model.cfg.final_softcap
-  return model.unembed[...], False, model.cfg.final_softcap
-
-
 def sequence_logps(logits_btv, targets_bt, loss_mask_bt):
   """Per-sequence sums over the completion (prompt and padding excluded).
 
@@ -188,13 +177,20 @@ def model_token_logps(model, ids_bt, positions_bt, segment_ids_bt, targets_bt, *
   models without that argument keep working on plain rows.
   """
   kw = {} if branch_ids_bt is None else {"branch_ids_bt": branch_ids_bt}
+  hidden, _ = model(ids_bt, positions_bt, segment_ids_bt, return_hidden=True, **kw)
+  return hidden_token_logps(model, hidden, targets_bt, chunk_size=chunk_size, mask_bt=mask_bt)
+
+
+def hidden_token_logps(model, hidden_btd, targets_bt, *, chunk_size: int | None = None,
+                       mask_bt=None):
+  """[B, T] float32 log-probs of ``targets`` from final-norm hidden states: the model's
+  head (``model.head``) on every token, or with ``chunk_size`` the chunked head on the
+  ``mask_bt`` tokens only (no [B, T, V] logits; others may read 0)."""
   if chunk_size:
-    hidden, _ = model(ids_bt, positions_bt, segment_ids_bt, return_hidden=True, **kw)
-    w, vocab_major, softcap = unembedding(model)
-    return chunked_token_logprobs(hidden, w, targets_bt, chunk_size=chunk_size,
+    w, vocab_major, softcap = model.unembedding()
+    return chunked_token_logprobs(hidden_btd, w, targets_bt, chunk_size=chunk_size,
                                   softcap=softcap, vocab_major=vocab_major, mask_bt=mask_bt)
-  logits, _ = model(ids_bt, positions_bt, segment_ids_bt, **kw)
-  return token_logprobs(logits, targets_bt)
+  return token_logprobs(model.head(hidden_btd), targets_bt)
 
 
 def forward_logps(model, batch, prefix: str = "", *, chunk_size: int | None = None):

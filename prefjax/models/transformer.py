@@ -134,6 +134,27 @@ class Transformer(nnx.Module):
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dtype=pd)
 
+  def unembedding(self):
+    """(W, vocab_major, final softcap or None): the output projection as stored.
+
+    Tied models return the embedding table [V, D] itself (vocab_major=True), untied ones the
+    unembedding [D, V]. ``prefjax.models.logprobs.chunked_token_logprobs`` takes these three
+    to run the head a chunk of tokens at a time.
+    """
+    if self.cfg.tie_embeddings:
+      return self.embed[...], True, self.cfg.final_softcap
+    return self.unembed[...], False, self.cfg.final_softcap
+
+  def head(self, hidden):
+    """Logits [..., V] of final-norm hidden states [..., D], in float32 (float64 stays):
+    ``softcap * tanh((h @ W) / softcap)`` with the final softcap (Gemma), else ``h @ W``."""
+    w, vocab_major, softcap = self.unembedding()
+    acc = acc_dtype(hidden.dtype)
+    logits = hidden.astype(acc) @ (w.T if vocab_major else w).astype(acc)
+    if softcap is not None:
+      logits = softcap * jnp.tanh(logits / softcap)
+    return logits
+
   def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache=None, return_hidden=False,
                branch_ids_bt=None):
     """Logits (B, T, V) in float32, and the new cache (None without one).
@@ -175,10 +196,7 @@ class Transformer(nnx.Module):
     x = self.final_norm(x.astype(acc))
     if return_hidden:
       return x, None
-    w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
-    logits = x @ w.astype(acc)                                                      # (B, T, V)
-    if cfg.final_softcap is not None:
-      logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
+    logits = self.head(x)                                                           # (B, T, V)
     if cache is None:
       return logits, None
     new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": seg,

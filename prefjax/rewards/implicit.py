@@ -16,22 +16,14 @@ Example:
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
-import jax
 import numpy as np
-from flax import nnx
 
 from prefjax.eval.pair_scoring import _window_ok, score_sequences
-from prefjax.models.logprobs import forward_logps
+from prefjax.eval.scoring import completion_logps
+from prefjax.losses.dpo import implicit_reward
 from prefjax.rewards.scoring import RewardScorer, batched_apply
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _logps(graphdef, params, batch):
-  logps, lengths, _ = forward_logps(nnx.merge(graphdef, params), batch)
-  return logps, lengths
 
 
 class ImplicitRewardScorer(RewardScorer):
@@ -55,7 +47,7 @@ class ImplicitRewardScorer(RewardScorer):
 
   def _sums(self, params, rows):
     out = {}
-    fn = lambda b: np.stack([np.asarray(x) for x in _logps(self.graphdef, params, b)], -1)
+    fn = lambda b: np.stack([np.asarray(x) for x in completion_logps(self.graphdef, params, b)], -1)
     both = batched_apply(fn, rows, self.batch_size)                               # (N, 2)
     out["logps"], out["lengths"] = both[:, 0], both[:, 1]
     return out
@@ -70,12 +62,11 @@ class ImplicitRewardScorer(RewardScorer):
       rows = self._rows(prompts, responses)
       sums = lambda params: self._sums(params, rows)
     pol = sums(self.params)
-    r = pol["logps"]
-    if self.ref_params is not None:
-      r = r - sums(self.ref_params)["logps"]
+    ref = 0.0 if self.ref_params is None else sums(self.ref_params)["logps"]
+    r = implicit_reward(pol["logps"], ref, self.beta)
     if self.normalize:
       r = r / np.maximum(pol["lengths"], 1.0)
-    return (self.beta * r).astype(np.float32)
+    return np.asarray(r, np.float32)
 
   def _sums_units(self, params, p_ids, comp, groups):
     """Summed log-probs on prefix-shared rows (``_fit``'s groups share their prompt)."""

@@ -19,22 +19,10 @@ from flax import nnx
 from prefjax.errors import ConfigError
 from prefjax.models.config import ModelConfig
 from prefjax.models.layers import param
-from prefjax.models.logprobs import (chunked_token_logprobs, entropy_from_logits,
-                                     token_logprobs, unembedding)
+from prefjax.models.logprobs import entropy_from_logits, hidden_token_logps, token_logprobs
 from prefjax.models.transformer import Transformer
 
 CRITICS = ("shared", "separate", "none")
-
-
-def logits_from_hidden(lm: Transformer, h_btd):
-  """The LM head applied to final-norm hidden states (as in ``Transformer.__call__``)."""
-  cfg = lm.cfg
-  dtype = jnp.dtype(cfg.dtype)
-  w = lm.embed[...].T if cfg.tie_embeddings else lm.unembed[...]
-  logits = (h_btd @ w.astype(dtype)).astype(jnp.float32)                          # (B, T, V)
-  if cfg.final_softcap is not None:
-    logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
-  return logits
 
 
 class ActorCritic(nnx.Module):
@@ -64,7 +52,7 @@ class ActorCritic(nnx.Module):
   def __call__(self, tokens_bt, positions_bt, segment_ids_bt):
     """(logits [B, T, V] float32, values [B, T] float32)."""
     h, _ = self.lm(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True)
-    return (logits_from_hidden(self.lm, h),
+    return (self.lm.head(h),
             self._values(h, tokens_bt, positions_bt, segment_ids_bt))
 
   def logps_and_values(self, batch, chunk_size=None):
@@ -72,13 +60,8 @@ class ActorCritic(nnx.Module):
     the vocabulary head runs in chunks on the ``loss_mask`` tokens only (no [B, T, V])."""
     args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
     h, _ = self.lm(*args, return_hidden=True)
-    if chunk_size:
-      w, vocab_major, softcap = unembedding(self.lm)
-      lp = chunked_token_logprobs(h, w, batch["target_ids"], chunk_size=chunk_size,
-                                  softcap=softcap, vocab_major=vocab_major,
-                                  mask_bt=batch["loss_mask"].astype(jnp.float32))
-    else:
-      lp = token_logprobs(logits_from_hidden(self.lm, h), batch["target_ids"])
+    lp = hidden_token_logps(self.lm, h, batch["target_ids"], chunk_size=chunk_size,
+                            mask_bt=batch["loss_mask"].astype(jnp.float32))
     return lp, self._values(h, *args)
 
   def evaluate(self, batch):
