@@ -13,7 +13,6 @@ Both start from the policy's backbone (the SFT model) and checkpoint as sub-stag
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,38 +26,19 @@ from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.token_model import (TokenRewardModel, edit_pairs, encode_edit_pair,
                                          flaw_detection, token_reward_params_from_backbone)
 from prefjax.rl import rewards as rw
-from prefjax.train.checkpoint import Checkpointer
-from prefjax.train.loop import run_stage
 from prefjax.train.objective import make_objective
-from prefjax.train.optimizer import make_optimizer
-from prefjax.train.step import init_state, make_train_step
+from prefjax.train.stages import train_stage
 
 
 
 def _train_sub_stage(ctx, name, model, init_params, objective, examples, encode, scfg):
+  """``train_stage`` on ``model`` (its own graphdef and shardings) from ``init_params``."""
   graphdef, _ = nnx.split(model)
-  param_sh = sharding.param_shardings(model, ctx.mesh)
-  c = ctx.config
-  tx, schedule = make_optimizer(scfg.lr, scfg.steps, warmup_steps=scfg.warmup_steps,
-                                weight_decay=scfg.weight_decay, b1=scfg.b1, b2=scfg.b2,
-                                clip_norm=scfg.clip_norm,
-                                final_lr_fraction=scfg.final_lr_fraction,
-                                lr_multipliers=dict(scfg.get("lr_multipliers", None) or {}))
-  pipeline.check_examples(examples, encode)
-  batches = pipeline.batched(examples, encode, scfg.batch_size, seed=c.seed,
-                             num_steps=scfg.steps)
-  state, state_sh = init_state(jax.tree.map(jnp.copy, init_params), tx, param_sh)
-  batch_sh = sharding.batch_sharding(ctx.mesh)
-  step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
-                         batch_sharding=batch_sh, ref_shardings=param_sh)
-  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name),
-                      every=c.checkpoint.every, keep=c.checkpoint.keep)
-  state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
-                    ref_params=None, batches=batches, batch_sharding=batch_sh,
-                    num_steps=scfg.steps, checkpointer=ckpt, writer=ctx.writer,
-                    log_every=c.log_every, progress=c.get("progress", False))
-  ckpt.close()
-  return graphdef, state["params"]
+  # a copy: the step donates its state, and the backbone leaves are the policy's own arrays
+  params = train_stage(ctx, name, scfg, objective, params=jax.tree.map(jnp.copy, init_params),
+                       examples=examples, encode=encode, graphdef=graphdef,
+                       param_shardings=sharding.param_shardings(model, ctx.mesh))
+  return graphdef, params
 
 
 def _testbed_pairs(ctx, n, split="train"):
