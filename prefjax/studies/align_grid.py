@@ -12,13 +12,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from prefjax import sharding
 from prefjax.data import pipeline
 from prefjax.eval import testbed_eval
 from prefjax.models import Transformer, make_config
 from prefjax.train.datasets import default_tokenizer
+from prefjax.train.loop import LastValues, NoCheckpoints, run_stage
 from prefjax.train.objective import Objective, make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.step import init_state, make_train_step
@@ -66,16 +66,18 @@ class Grid:
             batch_size: int, lr: float, warmup: int = 0, ref_params=None):
     """``steps`` updates of ``objective`` from ``params``; returns (params, last loss)."""
     tx, step = self._step(objective, lr, steps, warmup)
-    state, _ = init_state(jax.tree.map(jnp.copy, params), tx, self.param_sh)
+    state, state_sh = init_state(jax.tree.map(jnp.copy, params), tx, self.param_sh)
     batches = pipeline.batched(examples, encode, batch_size, seed=self.seed, num_steps=steps)
-    ref = ref_params if objective.needs_reference else None
-    loss = float("nan")
-    for i in range(steps):
-      state, m = step(state, jax.device_put(batches[i], self.batch_sh), ref)
-    loss = float(m["loss"])
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"{objective.spec.name}: non-finite loss {loss}")
-    return state["params"], loss
+    last = LastValues()
+    # The shared loop, without checkpoints or a metrics file: one line at the end, and a
+    # non-finite final loss stops the grid (NonFiniteLossError).
+    state = run_stage(objective.spec.name, train_step=step, state=state,
+                      state_shardings=state_sh,
+                      ref_params=ref_params if objective.needs_reference else None,
+                      batches=batches, batch_sharding=self.batch_sh, num_steps=steps,
+                      checkpointer=NoCheckpoints(), writer=last, log_every=steps,
+                      progress=False, handle_signals=False)
+    return state["params"], last.values["loss"]
 
   def sft(self, params, examples, *, steps, batch_size, lr, warmup=0):
     enc = pipeline.encode_sft(self.tok, self.max_len)

@@ -82,6 +82,39 @@ class _StopFlag:
     return bool(np.any(flags))
 
 
+class NoCheckpoints:
+  """A ``Checkpointer`` stand-in that saves nothing: short in-memory runs (study grids)."""
+  directory = None
+
+  def restore_latest_valid(self, state, state_shardings):
+    return None, state
+
+  def should_save(self, step, last):
+    return False
+
+  def save(self, step, state, wait=None):
+    pass
+
+  def latest_step(self):
+    return None
+
+  def wait(self):
+    pass
+
+
+class LastValues:
+  """A ``MetricsWriter`` stand-in that keeps only the last metrics line (``.values``)."""
+
+  def __init__(self):
+    self.values = {}
+
+  def truncate(self, stage, step):
+    pass
+
+  def write(self, stage, step, values):
+    self.values = dict(values, step=step)
+
+
 def resume(stage: str, checkpointer: Checkpointer, state, state_shardings):
   """(start step, state): the newest valid checkpoint, or (0, state) when there is none."""
   start, state = checkpointer.restore_latest_valid(state, state_shardings)
