@@ -8,13 +8,13 @@ Run:
 """
 import ml_collections
 
-from prefjax.train.config import base_config, _stage
+from prefjax.train.config import base_config, train_section
 
 
 def get_config(arg=None):
   c = base_config()
   c.stages = ("reward", "eval_reward")
-  c.reward = _stage(steps=120, batch_size=16, lr=1e-3, warmup=10)
+  c.reward = train_section(steps=120, batch_size=16, lr=1e-3, warmup=10)
   c.reward.loss = "bradley_terry"
   c.reward.loss_kwargs = ml_collections.ConfigDict(dict(margin=0.0, center_coef=0.0))
   c.reward.data = "hh:../shared/data/hh-rlhf/harmless-base_test.jsonl.gz"

@@ -9,13 +9,13 @@ Then score any pairs (RewardBench-style):
 """
 import ml_collections
 
-from prefjax.train.config import _stage
+from prefjax.train.config import train_section
 from prefjax.train.recipes import apply_options, real_config
 
 
 def get_config(arg=None):
   c = real_config(stages=("reward", "eval_reward"))
-  c.reward = _stage(steps=100, batch_size=4, lr=1e-5, warmup=10)
+  c.reward = train_section(steps=100, batch_size=4, lr=1e-5, warmup=10)
   # The scalar head starts at zero; at the backbone's lr it barely moves in 100 steps (a
   # 40-step run stayed at loss 0.693), so it learns at 100x.
   c.reward.lr_multipliers = ml_collections.ConfigDict(dict(head=100.0))

@@ -11,13 +11,13 @@ Variants:
 """
 import ml_collections
 
-from prefjax.train.config import base_config, _stage
+from prefjax.train.config import base_config, train_section
 
 
 def get_config(arg=None):
   c = base_config()
   c.stages = ("sft", "reward", "eval_reward")
-  c.reward = _stage(steps=300, batch_size=32, lr=1e-3, warmup=20)
+  c.reward = train_section(steps=300, batch_size=32, lr=1e-3, warmup=20)
   c.reward.loss = "bradley_terry"
   c.reward.loss_kwargs = ml_collections.ConfigDict(dict(margin=0.0, center_coef=0.0))
   c.reward.data = "world"

@@ -131,7 +131,7 @@ def load_scorer(path: str, *, kind: str = "auto", beta: float | None = None,
     _, graphdef, _ = build_reward_model(c, tok, model_cfg)
     params = _restore_params(d)
     _check(graphdef, params, d)
-    ml = max_len or c.reward.get("max_len", c.data.max_len)
+    ml = max_len or c.reward.get("max_len", 0) or c.data.max_len
     return (RewardScorer(graphdef, params, tok, max_len=ml, batch_size=batch_size),
             {"kind": "reward_model", "path": path, "max_len": ml})
   if c.get("model", {}).get("init_from"):

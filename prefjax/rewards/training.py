@@ -9,7 +9,7 @@ Configured by ``config.reward``:
               ``prefjax.testbed.length_bias``), "" (= ``config.data.train``) or any data
               spec (hh:PATH, llmbar:PATH, jsonl:PATH, ...; ``prefjax.data.sources``)
   n_pairs, n_eval_pairs, loss, loss_kwargs, steps, batch_size, lr, ...  (as other stages)
-  max_len     (default ``config.data.max_len``)
+  max_len     (0: ``config.data.max_len``)
   length_bias {pad_rate, max_pad, bias}
 
 Writes ``workdir/params/reward`` (the final pure params) and ``workdir/params/reward.json``
@@ -21,6 +21,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from prefjax import sharding
@@ -29,9 +30,22 @@ from prefjax.rewards.loading import TESTBED_DATA, load_scorer
 from prefjax.rewards.model import build_reward_model, reward_params_from_backbone
 from prefjax.rewards.scoring import RewardScorer
 from prefjax.train.checkpoint import save_params
+from prefjax.train.sections import train_section
 from prefjax.train.datasets import testbed_reward_pairs
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import accum, copy_params, train_stage
+
+
+def reward_config() -> ml_collections.ConfigDict:
+  """Defaults of the ``reward`` section (see the module docstring); max_len 0 = the run's
+  ``config.data.max_len``, n_pairs 0 = every pair."""
+  r = train_section(steps=300, batch_size=32, lr=1e-3, warmup=20)
+  r.loss = "bradley_terry"
+  r.loss_kwargs = ml_collections.ConfigDict(dict(margin=0.0, center_coef=0.0))
+  r.data = ""
+  r.n_pairs, r.n_eval_pairs, r.max_len = 0, 256, 0
+  r.length_bias = ml_collections.ConfigDict(dict(pad_rate=0.5, max_pad=8, bias=0.05))
+  return r
 
 
 def reward_pairs(c, split: str, n: int, data=None):
@@ -45,7 +59,7 @@ def reward_pairs(c, split: str, n: int, data=None):
 
 
 def _max_len(c):
-  return c.reward.get("max_len", c.data.max_len)
+  return c.reward.get("max_len", 0) or c.data.max_len
 
 
 def train_reward_model(ctx, backbone_params) -> dict:
@@ -66,7 +80,7 @@ def train_reward_model(ctx, backbone_params) -> dict:
   with open(os.path.join(d, "reward.json"), "w") as f:
     json.dump({"kind": "reward_model", "tokenizer": type(ctx.tokenizer).__name__,
                "max_len": _max_len(c), "model": ctx.model_cfg.to_dict(),
-               "model_source": c.model.get("init_from", "")}, f, indent=2)
+               "model_source": c.model.init_from}, f, indent=2)
   ctx.reward = (graphdef, params)
   return {"reward/num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
 
@@ -79,7 +93,7 @@ def evaluate_reward_model(ctx) -> dict:
     scorer, _ = load_scorer(ctx.workdir, kind="reward")
   else:
     scorer = RewardScorer(graphdef, params, ctx.tokenizer, max_len=_max_len(c))
-  if not c.get("progress", True):
+  if not c.progress:
     scorer.progress = False                 # --config.progress=False: no scoring bar either
   heldout = reward_pairs(c, "eval", c.reward.n_eval_pairs, ctx.data)
   return evaluate_pairs(scorer, heldout)

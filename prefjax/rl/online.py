@@ -186,7 +186,7 @@ def run_online_stage(ctx, o, policy_params):
   state, state_sh = init_state(jax.tree.map(jnp.copy, policy_params), tx, ctx.param_shardings)
   step = make_train_step(ctx.graphdef, objective, tx, schedule, state_shardings=state_sh,
                          batch_sharding=batch_sh,
-                         skip_nonfinite=c.get("nonfinite", "stop") == "skip")
+                         skip_nonfinite=c.nonfinite == "skip")
 
   def build(r, state):
     pick = np.random.default_rng([c.seed, r]).choice(len(pool), o.prompts_per_round,
@@ -233,8 +233,8 @@ def run_online_stage(ctx, o, policy_params):
                     ref_params=None, batches=src, batch_sharding=batch_sh,
                     num_steps=o.rounds * o.steps_per_round, checkpointer=ckpt,
                     writer=ctx.writer, log_every=o.steps_per_round, on_log=src.on_log,
-                    progress=c.get("progress", True), nonfinite=c.get("nonfinite", "stop"),
-                    max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
+                    progress=c.progress, nonfinite=c.nonfinite,
+                    max_skips_in_a_row=c.max_skips_in_a_row)
   ckpt.close()
   return state["params"]
 

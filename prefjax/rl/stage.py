@@ -53,6 +53,7 @@ from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_poli
 from prefjax.rl.rollout import (RolloutConfig, check_prompts, fixed_width, rollout,
                                 sample_view)
 from prefjax.train.checkpoint import Checkpointer
+from prefjax.train.sections import train_section
 from prefjax.train.loop import run_stage
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
@@ -62,9 +63,7 @@ from prefjax.train.step import init_state, make_train_step
 
 
 def _sub_stage(steps, batch_size, lr, warmup=10):
-  return ml_collections.ConfigDict(dict(
-      steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=0.0,
-      b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1))
+  return train_section(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup)
 
 
 def rl_config() -> ml_collections.ConfigDict:
@@ -163,13 +162,13 @@ def validate(r) -> None:
   if spec.grouped and r.group_size < 2:
     raise ConfigError(f"config.rl.advantage.estimator={spec.name!r} needs "
                       f"config.rl.group_size >= 2, got {r.group_size}")
-  if r.get("old_logps", "trainer") not in ("trainer", "sampler"):
+  if r.old_logps not in ("trainer", "sampler"):
     raise ConfigError(f"config.rl.old_logps must be trainer or sampler, got {r.old_logps!r}")
   kl_lib.check_placement(r.kl.placement)
   kl_lib.kl_estimate(jnp.zeros(()), jnp.zeros(()), r.kl.estimator)
   per_token_objective(r.loss_kwargs.aggregation)
   adv_lib.check_kwargs(spec.name, r.advantage.kwargs.to_dict())
-  rw.check_sources(dict(r.rewards), r.get("reward_kwargs", ml_collections.ConfigDict()).to_dict())
+  rw.check_sources(dict(r.rewards), r.reward_kwargs.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
                                 warmup_steps=r.warmup_steps, weight_decay=r.weight_decay,
                                 b1=r.b1, b2=r.b2, clip_norm=r.clip_norm,
                                 final_lr_fraction=r.final_lr_fraction,
-                                lr_multipliers=dict(r.get("lr_multipliers", None) or {}))
+                                lr_multipliers=dict(r.lr_multipliers or {}))
   state, state_sh = init_state(params, tx, ac_sh)
   hp = dict(r.loss_kwargs.to_dict(), kl_estimator=r.kl.estimator)
   chunk = logps_chunk(c) if not hp.get("entropy_coef") else None
@@ -294,7 +293,7 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   batch_sh = sharding.batch_sharding(ctx.mesh)
   train_step = make_train_step(ac_graphdef, objective, tx, schedule, state_shardings=state_sh,
                                batch_sharding=batch_sh,
-                               skip_nonfinite=c.get("nonfinite", "stop") == "skip")
+                               skip_nonfinite=c.nonfinite == "skip")
 
   rounds_dir = os.path.join(ctx.workdir, "rounds", r.name)
   kl_hist = _KLHistory(rounds_dir, r)
@@ -349,8 +348,8 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
                     ref_params=None, batches=src, batch_sharding=batch_sh,
                     num_steps=r.iterations * steps_per_round, checkpointer=ckpt,
                     writer=ctx.writer, log_every=steps_per_round, on_log=src.on_log,
-                    progress=c.get("progress", True), nonfinite=c.get("nonfinite", "stop"),
-                    max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
+                    progress=c.progress, nonfinite=c.nonfinite,
+                    max_skips_in_a_row=c.max_skips_in_a_row)
   ckpt.close()
   if summary:
     if isinstance(getattr(ctx, "summary", None), dict):

@@ -24,7 +24,7 @@ def world_config(c, spec: str | None = None) -> world.WorldConfig:
   """The world of ``config.testbed``; ``testbed:a,b`` overrides its task list."""
   t = c.testbed
   tasks = tuple(t.tasks)
-  spec = spec if spec is not None else c.data.get("train", PREFIX)
+  spec = spec if spec is not None else c.data.train
   if spec and spec.startswith(PREFIX + ":"):
     tasks = tuple(x for x in spec[len(PREFIX) + 1:].split(",") if x)
   return world.WorldConfig(tasks=tasks, seed=t.seed, sft_error_rate=t.sft_error_rate,

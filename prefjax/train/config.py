@@ -8,19 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from prefjax.errors import ConfigError
-
-
-def _stage(steps, batch_size, lr, warmup):
-  """A training stage's optimisation fields. ``batch_size`` is per micro-batch; with
-  ``accum_steps`` = k the optimiser sees k * batch_size examples per step (exact
-  gradient accumulation). ``lr_multipliers`` scales the lr of top-level parameter groups,
-  e.g. ``{"head": 100.0}`` for a reward model's zero-initialised scalar head.
-  ``opt_state_dtype``: "bfloat16" stores both Adam moments in bfloat16 (4 instead of 8
-  bytes per parameter); "" = float32."""
-  return ml_collections.ConfigDict(dict(
-      steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=0.0,
-      b1=0.9, b2=0.95, clip_norm=1.0, final_lr_fraction=0.1, accum_steps=1,
-      lr_multipliers=ml_collections.ConfigDict(), opt_state_dtype=""))
+from prefjax.train.sections import train_section  # noqa: F401  (experiments import it here)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -82,24 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
                                                  num_processes=0, process_id=-1))
 
-  c.sft = _stage(steps=400, batch_size=64, lr=3e-3, warmup=40)
-  c.dpo = _stage(steps=150, batch_size=32, lr=3e-4, warmup=10)
-  c.dpo.loss = "dpo"
-  c.dpo.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3))  # + any hyper-parameter of the loss
-  # loss = "combo": weighted sum of pairwise losses, e.g. {"dpo": 1.0, "sppo_hard": 0.1};
-  # each part takes the keys of loss_kwargs it accepts.
-  c.dpo.loss_weights = ml_collections.ConfigDict()
-
   # LoRA for the preference stage (rank 0 = off): only adapters train; the base is frozen.
   c.lora = ml_collections.ConfigDict(dict(
       rank=0, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"), seed=0))
 
-  # The judge at the end of a run: held-out prompts sampled from the policy and the reference.
-  # reward: the reward source that scores them ("" = the testbed oracle, or the verifier of
-  # tasks: data); temperature 0 = greedy.
-  c.eval = ml_collections.ConfigDict(dict(
-      n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=1234,
-      reward="", batch_size=32))
   # async_save: a checkpoint write overlaps the next steps (Orbax; writes are atomic).
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
   # Ranking accuracy of the policy on n_train training pairs and the held-out pairs, logged
@@ -123,44 +97,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.progress = True
   c.tensorboard = True
+  # Each registered stage's own section (sft, dpo, reward, eval, rl, online, ...), with the
+  # defaults its module declares (``register_stage(..., section=, defaults=)``).
+  from prefjax.train import stage_fns
+  for name, section in stage_fns.section_defaults().items():
+    c[name] = section
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values the type system cannot; raises ConfigError naming the field."""
-  from prefjax.train.stages import STAGES
-  import prefjax.train.stage_fns  # noqa: F401  (registers the built-in stages)
-  stages = tuple(STAGES)
+  from prefjax.train import stage_fns
+  stages = tuple(stage_fns.STAGES)
   for s in c.stages:
     if s not in stages:
       raise ConfigError(f"config.stages: unknown stage {s!r}; valid stages: {', '.join(stages)}")
-  if ("reward" in c.stages or "eval_reward" in c.stages) and "reward" not in c:
-    raise ConfigError("config.stages has a reward stage but the config has no 'reward' "
-                      "section (see experiments/testbed/reward_model.py)")
-  for name in ("sft", "dpo") + (("reward",) if "reward" in c.stages else ()):
+  trained = [stage_fns.STAGES[s].section for s in c.stages]
+  for name in dict.fromkeys(n for n in trained if n and n in c and "steps" in c[n]):
     st = c[name]
     for f in ("steps", "batch_size"):
       if st[f] <= 0:
         raise ConfigError(f"config.{name}.{f} must be positive, got {st[f]}")
     if st.lr <= 0:
       raise ConfigError(f"config.{name}.lr must be positive, got {st.lr}")
-    if st.get("opt_state_dtype", "") not in ("", "float32", "bfloat16"):
+    if st.opt_state_dtype not in ("", "float32", "bfloat16"):
       raise ConfigError(f"config.{name}.opt_state_dtype must be float32 or bfloat16, got "
                         f"{st.opt_state_dtype!r}")
-    if st.get("accum_steps", 1) < 1:
+    if st.accum_steps < 1:
       raise ConfigError(f"config.{name}.accum_steps must be >= 1, got {st.accum_steps}")
-    for k, v in dict(st.get("lr_multipliers", None) or {}).items():
+    for k, v in dict(st.lr_multipliers or {}).items():
       if not isinstance(v, (int, float)) or v <= 0:
         raise ConfigError(f"config.{name}.lr_multipliers.{k} must be a positive number, got {v!r}")
-  if c.model.get("dtype", "") not in ("", "float32", "bfloat16"):
+  if c.model.dtype not in ("", "float32", "bfloat16"):
     raise ConfigError(f"config.model.dtype must be float32 or bfloat16, got {c.model.dtype!r}")
-  if c.data.get("layout", "plain") not in ("plain", "prefix", "packed"):
+  if c.data.layout not in ("plain", "prefix", "packed"):
     raise ConfigError(f"config.data.layout must be plain, prefix or packed, got "
                       f"{c.data.layout!r}")
-  if c.data.get("completion", "truncate") not in ("truncate", "drop", "error"):
+  if c.data.completion not in ("truncate", "drop", "error"):
     raise ConfigError(f"config.data.completion must be truncate, drop or error, got "
                       f"{c.data.completion!r}")
-  if c.get("nonfinite", "stop") not in ("stop", "skip"):
+  if c.nonfinite not in ("stop", "skip"):
     raise ConfigError(f"config.nonfinite must be stop or skip, got {c.nonfinite!r}")
   if c.data.max_len < 4:
     raise ConfigError(f"config.data.max_len={c.data.max_len} is too small")

@@ -48,7 +48,7 @@ class DataSource:
   def __init__(self, c, tokenizer):
     self.c = c
     self.tokenizer = tokenizer
-    self.train_spec = c.data.get("train", "testbed") or "testbed"
+    self.train_spec = c.data.train or "testbed"
     self.testbed = testbed_source.is_testbed(self.train_spec)
     self._cache: dict = {}
     self.reports: dict = {}
@@ -58,7 +58,7 @@ class DataSource:
                n: int | None = None) -> list[dict]:
     """``kind`` examples of ``split`` ("train" or "eval"); ``n`` sizes a testbed draw."""
     c = self.c
-    spec = spec or (c.data.get("sft", "") if kind == "sft" else "") or self.train_spec
+    spec = spec or (c.data.sft if kind == "sft" else "") or self.train_spec
     key = (spec, kind, split, n)
     if key in self._cache:
       return self._cache[key]
@@ -96,18 +96,18 @@ class DataSource:
       self.reports[f"{spec} ({kind})"] = {
           "examples": len(res.examples), "skipped": res.skipped,
           "first_skipped": [f"{loc}: {r}" for loc, r in res.skipped_rows[:5]]}
-      eval_spec = c.data.get("eval", "") or None
-      n_eval = c.data.get("n_eval", 0) or None
+      eval_spec = c.data.eval or None
+      n_eval = c.data.n_eval or None
       if kind == "sft" and spec != self.train_spec:
         split_ = (res.examples, [])
       else:
         split_ = sources.split_heldout(res.examples, eval_spec=eval_spec, n_eval=n_eval,
-                                       fraction=c.data.get("eval_fraction", 0.1), seed=c.seed,
+                                       fraction=c.data.eval_fraction, seed=c.seed,
                                        kind=kind, chat=self._chat)
       self._cache[key] = split_
     train, ev = self._cache[key]
     if split == "train":
-      n = c.data.get("n_train", 0)
+      n = c.data.n_train
       return train[:n] if n else train
     return ev
 
@@ -166,7 +166,7 @@ class DataSource:
       else:
         items = prompts_lib.prompts_of_pairs(self.examples("pairwise", "train") +
                                              self.examples("pairwise", "eval"))
-      n_eval = c.data.get("n_eval", 0) or max(1, len(items) // 10)
+      n_eval = c.data.n_eval or max(1, len(items) // 10)
       train, ev = prompts_lib.split_items(items, n_eval, c.seed)
       out = train if split == "train" else ev
     out = out[:n] if n else out
@@ -181,7 +181,7 @@ class DataSource:
     plain rows."""
     c, tok = self.c, tokenizer or self.tokenizer
     max_len = max_len or c.data.max_len
-    lay = c.data.get("layout", "plain")
+    lay = c.data.layout
     kind = "pairwise" if kind == "reward" else kind
     if batch_size is None:
       lay = "plain"
@@ -189,13 +189,13 @@ class DataSource:
       raise ConfigError(f"no row encoder for batch kind {kind!r}")
     return layout.make_encoder(kind, tok, max_len, layout=lay, group_size=self.group_size(),
                                truncate=c.data.truncate,
-                               completion=c.data.get("completion", "truncate"),
+                               completion=c.data.completion,
                                batch_size=batch_size, rows=c.data.get("rows") or None,
                                row_len=c.data.get("row_len") or None,
-                               bucket=(int(c.data.get("bucket_per_octave", 4))
-                                       if c.data.get("bucket", True) else 0))
+                               bucket=(int(c.data.bucket_per_octave)
+                                       if c.data.bucket else 0))
 
   def group_size(self) -> int:
     if self.testbed:
       return self.c.testbed.group_size
-    return int(self.c.data.get("group_size", 4))
+    return int(self.c.data.group_size)

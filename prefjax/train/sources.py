@@ -58,7 +58,7 @@ def build_model(c, tokenizer):
 
 def _tokenizer_data(c) -> str:
   """The data a preset's tokenizer must read: the run's, or a reward-only run's file."""
-  spec = c.data.get("train", "testbed")
+  spec = c.data.train
   reward_data = c.reward.get("data", "") if "reward" in c else ""
   if (set(c.stages) <= {"reward", "eval_reward"} and reward_data
       and reward_data not in ("world", "length_bias")):
@@ -111,7 +111,7 @@ def _apply_overrides(cfg: ModelConfig, over: dict, where: str) -> ModelConfig:
 
 def load(c, mesh) -> ModelSource:
   """The starting model of ``config.model`` sharded over ``mesh``."""
-  init_from = c.model.get("init_from", "") or ""
+  init_from = c.model.init_from or ""
   if is_preset(init_from):
     preset = init_from or c.model.preset
     tok = default_tokenizer(_tokenizer_data(c))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import ml_collections
+
 from prefjax import distributed
 from prefjax.errors import ConfigError, DataError
 from prefjax.eval import heldout, judge, ranking_monitor, testbed_eval
@@ -18,8 +20,10 @@ from prefjax.rl import rewards as rw
 from prefjax.rl import stage as rl_stage_lib
 from prefjax.train import outputs
 from prefjax.train.objective import make_objective
-from prefjax.train.stages import (Lora, RunContext, accum, copy_params, logps_chunk,
-                                  preference_objective, register_stage, train_stage)
+from prefjax.train.sections import train_section
+from prefjax.train.stages import (STAGES, Lora, RunContext, accum, copy_params,  # noqa: F401
+                                  logps_chunk, preference_objective, register_stage,
+                                  section_defaults, train_stage)
 
 
 @dataclasses.dataclass
@@ -40,7 +44,11 @@ def _skips_sft(ctx) -> bool:
 
 
 # ----------------------------------------------------------------------------- sft
-@register_stage("sft")
+def sft_section():
+  return train_section(steps=400, batch_size=64, lr=3e-3, warmup=40)
+
+
+@register_stage("sft", section="sft", defaults=sft_section)
 def sft(ctx: RunContext, models: Models) -> None:
   if _skips_sft(ctx):
     return
@@ -52,6 +60,17 @@ def sft(ctx: RunContext, models: Models) -> None:
 
 
 # ----------------------------------------------------------------------------- dpo
+def dpo_section():
+  """loss: any registered loss name, or "combo": a weighted sum of pairwise losses
+  (``loss_weights``, e.g. {"dpo": 1.0, "sppo_hard": 0.1}; each part takes the keys of
+  ``loss_kwargs`` it accepts)."""
+  d = train_section(steps=150, batch_size=32, lr=3e-4, warmup=10)
+  d.loss = "dpo"
+  d.loss_kwargs = ml_collections.ConfigDict(dict(beta=0.3))  # + any hyper-parameter of the loss
+  d.loss_weights = ml_collections.ConfigDict()
+  return d
+
+
 def _check_dpo(c):
   preference_objective(c.dpo)
 
@@ -99,7 +118,7 @@ def _monitors(ctx: RunContext, reference, examples, kind, params_fn):
   return on_log
 
 
-@register_stage("dpo", check=_check_dpo)
+@register_stage("dpo", check=_check_dpo, section="dpo", defaults=dpo_section)
 def dpo(ctx: RunContext, models: Models) -> None:
   """Any registered preference loss from the current policy; reference = that start."""
   c = ctx.config
@@ -122,24 +141,32 @@ def dpo(ctx: RunContext, models: Models) -> None:
 
 # ----------------------------------------------------------------------------- reward
 def _check_reward(c):
-  if "reward" not in c:
-    raise ConfigError("config.stages has a reward stage but the config has no 'reward' "
-                      "section (see experiments/testbed/reward_model.py)")
   make_objective(c.reward.loss, c.reward.loss_kwargs.to_dict())
 
 
-@register_stage("reward", check=_check_reward)
+@register_stage("reward", check=_check_reward, section="reward",
+                defaults=training.reward_config)
 def reward(ctx: RunContext, models: Models) -> None:
   ctx.summary.update(training.train_reward_model(ctx, models.policy))
 
 
-@register_stage("eval_reward", check=_check_reward)
+@register_stage("eval_reward", check=_check_reward, section="reward",
+                defaults=training.reward_config)
 def eval_reward(ctx: RunContext, models: Models) -> None:
   ctx.summary.update(training.evaluate_reward_model(ctx))
 
 
 # ----------------------------------------------------------------------------- eval
-@register_stage("eval")
+def eval_section():
+  """The judge at the end of a run: held-out prompts sampled from the policy and the
+  reference. reward: the reward source that scores them ("" = the testbed oracle, or the
+  verifier of tasks: data); temperature 0 = greedy."""
+  return ml_collections.ConfigDict(dict(
+      n_prompts=256, n_samples=2, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=1234,
+      reward="", batch_size=32))
+
+
+@register_stage("eval", section="eval", defaults=eval_section)
 def evaluate(ctx: RunContext, models: Models) -> None:
   """The testbed's oracle judge, or held-out preference metrics on real data."""
   c = ctx.config
@@ -177,15 +204,15 @@ def judge_policy(ctx: RunContext, policy, reference) -> dict:
   ``config.eval.reward`` ("" = the verifier of ``tasks:`` data): ``eval/*`` in the summary,
   every sample in ``workdir/generations.jsonl``."""
   c, ev = ctx.config, ctx.config.eval
-  name = ev.get("reward", "") or ("verifier" if ctx.data.taskset is not None else "")
+  name = ev.reward or ("verifier" if ctx.data.taskset is not None else "")
   if not name:
     raise ConfigError("config.eval.reward must name a reward source to judge samples of "
                       f"{ctx.data.train_spec} (e.g. 'rm:WORKDIR')")
   source = rw.make_source(name, rw.SourceEnv(ctx=ctx, policy_params=reference))
   settings = judge.JudgeSettings(
       n_samples=ev.n_samples, max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
-      top_p=ev.get("top_p", 1.0), seed=ev.seed, max_len=c.data.max_len,
-      batch_size=ev.get("batch_size", 32), logps_chunk=logps_chunk(c))
+      top_p=ev.top_p, seed=ev.seed, max_len=c.data.max_len,
+      batch_size=ev.batch_size, logps_chunk=logps_chunk(c))
   metrics, rows = judge.judge((ctx.graphdef, policy), (ctx.graphdef, reference), ctx.tokenizer,
                               ctx.data.prompts("eval", ev.n_prompts), source=source,
                               taskset=ctx.data.taskset, settings=settings)
@@ -209,7 +236,7 @@ def _check_rl(c):
   rl_stage_lib.check_config(c)
 
 
-@register_stage("ppo", check=_check_rl)
+@register_stage("ppo", check=_check_rl, section="rl", defaults=rl_stage_lib.rl_config)
 def ppo(ctx: RunContext, models: Models) -> None:
   """PPO / fine-grained PPO / GRPO / RLOO / REINFORCE++ (``config.rl``; prefjax.rl.stage)."""
   rl_stage_lib.rl_stage(ctx, models)
@@ -219,7 +246,8 @@ def _check_online(c):
   online_lib.check_config(c)
 
 
-@register_stage("online", check=_check_online)
+@register_stage("online", check=_check_online, section="online",
+                defaults=online_lib.online_config)
 def online(ctx: RunContext, models: Models) -> None:
   """Online / iterative preference optimisation with any registered loss (prefjax.rl.online)."""
   online_lib.online_stage(ctx, models)

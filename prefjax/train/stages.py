@@ -58,10 +58,14 @@ class RunContext:
 @dataclasses.dataclass(frozen=True)
 class StageDef:
   """A registered stage: ``run(ctx, models)`` updates ``models`` in place; ``check(config)``
-  raises ConfigError before anything is written (unknown loss, hyper-parameter, ...)."""
+  raises ConfigError before anything is written (unknown loss, hyper-parameter, ...);
+  ``section`` names the config section it reads and ``defaults()`` builds that section
+  (``base_config`` is assembled from them)."""
   name: str
   run: Callable
   check: Callable
+  section: str | None = None
+  defaults: Callable[[], ml_collections.ConfigDict] | None = None
 
   def __call__(self, ctx, models):
     return self.run(ctx, models)
@@ -70,13 +74,25 @@ class StageDef:
 STAGES: dict[str, StageDef] = {}
 
 
-def register_stage(name: str, check: Callable | None = None):
+def register_stage(name: str, check: Callable | None = None, *, section: str | None = None,
+                   defaults: Callable[[], ml_collections.ConfigDict] | None = None):
+  """Registers ``fn(ctx, models)`` as stage ``name``; ``section`` / ``defaults``: the config
+  section it owns and a function returning its default values."""
   def deco(fn):
     if name in STAGES:
       raise ValueError(f"stage {name!r} is already registered")
-    STAGES[name] = StageDef(name, fn, check or (lambda c: None))
+    STAGES[name] = StageDef(name, fn, check or (lambda c: None), section, defaults)
     return fn
   return deco
+
+
+def section_defaults() -> dict[str, ml_collections.ConfigDict]:
+  """{section: its defaults} over the registered stages (a shared section once)."""
+  out = {}
+  for st in STAGES.values():
+    if st.section and st.defaults is not None and st.section not in out:
+      out[st.section] = st.defaults()
+  return out
 
 
 def names() -> tuple[str, ...]:
@@ -86,7 +102,7 @@ def names() -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- objectives
 def logps_chunk(c) -> int | None:
   """``config.model.logps_chunk``: tokens per chunk of the vocabulary log-softmax (0: off)."""
-  n = c.model.get("logps_chunk", 0) if c is not None else 0
+  n = c.model.logps_chunk if c is not None else 0
   return int(n) if n else None
 
 
@@ -161,14 +177,14 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                                 weight_decay=section.weight_decay, b1=section.b1, b2=section.b2,
                                 clip_norm=section.clip_norm,
                                 final_lr_fraction=section.final_lr_fraction,
-                                lr_multipliers=dict(section.get("lr_multipliers", None) or {}),
-                                opt_state_dtype=section.get("opt_state_dtype", "") or None)
+                                lr_multipliers=dict(section.lr_multipliers or {}),
+                                opt_state_dtype=section.opt_state_dtype or None)
   if isinstance(encode, layout_lib.RowsEncoder):     # prefix-shared / packed rows
     batches = layout_lib.plan_batches(examples, encode, seed=c.seed, num_steps=section.steps,
-                                      shuffle=c.data.get("shuffle", True))
+                                      shuffle=c.data.shuffle)
   else:
     batches = pipeline.batched(examples, encode, section.batch_size * n_accum, seed=c.seed,
-                               num_steps=section.steps, shuffle=c.data.get("shuffle", True))
+                               num_steps=section.steps, shuffle=c.data.shuffle)
   needs_ref = objective.needs_reference or lora is not None
   batches, cached = cached_reference(ctx, name, objective, reference, batches, section.steps,
                                      graphdef)
@@ -186,16 +202,16 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
                          ref_shardings=param_sh if ref_params is not None else None,
                          compose=compose,
                          **_step_kwargs(make_train_step, accum_steps=n_accum if n_accum > 1 else None,
-                                        skip_nonfinite=c.get("nonfinite", "stop") == "skip"))
+                                        skip_nonfinite=c.nonfinite == "skip"))
   ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", name), every=c.checkpoint.every,
                       keep=c.checkpoint.keep,
-                      async_checkpointing=c.checkpoint.get("async_save", False))
+                      async_checkpointing=c.checkpoint.async_save)
   state = run_stage(name, train_step=step, state=state, state_shardings=state_sh,
                     ref_params=ref_params, batches=batches,
                     batch_sharding=batch_sh, num_steps=section.steps, checkpointer=ckpt,
                     writer=ctx.writer, log_every=c.log_every, on_log=on_log,
-                    progress=c.progress, nonfinite=c.get("nonfinite", "stop"),
-                    max_skips_in_a_row=c.get("max_skips_in_a_row", 10))
+                    progress=c.progress, nonfinite=c.nonfinite,
+                    max_skips_in_a_row=c.max_skips_in_a_row)
   ckpt.close()
   return state["params"]
 
@@ -216,9 +232,9 @@ def cached_reference(ctx: RunContext, name: str, objective: Objective, reference
   c = ctx.config
   extra = dict(ref_cache.tokenizer_identity(ctx.tokenizer), kind=objective.spec.kind,
                logps_chunk=objective.logps_chunk, max_len=c.data.max_len,
-               layout=c.data.get("layout", "plain"), truncate=c.data.get("truncate"),
+               layout=c.data.layout, truncate=c.data.get("truncate"),
                completion=c.data.get("completion"), model=repr(ctx.model_cfg),
-               dtype=c.model.get("dtype", ""), backend=jax.default_backend())
+               dtype=c.model.dtype, backend=jax.default_backend())
   res = ref_cache.prepare(graphdef, objective, reference, batches, num_steps,
                           batch_sharding=sharding.batch_sharding(ctx.mesh), directory=rc.dir,
                           extra=extra)
@@ -231,7 +247,7 @@ def cached_reference(ctx: RunContext, name: str, objective: Objective, reference
 
 def accum(section) -> int:
   """Micro-batches per optimizer step (``section.accum_steps``, default 1)."""
-  return int(section.get("accum_steps", 1) or 1)
+  return int(section.accum_steps or 1)
 
 
 def filter_examples(examples, encode, stage: str):

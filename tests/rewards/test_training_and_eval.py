@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prefjax.train import runner
-from prefjax.train.config import _stage, base_config
+from prefjax.train.config import base_config, train_section
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
   _easy_jsonl(data)
   c = base_config()
   c.stages = ("reward", "eval_reward")
-  c.reward = _stage(steps=20, batch_size=8, lr=3e-3, warmup=2)
+  c.reward = train_section(steps=20, batch_size=8, lr=3e-3, warmup=2)
   c.reward.loss, c.reward.data = "bradley_terry", f"jsonl:{data}"
   c.reward.loss_kwargs = ml_collections.ConfigDict(dict(margin=0.0, center_coef=0.01))
   c.reward.n_pairs, c.reward.n_eval_pairs, c.reward.max_len = 1000, 16, 48

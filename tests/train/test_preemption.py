@@ -39,7 +39,7 @@ def setup():
       batch_sh
 
 
-def _stage(setup, workdir, batches=None):
+def train_section(setup, workdir, batches=None):
   step, state0, state_sh, ref, data, batch_sh = setup
   ck = Checkpointer(os.path.join(workdir, "ck"), every=4, keep=2)
   try:
@@ -56,9 +56,9 @@ def _stage(setup, workdir, batches=None):
 def test_signal_checkpoints_the_current_step_and_resume_matches(setup, tmp_path, signum,
                                                                 capsys):
   handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-  full = jax.device_get(_stage(setup, str(tmp_path / "full")))
+  full = jax.device_get(train_section(setup, str(tmp_path / "full")))
   with pytest.raises(Preempted) as info:
-    _stage(setup, str(tmp_path / "cut"), SignalAt(setup[4], 2, signum))
+    train_section(setup, str(tmp_path / "cut"), SignalAt(setup[4], 2, signum))
   assert info.value.step == 3                      # step index 2 finished: 3 steps done
   assert str(info.value).startswith(f"[dpo] {signal.Signals(signum).name} received; "
                                     "checkpoint at step 3 written (")
@@ -66,7 +66,7 @@ def test_signal_checkpoints_the_current_step_and_resume_matches(setup, tmp_path,
   assert sorted(os.listdir(tmp_path / "cut" / "ck")) == ["3"]
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
 
-  resumed = jax.device_get(_stage(setup, str(tmp_path / "cut")))
+  resumed = jax.device_get(train_section(setup, str(tmp_path / "cut")))
   assert "[dpo] resuming from checkpoint at step 3" in capsys.readouterr().out
   jax.tree.map(np.testing.assert_array_equal, full, resumed)
   lines = [json.loads(x) for x in open(tmp_path / "cut" / "metrics.jsonl")]
@@ -85,7 +85,7 @@ class DoubleCtrlC(SignalAt):
 
 def test_a_second_ctrl_c_stops_at_once(setup, tmp_path):
   with pytest.raises(KeyboardInterrupt):
-    _stage(setup, str(tmp_path / "w"), DoubleCtrlC(setup[4], 2, signal.SIGINT))
+    train_section(setup, str(tmp_path / "w"), DoubleCtrlC(setup[4], 2, signal.SIGINT))
   assert not os.path.exists(tmp_path / "w" / "ck" / "3")
 
 

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from prefjax.errors import PrefjaxError
-from prefjax.train.config import _stage, base_config
+from prefjax.train.config import base_config, train_section
 from prefjax.train.run import run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,7 @@ def test_every_objective_kind_runs_two_steps(files, tmp_path, loss, train):
 
 def test_reward_model_on_the_lm_backbone(files, tmp_path):
   c = _config(files, stages=("reward", "eval_reward"))
-  c.reward = _stage(steps=2, batch_size=4, lr=1e-3, warmup=0)
+  c.reward = train_section(steps=2, batch_size=4, lr=1e-3, warmup=0)
   c.reward.loss, c.reward.data = "bradley_terry", ""
   c.reward.loss_kwargs = dict(margin=0.0, center_coef=0.0)
   c.reward.n_pairs, c.reward.n_eval_pairs = 0, 8
