@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from prefjax.eval import pair_scoring
-from prefjax.eval.ranking_sources import load_checkpoint_params
 from prefjax.eval.scoring import score_completions
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.testbed import world
 from prefjax.train import config as config_lib
 from prefjax.train import runner
+from prefjax.train.finished_run import checkpoint_params
 
 
 def _tiny():
@@ -48,8 +48,8 @@ def test_ranking_metrics_in_metrics_jsonl(tmp_path):
   # Independent check of the last held-out accuracy and flips.
   tok = tb_tokenizer.TestbedTokenizer()
   _, graphdef, _ = runner.build_model(c, tok)
-  pol = load_checkpoint_params(tmp_path / "checkpoints" / "dpo" / "4")
-  ref = load_checkpoint_params(tmp_path / "checkpoints" / "sft" / "2")
+  pol = checkpoint_params(tmp_path / "checkpoints" / "dpo" / "4")
+  ref = checkpoint_params(tmp_path / "checkpoints" / "sft" / "2")
   pairs = world.preference_pairs(runner.world_config(c), 16, split="eval")
   prompts = [tok.encode_prompt(p["prompt"]) for p in pairs]
   def correct(params):
