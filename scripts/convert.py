@@ -10,8 +10,9 @@ The input kind is detected (``prefjax.train.finished_run.load_run``): a training
 final model, ``model/`` or ``export/hf/``, as the runner writes) or one of its DPO
 checkpoints, ``model_config.json`` = prefjax checkpoint, ``config.json`` = HF, ``*.gguf``.
 The output is a prefjax checkpoint unless the input is a prefjax checkpoint or a workdir
-(then a HF directory), or as ``--to_format`` says. The source's tokenizer (with its chat template) is
-always written: HF tokenizer files in the HF directory, or ``tokenizer/`` in a checkpoint.
+(then a HF directory), or as ``--to_format`` says. The source's tokenizer (with its chat
+template) is always written: HF tokenizer files in the HF directory, or ``tokenizer/`` in a
+checkpoint.
 """
 import os
 import sys

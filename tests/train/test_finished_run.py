@@ -79,7 +79,8 @@ def test_dpo_step_dir(workdir):
   _equal(r.reference, checkpoint_params(workdir / "checkpoints" / "sft" / "2"))
   same = load_run(str(workdir), step_dir=step, need=("policy",))
   _equal(same.policy, r.policy)
-  assert last_step_dir(workdir / "checkpoints" / "dpo") == str(workdir / "checkpoints" / "dpo" / "4")
+  dpo = workdir / "checkpoints" / "dpo"
+  assert last_step_dir(dpo) == str(dpo / "4")
 
 
 def test_a_model_path_is_its_own_reference(workdir):
