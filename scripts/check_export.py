@@ -35,9 +35,11 @@ def main(argv):
   import transformers
   from flax import nnx
   from prefjax.models.hf import load_hf_dir
-  from prefjax.train import export
-  _, graphdef, params, tok = export.load_workdir(_WORKDIR.value)
-  hf = os.path.join(_WORKDIR.value, export.WORKDIR_HF)
+  from prefjax.train.finished_run import load_run
+  from prefjax.train.outputs import HF_DIR
+  run = load_run(_WORKDIR.value, need=("policy",))
+  graphdef, params, tok = run.graphdef, run.policy, run.tokenizer
+  hf = os.path.join(_WORKDIR.value, HF_DIR)
   chat = [{"role": "user", "content": _PROMPT.value}]
   x = np.array([tok.encode_prompt(chat) + tok.encode_completion(_COMPLETION.value)], np.int32)
   args = (jnp.asarray(x), jnp.arange(x.shape[1], dtype=jnp.int32)[None],

@@ -6,11 +6,13 @@
   python scripts/convert.py --from ckpt/smollm2 --to hf_out/             # prefjax -> HF
   python scripts/convert.py --from runs/dpo --to hf_out/                 # training workdir -> HF
 
-The input kind is detected: a training workdir (``model/`` or ``export/hf/`` inside, as the
-runner writes), ``model_config.json`` = prefjax checkpoint, ``config.json`` = HF, ``*.gguf``.
-The output is a prefjax checkpoint unless the input is a checkpoint or a workdir (then a HF
-directory), or as ``--to_format`` says. The source's tokenizer (with its chat template) is
-always written: HF tokenizer files in the HF directory, or ``tokenizer/`` in a checkpoint.
+The input kind is detected (``prefjax.train.finished_run.load_run``): a training workdir (its
+final model, ``model/`` or ``export/hf/``, as the runner writes) or one of its DPO
+checkpoints, ``model_config.json`` = prefjax checkpoint, ``config.json`` = HF, ``*.gguf``.
+The output is a prefjax checkpoint unless the input is a prefjax checkpoint or a workdir
+(then a HF directory), or as ``--to_format`` says. The source's tokenizer (with its chat
+template) is always written: HF tokenizer files in the HF directory, or ``tokenizer/`` in a
+checkpoint.
 """
 import os
 import sys
@@ -35,14 +37,12 @@ def main(argv):
   import jax
   from prefjax.models import loading
   from prefjax.train import export
+  from prefjax.train.finished_run import load_run
   src, dst = flags.FLAGS["from"].value, _TO.value
-  if export.is_workdir(src):
-    kind = "workdir"
-    cfg, _, params, tokenizer = export.load_workdir(src, dtype=_DTYPE.value)
-  else:
-    kind = loading.source_kind(src)
-    cfg, _, params, tokenizer = loading.load_model(src, dtype=_DTYPE.value)
-  to_format = _TO_FORMAT.value or ("hf" if kind in ("prefjax", "workdir") else "prefjax")
+  run = load_run(src, dtype=_DTYPE.value, need=("policy",))
+  kind, cfg, params, tokenizer = run.kind, run.model_config, run.policy, run.tokenizer
+  to_format = _TO_FORMAT.value or ("hf" if kind in ("prefjax", "workdir", "checkpoint")
+                                   else "prefjax")
   if not hasattr(tokenizer, "save_pretrained"):
     tokenizer = None
   if to_format == "hf":

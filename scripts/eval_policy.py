@@ -4,7 +4,8 @@
       --data tasks:chain_sum --task_options '{"chain_sum": {"max_terms": 2, "max_digits": 1}}' \\
       --n 200 --out runs/grpo_eval --greedy
 
-Both models (a HF directory, a .gguf file, a prefjax checkpoint or a finished workdir) sample
+Both models (a HF directory, a .gguf file, a prefjax checkpoint, a finished workdir: its final
+model, or one of its DPO checkpoints; ``prefjax.train.finished_run.load_run``) sample
 the same held-out prompts with the same seeds and settings; a reward source scores every
 sample (``--reward``; "" = the verifier of ``tasks:`` data). Writes ``OUT/generations.jsonl``
 (one line per sample: model = policy | reference, prompt, response, score, and correct /
@@ -47,17 +48,17 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Prompts per sampling batch
 
 
 def _load(path, what):
-  from prefjax.models.loading import load_model
-  from prefjax.train.sources import resolve_path
+  """(graphdef, params, tokenizer) of a model or of a finished run's final policy."""
+  from prefjax.train.finished_run import load_run
   try:
-    cfg, graphdef, params, tok = load_model(resolve_path(path))
+    run = load_run(path, need=("policy",))
   except PrefjaxError:
     raise
   except Exception as e:   # noqa: BLE001 -- a model that cannot be read is one line
     raise ConfigError(f"--{what}={path}: cannot load ({str(e).splitlines()[0]})") from None
-  if tok is None:
+  if run.tokenizer is None:
     raise ConfigError(f"--{what}={path}: the model has no tokenizer")
-  return cfg, graphdef, params, tok
+  return run.graphdef, run.policy, run.tokenizer
 
 
 def main(argv):
@@ -77,8 +78,8 @@ def main(argv):
   c.tasks.seed, c.tasks.n_eval, c.tasks.n_train = _TASK_SEED.value, _N.value, 1
   c.tasks.answer_format = _ANSWER_FORMAT.value
   c.tasks.options = ml_collections.ConfigDict(options)
-  _, graphdef, policy, tok = _load(_MODEL.value, "model")
-  _, ref_graphdef, reference, ref_tok = _load(_REFERENCE.value, "reference")
+  graphdef, policy, tok = _load(_MODEL.value, "model")
+  ref_graphdef, reference, ref_tok = _load(_REFERENCE.value, "reference")
   if ref_tok.vocab_size != tok.vocab_size:
     raise ConfigError(f"--reference has {ref_tok.vocab_size} tokens, --model {tok.vocab_size}: "
                       "the two must share a tokenizer")

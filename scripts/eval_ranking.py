@@ -10,9 +10,9 @@ DIR/difficulty_hist.png (DPO difficulty c = log pi_ref(y_l|x) - log pi_ref(y_w|x
   python scripts/eval_ranking.py --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf \
       --data hh:../shared/data/hh-rlhf/harmless-base_test.jsonl.gz --limit 200 --out /tmp/hh
 
-MODEL is a prefjax workdir (policy = last DPO checkpoint, reference = last SFT checkpoint),
-one DPO checkpoint dir, or a real model for ``prefjax.models.loading.load_model`` (then the
-model is its own reference). DATA is ``testbed:TASKS[:SPLIT]`` (exact alpha) or a file
+MODEL is a prefjax workdir (policy = its final model, reference = its last SFT checkpoint or
+its starting model), one DPO checkpoint dir, or a model (HF dir, GGUF, prefjax checkpoint:
+its own reference); ``prefjax.train.finished_run.load_run`` reads all of them. DATA is ``testbed:TASKS[:SPLIT]`` (exact alpha) or a file
 spec of ``prefjax.data.read_preferences``; rows that cannot be parsed, tokenised or fitted
 into --max-len are counted and reported, never fatal. Single-label rows use
 --default-alpha (0.75, as in the paper's public code) for the idealized accuracy.
@@ -87,11 +87,15 @@ def evaluate(model, data, out, *, betas, limit=None, batch_size=16, max_len=None
              layout="prefix") -> dict:
   """Scores every pair and writes the three outputs; returns the ranking.json dict."""
   import numpy as np
-  from prefjax.errors import ConfigError
+  from prefjax.errors import ConfigError, PrefjaxError
   from prefjax.eval import pair_scoring, ranking_sources
   from prefjax.metrics import flips, ranking
+  from prefjax.train.finished_run import load_run
 
-  models = ranking_sources.load_models(model)
+  try:
+    models = load_run(model)
+  except PrefjaxError as e:
+    raise ConfigError(f"--model {e}") from None
   if max_len is None:
     max_len = int(models.config.data.max_len) if models.config is not None else 512
   pairs = ranking_sources.load_pairs(data, config=models.config, limit=limit,

@@ -26,11 +26,12 @@ _N = flags.DEFINE_integer("n_pairs", 1000, "Held-out oracle-labelled pairs.")
 def main(argv):
   del argv
   import numpy as np
-  from prefjax.rewards.loading import load_scorer, _config
+  from prefjax.rewards.loading import load_scorer
+  from prefjax.train.finished_run import run_config
   from prefjax.testbed import length_bias, world
 
   scorer, _ = load_scorer(_MODEL.value)
-  c = _config(_MODEL.value)
+  c = run_config(_MODEL.value)
   wcfg = world.WorldConfig(tasks=tuple(c.testbed.tasks), seed=c.testbed.seed,
                            proposal_correct_rate=c.testbed.proposal_correct_rate)
   lb = length_bias.LengthBias(**c.reward.length_bias.to_dict())

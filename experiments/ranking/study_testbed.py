@@ -30,10 +30,11 @@ from absl import app, flags, logging
 
 from prefjax.cli import main_guard
 from prefjax.errors import ConfigError
-from prefjax.eval import pair_scoring, ranking_sources, testbed_eval
+from prefjax.eval import pair_scoring, testbed_eval
 from prefjax.metrics import flips, ranking
 from prefjax.testbed import world
-from prefjax.train.runner import world_config
+from prefjax.train.datasets import world_config
+from prefjax.train.finished_run import checkpoint_params, load_run
 
 STUDIES = ("flips", "gamma")
 _WORKDIR = flags.DEFINE_string("workdir", None, "flips: the DPO run's workdir.")
@@ -60,9 +61,9 @@ def _scores(models, pairs, max_len, params):
 
 
 def study_flips(workdir, out, n_train=1024):
-  models = ranking_sources.load_models(workdir)
+  models = load_run(workdir, need=("reference",))
   cfg = models.config
-  wcfg = world_config(cfg)
+  wcfg = world_config(cfg, "testbed")
   max_len = cfg.data.max_len
   beta = float(cfg.dpo.loss_kwargs.beta)
   splits = {"train": world.preference_pairs(wcfg, cfg.testbed.n_pairs)[:n_train],
@@ -79,7 +80,7 @@ def study_flips(workdir, out, n_train=1024):
         ref_rejected_means=ref_r.means, alpha=alpha, betas=ranking.BETAS + (beta,))
     rows, correct_k = [], [ref_correct]
     for step in [0] + steps:
-      params = models.reference if step == 0 else ranking_sources.load_checkpoint_params(
+      params = models.reference if step == 0 else checkpoint_params(
           Path(workdir) / "checkpoints" / "dpo" / str(step))
       pc, pr = (ref_c, ref_r) if step == 0 else _scores(models, pairs, max_len, params)
       if step:
@@ -165,7 +166,7 @@ def study_gamma(workdirs, out, n_prompts=256, n_samples=2):
   """workdirs: {gamma: workdir}. Win rate at each checkpoint; accuracy from metrics.jsonl."""
   res = {}
   for gamma, wd in workdirs.items():
-    models = ranking_sources.load_models(wd)
+    models = load_run(wd, need=("reference",))
     cfg = models.config
     logged = {}
     with open(os.path.join(wd, "metrics.jsonl")) as f:
@@ -173,10 +174,10 @@ def study_gamma(workdirs, out, n_prompts=256, n_samples=2):
         rec = json.loads(line)
         if rec["stage"] == "dpo" and "ranking/train_accuracy" in rec:
           logged[rec["step"]] = rec
-    prompts = world.eval_prompts(world_config(cfg), n_prompts)
+    prompts = world.eval_prompts(world_config(cfg, "testbed"), n_prompts)
     rows = []
     for step in _checkpoints(wd):
-      params = ranking_sources.load_checkpoint_params(Path(wd) / "checkpoints" / "dpo" / str(step))
+      params = checkpoint_params(Path(wd) / "checkpoints" / "dpo" / str(step))
       ev, _ = testbed_eval.evaluate_policy(
           models.graphdef, params, models.reference, models.tokenizer, prompts,
           n_samples=n_samples, max_new_tokens=cfg.eval.max_new_tokens, max_len=cfg.data.max_len,

@@ -24,10 +24,11 @@ import time
 import numpy as np
 
 from prefjax.errors import ConfigError
-from prefjax.eval import pair_scoring, ranking_sources
+from prefjax.eval import pair_scoring
 from prefjax.eval.heldout import SINGLE_LABEL_ALPHA
 from prefjax.metrics import flips, ranking
 from prefjax.train.datasets import DataSource
+from prefjax.train.finished_run import load_run
 
 
 def score(models, pairs, max_len, batch_size, progress, desc):
@@ -114,7 +115,7 @@ def plot(f, path, title):
 def study(workdir, out_dir, *, betas=(0.01, 0.1, 1, 5, 10), batch_size=16, progress=True):
   """Writes OUT's files (see the module docstring); returns the results.json dict."""
   t0 = time.perf_counter()
-  models = ranking_sources.load_models(workdir)
+  models = load_run(workdir)
   c = models.config
   if c is None or not c.model.get("init_from"):
     raise ConfigError(f"--workdir {workdir}: not a real-model training workdir")

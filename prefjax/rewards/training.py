@@ -13,7 +13,7 @@ Configured by ``config.reward``:
   length_bias {pad_rate, max_pad, bias}
 
 Writes ``workdir/params/reward`` (the final pure params) and ``workdir/params/reward.json``
-(model config and tokenizer source; ``prefjax.rewards.loading.load_scorer`` reads both).
+(model config and tokenizer source; ``prefjax.train.finished_run.load_run`` reads both).
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ import numpy as np
 
 from prefjax import sharding
 from prefjax.rewards.calibration import spearman
-from prefjax.rewards.loading import TESTBED_DATA, load_scorer
+from prefjax.rewards.loading import load_scorer
 from prefjax.rewards.model import build_reward_model, reward_params_from_backbone
 from prefjax.rewards.scoring import RewardScorer
 from prefjax.train.checkpoint import save_params
+from prefjax.train.datasets import TESTBED_REWARD_DATA, testbed_reward_pairs
 from prefjax.train.sections import train_section
-from prefjax.train.datasets import testbed_reward_pairs
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import accum, copy_params, train_stage
 
@@ -51,7 +51,7 @@ def reward_config() -> ml_collections.ConfigDict:
 def reward_pairs(c, split: str, n: int, data=None):
   """Preference pairs {prompt, chosen, rejected[, alpha, reward_chosen, reward_rejected]}."""
   r = c.reward
-  if r.data in TESTBED_DATA:
+  if r.data in TESTBED_REWARD_DATA:
     return testbed_reward_pairs(c, r.data, split, n)
   pairs = data.examples("pairwise", "train" if split == "train" else "eval",
                         spec=r.data or None)

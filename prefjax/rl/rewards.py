@@ -353,9 +353,9 @@ def token_rm_source(graphdef, params, name: str = "token_rm") -> RewardSource:
 @register_reward_source("rm", takes_arg=True)
 def workdir_rm_source(env, arg) -> RewardSource:
   """The reward model of a finished run (``WORKDIR/params/reward``), on the rollout's rows."""
-  from prefjax.rewards import loading   # the run loader imports the train package
-  graphdef, params = loading.load_reward_model(arg)
-  return sequence_rm_source(graphdef, params, f"rm:{arg}")
+  from prefjax.train.finished_run import load_run   # the train package stays out of prefjax.rl
+  rm = load_run(arg, need=("reward",)).reward
+  return sequence_rm_source(rm.graphdef, rm.params, f"rm:{arg}")
 
 
 def rule_source(rule: Callable[[str, str], object], name: str = "rule") -> RewardSource:

@@ -33,6 +33,7 @@ world_examples = testbed_source.world_examples
 testbed_reward_pairs = testbed_source.reward_pairs
 check_testbed_tasks = testbed_source.check_tasks
 testbed_task_pairs = testbed_source.task_pairs
+TESTBED_REWARD_DATA = ("world", "length_bias")   # config.reward.data drawn from the testbed
 
 
 def default_tokenizer(data_spec: str):

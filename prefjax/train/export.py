@@ -1,8 +1,7 @@
-"""The outputs of a run: a Hugging Face directory, and reading a training workdir back.
+"""A run's model as a Hugging Face directory.
 
     export_hf("W/export/hf", cfg, params, tokenizer)            # transformers loads it
     export_hf("W/export/hf", cfg, base, tokenizer, lora=(adapters, scale))   # LoRA merged
-    cfg, graphdef, params, tokenizer = load_workdir("W")        # model/ or export/hf/
 
 The HF directory holds ``config.json``, ``model.safetensors`` and, with a tokenizer,
 ``tokenizer.json``, ``tokenizer_config.json`` (chat template, special tokens),
@@ -10,9 +9,9 @@ The HF directory holds ``config.json``, ``model.safetensors`` and, with a tokeni
 every stop id, e.g. ``<|im_end|>`` and ``<|endoftext|>``). Every file is mode 0644.
 ``transformers.AutoModelForCausalLM.from_pretrained`` gives prefjax's logits (float32).
 
-A training workdir is the run's directory: the runner writes ``W/model/`` (a prefjax
-checkpoint: ``model_config.json``, ``params/``, ``tokenizer/``) and ``W/export/hf/`` at the end
-of each run; its own ``config.json`` is the run config, not a model config.
+The runner writes ``W/model/`` (a prefjax checkpoint: ``model_config.json``, ``params/``,
+``tokenizer/``) and ``W/export/hf/`` at the end of each run (``prefjax.train.outputs``);
+``prefjax.train.finished_run.load_run`` reads a workdir back.
 """
 from __future__ import annotations
 
@@ -20,14 +19,8 @@ import json
 import os
 from typing import Any, Mapping
 
-from prefjax.errors import DataError
-from prefjax.models import loading
 from prefjax.models.hf import save_hf_dir
-from prefjax.models.loading import MODEL_CONFIG
 from prefjax.models.lora import merge_lora
-
-WORKDIR_MODEL = "model"
-WORKDIR_HF = os.path.join("export", "hf")
 
 
 def export_hf(directory: str, cfg, params, tokenizer=None, *, lora: tuple | None = None,
@@ -66,31 +59,3 @@ def export_hf(directory: str, cfg, params, tokenizer=None, *, lora: tuple | None
       json.dump(gen, f, indent=2, sort_keys=True)
     os.chmod(fn, 0o644)
   return directory
-
-
-def is_workdir(path: str) -> bool:
-  """True for a directory that looks like a training workdir (model/, export/hf/ or
-  checkpoints/ inside), not a model directory itself."""
-  return (os.path.isdir(path) and not os.path.exists(os.path.join(path, MODEL_CONFIG)) and any(
-      os.path.isdir(os.path.join(path, d)) for d in (WORKDIR_MODEL, WORKDIR_HF, "checkpoints")))
-
-
-def load_workdir(path: str, *, mesh=None, dtype=None):
-  """(cfg, graphdef, params, tokenizer_or_None) of the final model of a training workdir.
-
-  Reads ``path/model/`` (a prefjax checkpoint) when present, else ``path/export/hf/``.
-  Raises:
-    DataError (one line) when neither exists, e.g. a workdir of a run that did not finish or
-    was written by an older runner.
-  """
-  model_dir = os.path.join(path, WORKDIR_MODEL)
-  hf_dir = os.path.join(path, WORKDIR_HF)
-  if os.path.exists(os.path.join(model_dir, loading.MODEL_CONFIG)):
-    return loading.load_model(model_dir, mesh=mesh, dtype=dtype)
-  if os.path.exists(os.path.join(hf_dir, "config.json")):
-    return loading.load_model(hf_dir, mesh=mesh, dtype=dtype)
-  found = sorted(os.listdir(path)) if os.path.isdir(path) else []
-  raise DataError(
-      f"{path}: a training workdir without a final model: expected {model_dir}/ (a prefjax "
-      f"checkpoint with {loading.MODEL_CONFIG}) or {hf_dir}/ (a Hugging Face directory), "
-      f"found {', '.join(found) or 'nothing'}; did the run finish?")

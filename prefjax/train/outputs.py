@@ -13,8 +13,22 @@ import os
 import jax
 
 from prefjax import distributed
-from prefjax.models.loading import save_checkpoint
+from prefjax.models.loading import MODEL_CONFIG, save_checkpoint
 from prefjax.train.export import export_hf
+
+MODEL_DIR = "model"
+HF_DIR = os.path.join("export", "hf")
+
+
+def final_model_dir(workdir: str) -> str | None:
+  """``workdir/model/`` when it holds a checkpoint, else ``workdir/export/hf/`` when it holds
+  a Hugging Face directory, else None (a run that did not finish)."""
+  model_dir, hf_dir = os.path.join(workdir, MODEL_DIR), os.path.join(workdir, HF_DIR)
+  if os.path.exists(os.path.join(model_dir, MODEL_CONFIG)):
+    return model_dir
+  if os.path.exists(os.path.join(hf_dir, "config.json")):
+    return hf_dir
+  return None
 
 
 def _export_hf(path, cfg, params, tokenizer):
@@ -29,7 +43,7 @@ def write_run_outputs(workdir: str, cfg, params, tokenizer, *, hf: bool = True) 
   The Orbax checkpoint is written by every process together; the HF export (host numpy)
   by process 0 from the gathered parameters.
   """
-  model_dir = os.path.join(workdir, "model")
+  model_dir = os.path.join(workdir, MODEL_DIR)
   save_checkpoint(model_dir, cfg, params)
   main = distributed.is_main()
   if main and tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
@@ -39,7 +53,7 @@ def write_run_outputs(workdir: str, cfg, params, tokenizer, *, hf: bool = True) 
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       params = multihost_utils.process_allgather(params, tiled=True)
-    hf_dir = os.path.join(workdir, "export", "hf")
+    hf_dir = os.path.join(workdir, HF_DIR)
     if main:
       _export_hf(hf_dir, cfg, params, tokenizer)
     out["outputs/hf"] = hf_dir

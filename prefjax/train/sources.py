@@ -28,7 +28,8 @@ from prefjax.models import PRESETS, Transformer, make_config
 from prefjax.models.config import ModelConfig
 from prefjax.models.hf_weights import abstract_params
 from prefjax.models.loading import load_model
-from prefjax.train.datasets import default_tokenizer
+from prefjax.train.datasets import TESTBED_REWARD_DATA, default_tokenizer
+from prefjax.train.outputs import final_model_dir
 
 
 @dataclasses.dataclass
@@ -56,14 +57,15 @@ def build_model(c, tokenizer):
   return model, graphdef, nnx.to_pure_dict(state)
 
 
-def _tokenizer_data(c) -> str:
-  """The data a preset's tokenizer must read: the run's, or a reward-only run's file."""
-  spec = c.data.train
+def preset_tokenizer(c):
+  """The tokenizer of a preset model: the one that reads the run's data, or a reward-only
+  run's file."""
+  spec = c.data.get("train", "testbed")
   reward_data = c.reward.get("data", "") if "reward" in c else ""
   if (set(c.stages) <= {"reward", "eval_reward"} and reward_data
-      and reward_data not in ("world", "length_bias")):
-    return reward_data
-  return spec
+      and reward_data not in TESTBED_REWARD_DATA):
+    spec = reward_data
+  return default_tokenizer(spec)
 
 
 def is_preset(init_from: str) -> bool:
@@ -71,10 +73,12 @@ def is_preset(init_from: str) -> bool:
 
 
 def resolve_path(init_from: str) -> str:
-  """A finished workdir resolves to its ``model/`` checkpoint; other paths are kept."""
+  """A finished workdir resolves to its final model (``model/``, else ``export/hf/``); other
+  paths are kept."""
   path = os.path.expanduser(init_from)
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, "model", "model_config.json")):
-    return os.path.join(path, "model")
+  final = final_model_dir(path) if os.path.isdir(path) else None
+  if final is not None:
+    return final
   if not os.path.exists(path):
     raise DataError(f"config.model.init_from: no such file or directory {init_from!r} "
                     f"(expected a preset ({', '.join(sorted(PRESETS))}), a Hugging Face "
@@ -114,7 +118,7 @@ def load(c, mesh) -> ModelSource:
   init_from = c.model.init_from or ""
   if is_preset(init_from):
     preset = init_from or c.model.preset
-    tok = default_tokenizer(_tokenizer_data(c))
+    tok = preset_tokenizer(c)
     mcfg = make_config(preset, vocab_size=tok.vocab_size, overrides=_overrides(c))
     model = Transformer(mcfg, nnx.Rngs(c.seed))
     graphdef, state = nnx.split(model)

@@ -12,7 +12,7 @@ from prefjax.eval import pair_scoring
 from prefjax.eval.scoring import score_completions
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.train import config as config_lib
-from prefjax.train import runner
+from prefjax.train.sources import build_model
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def model():
   c.model.overrides.update(dict(n_layers=1, dim=32, mlp_dim=64, n_heads=2, n_kv_heads=1,
                                 head_dim=16))
   tok = tb_tokenizer.TestbedTokenizer()
-  _, graphdef, params = runner.build_model(c, tok)
+  _, graphdef, params = build_model(c, tok)
   return graphdef, params, tok
 
 
@@ -105,7 +105,7 @@ def test_window_head_untied_softcapped():
   c.model.overrides.update(dict(n_layers=1, dim=16, mlp_dim=32, n_heads=2, n_kv_heads=1,
                                 head_dim=8, tie_embeddings=False, final_softcap=5.0))
   tok = tb_tokenizer.TestbedTokenizer()
-  _, graphdef, params = runner.build_model(c, tok)
+  _, graphdef, params = build_model(c, tok)
   prompts, comps = _data(tok, n=6, seed=1)
   want_lp, _ = score_completions(graphdef, params, prompts, comps, max_len=64, batch_size=6)
   got = pair_scoring.score_sequences(graphdef, params, prompts, comps, max_len=64,

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from prefjax.eval import pair_scoring
-from prefjax.eval.ranking_sources import load_checkpoint_params
 from prefjax.eval.scoring import score_completions
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.testbed import world
 from prefjax.train import config as config_lib
-from prefjax.train import runner
+from prefjax.train.datasets import world_config
+from prefjax.train.finished_run import checkpoint_params
+from prefjax.train.run import run
+from prefjax.train.sources import build_model
 
 
 def _tiny():
@@ -31,7 +33,7 @@ def _tiny():
 
 def test_ranking_metrics_in_metrics_jsonl(tmp_path):
   c = _tiny()
-  runner.run(c, str(tmp_path))
+  run(c, str(tmp_path))
   recs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   dpo = {r["step"]: r for r in recs if r["stage"] == "dpo"}
   assert sorted(dpo) == [1, 2, 3, 4]
@@ -47,10 +49,10 @@ def test_ranking_metrics_in_metrics_jsonl(tmp_path):
 
   # Independent check of the last held-out accuracy and flips.
   tok = tb_tokenizer.TestbedTokenizer()
-  _, graphdef, _ = runner.build_model(c, tok)
-  pol = load_checkpoint_params(tmp_path / "checkpoints" / "dpo" / "4")
-  ref = load_checkpoint_params(tmp_path / "checkpoints" / "sft" / "2")
-  pairs = world.preference_pairs(runner.world_config(c), 16, split="eval")
+  _, graphdef, _ = build_model(c, tok)
+  pol = checkpoint_params(tmp_path / "checkpoints" / "dpo" / "4")
+  ref = checkpoint_params(tmp_path / "checkpoints" / "sft" / "2")
+  pairs = world.preference_pairs(world_config(c, "testbed"), 16, split="eval")
   prompts = [tok.encode_prompt(p["prompt"]) for p in pairs]
   def correct(params):
     s = {side: score_completions(graphdef, params, prompts,
@@ -69,7 +71,7 @@ def test_bucketed_scores_match_one_shape():
   """Length buckets change the padding only: scores equal the single-shape scorer's."""
   c = _tiny()
   tok = tb_tokenizer.TestbedTokenizer()
-  _, graphdef, params = runner.build_model(c, tok)
+  _, graphdef, params = build_model(c, tok)
   rng = np.random.default_rng(0)
   prompts = [tok.encode_prompt("sort: " + "1" * int(n)) for n in rng.integers(1, 60, 9)]
   comps = [tok.encode_completion("2" * int(n)) for n in rng.integers(1, 30, 9)]

@@ -52,11 +52,12 @@ def test_study_rows_match_the_runs_heldout_monitor(tmp_path):
   # The DPO implicit reward of the same real workdir (scripts/eval_rewards.py's scorer) is
   # beta * (log pi - log pi_ref) as pair scoring computes it for the study.
   import numpy as np
-  from prefjax.eval import pair_scoring, ranking_sources
+  from prefjax.eval import pair_scoring
   from prefjax.rewards.loading import load_scorer
+  from prefjax.train.finished_run import load_run
   scorer, info = load_scorer(str(w))
   assert info["kind"] == "implicit"
-  m = ranking_sources.load_models(str(w))
+  m = load_run(str(w))
   prompts, responses = ["the answer is", "please help"], ["yes good", "no that is bad"]
   ids_p = [m.tokenizer.encode_prompt(p) for p in prompts]
   ids_r = [m.tokenizer.encode_completion(r) for r in responses]

@@ -12,7 +12,7 @@ from flax import nnx
 from prefjax.eval import pair_scoring, row_scoring
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.train import config as config_lib
-from prefjax.train import runner
+from prefjax.train.sources import build_model
 
 MAX_LEN = 48
 
@@ -22,7 +22,7 @@ def _model(**over):
   c.model.overrides.update(dict(n_layers=2, dim=32, mlp_dim=64, n_heads=2, n_kv_heads=1,
                                 head_dim=16, **over))
   tok = tb_tokenizer.TestbedTokenizer()
-  _, graphdef, params = runner.build_model(c, tok)
+  _, graphdef, params = build_model(c, tok)
   return graphdef, params, tok
 
 

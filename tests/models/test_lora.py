@@ -10,9 +10,11 @@ from prefjax.models import forward_logps, lora
 from prefjax.testbed import world
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
-from prefjax.train import runner
+from prefjax.train.datasets import world_config
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
+from prefjax.train.run import run
+from prefjax.train.sources import build_model
 from prefjax.train.step import init_state, make_train_step
 from flax import nnx
 
@@ -21,7 +23,7 @@ def _setup():
   c = config_lib.base_config()
   c.model.overrides.n_layers = 2
   tok = TestbedTokenizer()
-  model, graphdef, params = runner.build_model(c, tok)
+  model, graphdef, params = build_model(c, tok)
   return c, tok, model, graphdef, params
 
 
@@ -48,7 +50,7 @@ def test_dpo_with_lora_trains_only_adapters_on_one_base_copy():
   cfg = lora.LoraConfig(rank=4, alpha=8.0)
   lo = lora.init_lora(base, cfg, jax.random.PRNGKey(1))
   compose = lambda l, b: lora.apply_lora(b, l, cfg.scale)
-  pairs = world.preference_pairs(runner.world_config(c), 64)
+  pairs = world.preference_pairs(world_config(c, "testbed"), 64)
   batches = pipeline.batched(pairs, pipeline.encode_pair(tok, 32, "prompt_left"), 8, seed=0,
                              num_steps=5)
   # At init the policy (base + adapters) equals the base: reference == policy log-probs.
@@ -87,5 +89,5 @@ def test_runner_dpo_with_lora(tmp_path):
   c.eval.n_prompts, c.eval.n_samples, c.eval.max_new_tokens = 4, 1, 4
   c.lora.rank = 2
   c.progress, c.tensorboard = False, False
-  s = runner.run(c, str(tmp_path))
+  s = run(c, str(tmp_path))
   assert s["lora/num_params"] > 0 and np.isfinite(s["win_rate"] if "win_rate" in s else 0.0)

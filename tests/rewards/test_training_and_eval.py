@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prefjax.train import runner
 from prefjax.train.config import base_config, train_section
+from prefjax.train.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
   c.data.max_len = 48
   c.model.overrides = ml_collections.ConfigDict(dict(n_layers=1, dim=32, head_dim=8, mlp_dim=64))
   c.progress, c.tensorboard, c.log_every, c.checkpoint.every = False, False, 1, 0
-  summary = runner.run(c, str(tmp / "work"))
+  summary = run(c, str(tmp / "work"))
   return tmp, summary
 
 

@@ -17,8 +17,9 @@ from prefjax.eval.scoring import score_completions
 from prefjax.testbed import world
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.train import config as config_lib
-from prefjax.train import runner
 from prefjax.train.checkpoint import Checkpointer
+from prefjax.train.datasets import world_config
+from prefjax.train.sources import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "eval_ranking.py"
@@ -52,7 +53,7 @@ def workdir(tmp_path_factory):
   params = {}
   for stage, seed in (("sft", 0), ("dpo", 1)):
     c.seed = seed
-    _, graphdef, p = runner.build_model(c, tok)
+    _, graphdef, p = build_model(c, tok)
     ck = Checkpointer(str(wd / "checkpoints" / stage), every=1, keep=1)
     ck.save(3, {"params": p, "step": np.int32(3)})
     ck.close()
@@ -86,7 +87,7 @@ def test_testbed_model(workdir, tmp_path, capsys):
 
   # Independent recomputation: numpy on log-probs scored without length buckets.
   c = _tiny_config()
-  pairs = world.preference_pairs(runner.world_config(c), 24, split="eval")
+  pairs = world.preference_pairs(world_config(c, "testbed"), 24, split="eval")
   sc = _numpy_table(graphdef, params, pairs, c.data.max_len, tb_tokenizer.TestbedTokenizer())
   alpha = np.array([p["alpha"] for p in pairs])
   pol_c, pol_r = sc["dpo", "chosen"][0], sc["dpo", "rejected"][0]

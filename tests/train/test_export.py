@@ -1,5 +1,6 @@
 """export_hf: transformers reloads prefjax's model (logits), tokenizer and generation config;
-LoRA merged on export; load_workdir reads a run's final model or says why it cannot."""
+LoRA merged on export; load_run reads a run's final model (model/, else export/hf/) or says
+why it cannot."""
 import json
 import os
 import stat
@@ -19,7 +20,8 @@ from prefjax.errors import DataError
 from prefjax.models import loading
 from prefjax.models.hf import load_hf_dir
 from prefjax.models.lora import LoraConfig, apply_lora, init_lora
-from prefjax.train.export import export_hf, is_workdir, load_workdir
+from prefjax.train.export import export_hf
+from prefjax.train.finished_run import is_workdir, load_run
 
 V, T = 64, 12
 MESSAGES = [{"role": "system", "content": "Be brief."},
@@ -163,7 +165,7 @@ def test_smollm2_gguf_tokenizer_round_trip(tmp_path):
   _check_tokenizer_dir(tok, str(tmp_path / "tok"))
 
 
-def test_load_workdir_reads_model_or_export_and_names_what_is_missing(tmp_path):
+def test_load_run_reads_model_or_export_and_names_what_is_missing(tmp_path):
   cfg, graphdef, params = load_hf_dir(_tiny_llama(tmp_path))
   tok = _tiny_tokenizer()
   w = tmp_path / "run"
@@ -171,16 +173,17 @@ def test_load_workdir_reads_model_or_export_and_names_what_is_missing(tmp_path):
   (w / "config.json").write_text(json.dumps({"stages": ["dpo"]}))   # the run config
   assert is_workdir(str(w))
   with pytest.raises(DataError, match="without a final model.*model/"):
-    load_workdir(str(w))
+    load_run(str(w), need=("policy",))
   export_hf(str(w / "export" / "hf"), cfg, params)
-  c2, g2, p2, _ = load_workdir(str(w))
-  np.testing.assert_allclose(_our_logits(g2, p2, _tokens()), _our_logits(graphdef, params,
-                                                                         _tokens()), atol=1e-6)
+  r2 = load_run(str(w), need=("policy",))
+  np.testing.assert_allclose(_our_logits(r2.graphdef, r2.policy, _tokens()),
+                             _our_logits(graphdef, params, _tokens()), atol=1e-6)
   scaled = jax.tree.map(lambda x: x * 0.9, params)   # model/ wins over export/hf/
   loading.save_checkpoint(str(w / "model"), cfg, scaled)
   tok.save_pretrained(str(w / "model" / "tokenizer"))
-  c3, g3, p3, tok3 = load_workdir(str(w))
-  assert c3 == cfg and tok3.encode_prompt(MESSAGES) == tok.encode_prompt(MESSAGES)
-  np.testing.assert_allclose(_our_logits(g3, p3, _tokens()), _our_logits(graphdef, scaled,
-                                                                         _tokens()), atol=1e-6)
+  r3 = load_run(str(w), need=("policy",))
+  assert r3.model_config == cfg and r3.kind == "workdir"
+  assert r3.tokenizer.encode_prompt(MESSAGES) == tok.encode_prompt(MESSAGES)
+  np.testing.assert_allclose(_our_logits(r3.graphdef, r3.policy, _tokens()),
+                             _our_logits(graphdef, scaled, _tokens()), atol=1e-6)
   assert not is_workdir(str(w / "model"))            # a checkpoint is not a workdir

@@ -9,9 +9,11 @@ from prefjax import sharding
 from prefjax.data import pipeline
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
+from prefjax.train import datasets
 from prefjax.train import objective as objective_lib
-from prefjax.train import runner
 from prefjax.train.optimizer import make_optimizer
+from prefjax.train.sources import build_model
+from prefjax.train.stages import preference_objective
 from prefjax.train.step import init_state, make_train_step
 
 B = 8
@@ -34,14 +36,23 @@ def tiny_config(loss, **kwargs):
   return c
 
 
+def preference_data(c, tok, kind: str, n: int):
+  """(testbed examples, plain-row encoder) for a loss kind: pairwise, unpaired or multi."""
+  wcfg = datasets.world_config(c, "testbed")
+  max_len, trunc = c.data.max_len, c.data.truncate
+  encode = {"pairwise": lambda: pipeline.encode_pair(tok, max_len, trunc),
+            "unpaired": lambda: pipeline.encode_unpaired(tok, max_len, trunc),
+            "multi": lambda: pipeline.encode_group(tok, max_len, wcfg.group_size, trunc)}[kind]()
+  return datasets.world_examples(wcfg, kind, n, "train"), encode
+
+
 def build(c):
   tok = TestbedTokenizer()
-  model, graphdef, params = runner.build_model(c, tok)
+  model, graphdef, params = build_model(c, tok)
   mesh = sharding.make_mesh(1, 1, 1)
   param_sh = sharding.param_shardings(model, mesh)
-  objective = runner.stage_objective(c)
-  examples, encode = runner.preference_data(c, runner.world_config(c), tok,
-                                            objective.spec.kind, c.testbed.n_pairs)
+  objective = preference_objective(c.dpo)
+  examples, encode = preference_data(c, tok, objective.spec.kind, c.testbed.n_pairs)
   batches = pipeline.batched(examples, encode, B, seed=0, num_steps=c.dpo.steps)
   tx, schedule = make_optimizer(c.dpo.lr, c.dpo.steps, warmup_steps=0)
   state, state_sh = init_state(params, tx, param_sh)
@@ -103,8 +114,8 @@ def test_reference_free_loss_skips_the_reference_forward(monkeypatch):
 
 def test_combination_of_reference_free_parts_needs_no_reference():
   c = tiny_config("combo", loss_weights={"simpo": 1.0, "cpo": 0.5})
-  assert not runner.stage_objective(c).needs_reference
-  assert runner.stage_objective(tiny_config("combo", loss_weights={"dpo": 1.0})).needs_reference
+  assert not preference_objective(c.dpo).needs_reference
+  assert preference_objective(tiny_config("combo", loss_weights={"dpo": 1.0}).dpo).needs_reference
 
 
 def test_config_errors_name_the_field():
@@ -122,4 +133,4 @@ def test_config_errors_name_the_field():
     config_lib.validate(c)
   c.dpo.loss_weights = {"kto": 1.0}
   with pytest.raises(config_lib.ConfigError, match="config.dpo.loss_weights"):
-    runner.stage_objective(c)
+    preference_objective(c.dpo)

@@ -67,7 +67,7 @@ else:
 # %% [markdown]
 # ## Table 1 on SmolLM2-135M-Instruct and an HH slice
 #
-# As `scripts/eval_ranking.py`: `ranking_sources.load_models` (a GGUF is its own reference),
+# As `scripts/eval_ranking.py`: `finished_run.load_run` (a GGUF is its own reference),
 # `load_pairs` (HH rows carry one label, so alpha = 0.75 for the chosen response, as in the
 # paper's code; malformed rows are reported), `pair_scoring.encode_pairs` (the GGUF's ChatML
 # template), length-bucketed jitted `score_pairs`, then `ranking.table1`.
@@ -75,9 +75,10 @@ else:
 # %%
 if REAL:
   from prefjax.eval import pair_scoring, ranking_sources
+  from prefjax.train.finished_run import load_run
 
   t = time.perf_counter()
-  models = ranking_sources.load_models(GGUF)
+  models = load_run(GGUF)
   print(f"loaded in {time.perf_counter() - t:.0f} s: {models.description}")
   pairs = ranking_sources.load_pairs(f"hh:{HH_PATH}", limit=LIMIT, default_alpha=0.75)
   print(f"{len(pairs.pairs)} pairs ({pairs.alpha_note}); {len(pairs.skipped)} malformed rows "
