@@ -47,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
       start="sft", sft_tasks=()))
 
   # The data source (prefjax/train/datasets.py): "testbed" | "testbed:TASK" | a file spec
-  # (hh:PATH, jsonl:PATH, sft:PATH, groups:PATH, unpaired:PATH, alpaca_eval_groups:GLOB...).
+  # (hh:PATH, jsonl:PATH, sft:PATH, groups:PATH, unpaired:PATH, alpaca_eval_groups:GLOB,
+  # hf:PATH for a Hugging Face datasets folder or parquet / JSON files in TRL's formats...).
   # sft / eval: "" = derived from train (chosen responses; a seeded held-out fraction).
   # completion: what to do with a completion longer than max_len (truncate keeps its start,
   # drop skips the row, error stops); rows that cannot be used are counted, never fatal.
