@@ -33,6 +33,7 @@ setup(
         "calibration": ["statsmodels", "scipy"],
         "tasks": ["reasoning-gym"],   # verifiable tasks (data spec "tasks:NAME,...")
         "hf": ["datasets"],           # Hugging Face datasets (data spec "hf:PATH")
+        "wandb": ["wandb"],           # Weights & Biases logging (config.wandb)
         # scripts/benchmark_dpo.py / benchmark_gpu.py only: TRL's DPOTrainer side by side
         # (torch pinned exactly). No tunix worker: it pins its own jax/flax (not measured).
         "bench": ["torch==2.13.0", "transformers", "trl==1.16.0"],

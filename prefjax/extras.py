@@ -5,7 +5,7 @@ installs them (never a bare ``ModuleNotFoundError`` traceback).
 
 Extras (``setup.py``): ``real`` (torch, transformers, tokenizers, safetensors, gguf,
 accelerate, jinja2), ``calibration`` (statsmodels, scipy), ``tasks`` (reasoning-gym),
-``hf`` (datasets), ``test`` (pytest).
+``hf`` (datasets), ``wandb`` (wandb), ``test`` (pytest).
 """
 from __future__ import annotations
 

@@ -124,6 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.progress = True
   c.tensorboard = True
+  # Weights & Biases beside metrics.jsonl and TensorBoard (prefjax/train/wandb_logger.py; the
+  # 'wandb' extra): the same scalars, from process 0. mode: "" (wandb's default or
+  # $WANDB_MODE), "online", "offline" or "disabled"; name "" = the workdir's name; dir "" =
+  # the workdir; entity / group "" = wandb's defaults.
+  c.wandb = ml_collections.ConfigDict(dict(enabled=False, project="prefjax", entity="",
+                                           name="", dir="", mode="", group="", tags=()))
   return c
 
 
