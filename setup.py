@@ -32,17 +32,19 @@ setup(
         "notebooks": ["nbclient", "nbformat", "ipykernel"],
         "calibration": ["statsmodels", "scipy"],
         "tasks": ["reasoning-gym"],   # verifiable tasks (data spec "tasks:NAME,...")
-        # scripts/benchmark_dpo.py / benchmark_gpu.py only: TRL's DPOTrainer side by side
-        # (torch pinned exactly). No tunix worker: it pins its own jax/flax (not measured).
-        "bench": ["torch==2.13.0", "transformers", "trl==1.16.0"],
-        "real": [
-            "torch==2.13.0",
-            "transformers",
-            "tokenizers",
-            "safetensors",
-            "gguf",
-            "accelerate",         # transformers' from_pretrained(gguf_file=...) requires it
-            "jinja2",
-        ],
+        "hf": ["datasets"],           # Hugging Face datasets (data spec "hf:PATH")
+        "wandb": ["wandb"],           # Weights & Biases logging (config.wandb)
+        # scripts/benchmark_*.py only: TRL's trainers and transformers' generate side by side
+        # (torch pinned exactly; accelerate: transformers' from_pretrained(gguf_file=...)
+        # requires it; datasets: TRL's input). No tunix worker: it pins its own jax/flax.
+        "bench": ["torch==2.13.0", "transformers", "accelerate", "trl==1.16.0", "datasets"],
+        # The references that parity tests and scripts/check_export.py compare prefjax with:
+        # transformers' torch models (torch pinned exactly; accelerate as in bench). Nothing
+        # under prefjax/ imports torch or accelerate.
+        "parity": ["torch==2.13.0", "transformers", "accelerate"],
+        # Real checkpoints (HF directories, GGUF files), their tokenizers and chat templates,
+        # without torch. transformers: its GGUF tokenizer converter (sentencepiece vocabularies
+        # such as Gemma's); it runs without torch.
+        "real": ["transformers", "tokenizers", "safetensors", "gguf", "jinja2"],
     },
 )

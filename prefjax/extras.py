@@ -3,9 +3,10 @@ installs them (never a bare ``ModuleNotFoundError`` traceback).
 
   gguf = require("gguf", "real", "reading a GGUF checkpoint")
 
-Extras (``setup.py``): ``real`` (torch, transformers, tokenizers, safetensors, gguf,
-accelerate, jinja2), ``calibration`` (statsmodels, scipy), ``tasks`` (reasoning-gym),
-``test`` (pytest).
+Extras (``setup.py``): ``real`` (transformers, tokenizers, safetensors, gguf, jinja2; no
+torch), ``calibration`` (statsmodels, scipy), ``tasks`` (reasoning-gym), ``hf`` (datasets),
+``wandb`` (wandb), ``test`` (pytest), ``parity`` (torch, transformers, accelerate: the
+references of the parity tests), ``bench`` (torch, transformers, accelerate, TRL, datasets).
 """
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ _COMPLETION = flags.DEFINE_string("completion", "Mix flour and water.", "Assista
 def main(argv):
   del argv
   from prefjax.extras import require
-  require("torch", "real", "comparing the export with transformers")
-  require("transformers", "real", "comparing the export with transformers")
+  require("torch", "parity", "comparing the export with transformers")
+  require("transformers", "parity", "comparing the export with transformers")
   import jax
   jax.config.update("jax_enable_x64", True)         # for the float64 forward only
   import jax.numpy as jnp

@@ -12,6 +12,7 @@ from prefjax.data.preference_files import (
     read_rows,
     split_spec,
 )
+from prefjax.data.hf_datasets import read_hf
 from prefjax.data.preference_formats import PreferenceExample, hh_chat
 from prefjax.data.prompts import PromptItem, read_prompts_file
 from prefjax.data.sources import (
@@ -22,5 +23,5 @@ __all__ = [
     "KINDS", "PolicyError", "PreferenceExample", "PromptItem", "read_prompts_file", "PreferenceFileError", "PromptTooLong",
     "ReadResult", "RowSkipped", "SOURCES", "SourceResult", "TRUNCATION_POLICIES",
     "batch_metrics", "bucket_lengths", "filter_examples", "hh_chat", "load_examples",
-    "read_preferences", "read_rows", "register_source", "split_heldout", "split_spec",
+    "read_hf", "read_preferences", "read_rows", "register_source", "split_heldout", "split_spec",
 ]

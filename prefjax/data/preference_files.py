@@ -13,6 +13,7 @@ SPEC is a path, optionally prefixed with its format to skip detection:
   ``llmbar:PATH``       LLMBar / processed FairEval, LLMEval^2, MT-Bench (gold label)
   ``alpaca_eval:PATH``  AlpacaEval annotations (judge preference in [1, 2] -> alpha)
   ``jsonl:PATH``        generic ``{"prompt", "chosen", "rejected"[, "alpha"]}`` rows
+  ``implicit:PATH``     TRL's implicit prompt: ``{"chosen", "rejected"}`` message lists
 
 Without a prefix, ``.json`` / ``.jsonl`` (optionally ``.gz``) files are accepted and the
 format is told from the keys of the first row. Gzip is recognised by its magic bytes; a
@@ -178,7 +179,7 @@ def _detect(path: Path, rows) -> str:
   first = next((row for _, row in rows if isinstance(row, dict)), None)
   if first is None:
     raise PreferenceFileError(path, "unknown format: no row is a JSON object")
-  fmt = detect_format(first.keys())
+  fmt = detect_format(first)
   if fmt is None:
     keys = ", ".join(sorted(map(str, first.keys()))[:12])
     raise PreferenceFileError(

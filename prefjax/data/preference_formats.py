@@ -291,22 +291,49 @@ def parse_jsonl(row, *, loc, stem):
       meta={k: v for k, v in row.items() if k not in _JSONL_KNOWN}), notes
 
 
+def parse_implicit(row, *, loc, stem):
+  """TRL's implicit prompt: ``{"chosen": [...], "rejected": [...]}`` message lists only.
+
+  The prompt is the longest common prefix of the two lists (compared message by message);
+  after it each side must hold exactly one assistant message, its completion. The rest is
+  ``parse_jsonl`` on the conversational row ``{"prompt": prefix, "chosen": [...],
+  "rejected": [...]}``, other fields included.
+  """
+  chosen = chat_messages(_field(row, "chosen"), "chosen")
+  rejected = chat_messages(_field(row, "rejected"), "rejected")
+  n = 0
+  while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+    n += 1
+  if n == 0:
+    raise RowError("'chosen' and 'rejected' share no prompt message (implicit prompt)")
+  for side, turns in (("chosen", chosen), ("rejected", rejected)):
+    rest = turns[n:]
+    if len(rest) != 1 or rest[0]["role"] != "assistant":
+      raise RowError(f"{side!r} must be the {n} shared prompt messages plus one assistant "
+                     f"message, not {len(rest)} message(s) "
+                     f"({', '.join(m['role'] for m in rest) or 'none'}) after them")
+  return parse_jsonl(dict(row, prompt=chosen[:n], chosen=chosen[n:], rejected=rejected[n:]),
+                     loc=loc, stem=stem)
+
+
 PARSERS = {
     "hh": parse_hh,
     "pandalm": parse_pandalm,
     "llmbar": parse_llmbar,
     "alpaca_eval": parse_alpaca_eval,
     "jsonl": parse_jsonl,
+    "implicit": parse_implicit,
 }
 
 
-def detect_format(keys) -> str | None:
-  """The format whose required keys a row has, or None."""
-  keys = set(keys)
+def detect_format(row: dict) -> str | None:
+  """The format of a row told from its keys (and, without a prompt, whether ``chosen`` is
+  text, an HH transcript, or a message list, TRL's implicit prompt), or None."""
+  keys = set(row)
   if {"prompt", "chosen", "rejected"} <= keys:
     return "jsonl"
   if {"chosen", "rejected"} <= keys:
-    return "hh"
+    return "implicit" if isinstance(row["chosen"], list) else "hh"
   if {"instruction", "response1", "response2"} <= keys and any(
       re.fullmatch(r"annotator\d+", k) for k in keys):
     return "pandalm"

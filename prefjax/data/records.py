@@ -18,7 +18,8 @@ import math
 import os
 import re
 
-from prefjax.data.preference_files import PreferenceFileError, read_preferences, read_rows
+from prefjax.data.preference_files import (
+    PreferenceFileError, ReadResult, read_preferences, read_rows)
 from prefjax.data.preference_formats import RowError, chat_messages
 from prefjax.errors import DataError
 
@@ -60,6 +61,11 @@ def read_pairs(spec: str, *, chat: bool = True) -> Raw:
     res = read_preferences(spec)
   except PreferenceFileError as e:
     raise DataError(str(e)) from None
+  return pairs_of(res, chat=chat)
+
+
+def pairs_of(res: ReadResult, *, chat: bool = True) -> Raw:
+  """The ``PreferenceExample``s of a ``ReadResult`` as pair records (see ``read_pairs``)."""
   skipped, rows = collections.Counter(), []
   for loc, reason in res.skipped:
     skip(skipped, rows, f"{res.source}:{loc}", reason)

@@ -20,7 +20,10 @@ transcript as the prompt) for tokenizers without a template.
 Specs (a registry keyed by prefix; ``SOURCES``):
 
   any ``read_preferences`` spec (``hh:``, ``pandalm:``, ``llmbar:``, ``alpaca_eval:``,
-  ``jsonl:`` or a plain path)  -> pairs
+  ``jsonl:``, ``implicit:`` or a plain path)  -> pairs
+  ``hf:PATH``            a Hugging Face ``datasets`` folder (``save_to_disk``) or parquet /
+                         JSON files in TRL's preference formats (``prefjax.data.hf_datasets``)
+                         -> pairs
   ``sft:PATH``           JSON Lines ``{"prompt", "response" | "completion"}`` or ``{"messages":
                          [...]}`` (the last message, an assistant turn, is the response)
   ``groups:PATH``        ``{"prompt", "responses": [...], "scores" | "ranks": [...]}`` or
@@ -44,7 +47,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prefjax.data import records
+from prefjax.data import hf_datasets, records
 from prefjax.data.preference_files import FORMATS
 from prefjax.errors import DataError
 
@@ -93,7 +96,8 @@ def register_source(prefix: str, native: str):
 for _prefix, _native, _reader in (
     ("sft", "sft", records.read_sft), ("unpaired", "unpaired", records.read_unpaired),
     ("groups", "groups", records.read_groups),
-    ("alpaca_eval_groups", "groups", records.read_alpaca_eval_groups)):
+    ("alpaca_eval_groups", "groups", records.read_alpaca_eval_groups),
+    ("hf", "pairs", hf_datasets.read_hf_pairs)):
   register_source(_prefix, _native)(_reader)
 
 

@@ -35,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
       start="sft", sft_tasks=()))
 
   # The data source (prefjax/train/datasets.py): "testbed" | "testbed:TASK" | a file spec
-  # (hh:PATH, jsonl:PATH, sft:PATH, groups:PATH, unpaired:PATH, alpaca_eval_groups:GLOB...).
+  # (hh:PATH, jsonl:PATH, sft:PATH, groups:PATH, unpaired:PATH, alpaca_eval_groups:GLOB,
+  # hf:PATH for a Hugging Face datasets folder or parquet / JSON files in TRL's formats...).
   # sft / eval: "" = derived from train (chosen responses; a seeded held-out fraction).
   # completion: what to do with a completion longer than max_len (truncate keeps its start,
   # drop skips the row, error stops); rows that cannot be used are counted, never fatal.
@@ -97,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.progress = True
   c.tensorboard = True
+  # Weights & Biases beside metrics.jsonl and TensorBoard (prefjax/train/wandb_logger.py; the
+  # 'wandb' extra): the same scalars, from process 0. mode: "" (wandb's default or
+  # $WANDB_MODE), "online", "offline" or "disabled"; name "" = the workdir's name; dir "" =
+  # the workdir; entity / group "" = wandb's defaults.
+  c.wandb = ml_collections.ConfigDict(dict(enabled=False, project="prefjax", entity="",
+                                           name="", dir="", mode="", group="", tags=()))
   # Each registered stage's own section (sft, dpo, reward, eval, rl, online, ...), with the
   # defaults its module declares (``register_stage(..., section=, defaults=)``).
   from prefjax.train import stage_fns

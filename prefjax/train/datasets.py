@@ -4,7 +4,8 @@
              | "tasks:NAME[,NAME]"  verifiable reasoning-gym tasks (prompts + exact scorers)
              | "prompts:FILE"       prompts to sample from (RL / online stages)
              | any spec of ``prefjax.data.sources``  (hh:PATH, pandalm:, llmbar:,
-               alpaca_eval:, jsonl:, sft:, groups:, alpaca_eval_groups:, unpaired:, a path)
+               alpaca_eval:, jsonl:, implicit:, sft:, groups:, alpaca_eval_groups:,
+               unpaired:, hf: (Hugging Face datasets), a path)
   data.sft   = SFT spec for the sft stage ("" = derived from data.train: testbed
                demonstrations, or the chosen responses of a preference file)
   data.eval  = held-out spec ("" = a seeded held-out fraction of data.train, disjoint

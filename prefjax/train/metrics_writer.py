@@ -1,4 +1,10 @@
-"""Writes measurements to ``metrics.jsonl`` (one line per logged step) and TensorBoard."""
+"""Writes measurements to ``metrics.jsonl`` (one line per logged step), TensorBoard and,
+when given one, a Weights & Biases run (``prefjax.train.wandb_logger``).
+
+    with MetricsWriter(workdir, tensorboard=True, wandb=WandbLogger.start(c, workdir)) as w:
+      w.write("dpo", step, {"loss": 0.69})
+    # closed on any exit; the wandb run finishes with the exit's code (preempted: 75)
+"""
 from __future__ import annotations
 
 import json
@@ -8,9 +14,10 @@ import os
 
 class MetricsWriter:
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, wandb=None):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._wandb = wandb
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -46,7 +53,26 @@ class MetricsWriter:
         if math.isfinite(float(v)):
           self._tb.add_scalar(f"{stage}/{k}", float(v), int(step))
       self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(stage, step, values)
 
-  def close(self):
+  def summary(self, values: dict) -> None:
+    """A finished run's summary (``summary.json``) to the sinks that keep one (wandb)."""
+    if self._wandb is not None:
+      self._wandb.summary(values)
+
+  def close(self, error: BaseException | None = None):
+    """Closes the sinks; ``error`` is what ended the run (None: it completed)."""
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
+    if self._wandb is not None:
+      self._wandb.finish(error)
+      self._wandb = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    self.close(exc)
+    return False

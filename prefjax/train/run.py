@@ -8,7 +8,8 @@
   4. the stages of ``config.stages`` in order (``prefjax.train.stages``; each checkpoints
      under ``workdir/checkpoints/<stage>/`` and resumes from there when re-run)
   5. the outputs: ``workdir/model/`` (prefjax checkpoint), ``workdir/export/hf/`` (a
-     transformers directory), ``workdir/summary.json``
+     transformers directory), ``workdir/summary.json``; measurements go to
+     ``workdir/metrics.jsonl``, TensorBoard and, with ``config.wandb``, Weights & Biases
 
 Re-running on the same workdir resumes every stage from its last checkpoint (a finished
 stage is restored, not retrained) and ends with the same summary.
@@ -24,7 +25,7 @@ import ml_collections
 
 from prefjax import distributed, sharding, xla_cpu
 from prefjax.train import config as config_lib
-from prefjax.train import sources
+from prefjax.train import sources, wandb_logger
 from prefjax.train import stage_fns   # noqa: F401  (registers the built-in stages)
 from prefjax.train.datasets import DataSource
 from prefjax.train.metrics_writer import MetricsWriter
@@ -51,6 +52,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     distributed.initialize(dc.coordinator_address or None, dc.num_processes or None,
                            None if dc.process_id < 0 else dc.process_id)
   config_lib.validate(c)
+  wandb_logger.check(c)
   scheduler = None
   if (c.model.get("overrides") or {}).get("remat", "none") != "none":
     scheduler = xla_cpu.prefer_memory_scheduler()   # before the first JAX computation
@@ -63,30 +65,34 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
   data = DataSource(c, model.tokenizer)
-  writer = MetricsWriter(workdir, tensorboard=c.tensorboard and distributed.is_main())
-  summary = {"num_params": model.num_params, "devices": len(jax.devices()),
-             "mesh": dict(mesh.shape), "model/source": model.source}
-  ctx = RunContext(config=c, graphdef=model.graphdef, model_cfg=model.cfg,
-                   tokenizer=model.tokenizer, mesh=mesh, param_shardings=model.param_shardings,
-                   workdir=workdir, writer=writer, data=data, summary=summary)
-  if scheduler is not None and jax.default_backend() == "cpu":
-    summary["xla_cpu_scheduler"] = scheduler
-  clock = Clock(summary)
-  clock("setup")
+  main = distributed.is_main()                 # only process 0 writes logs and summaries
+  writer = MetricsWriter(workdir, tensorboard=c.tensorboard and main,
+                         wandb=wandb_logger.WandbLogger.start(c, workdir) if main else None)
+  with writer:                                 # closed on every exit, preemption included
+    summary = {"num_params": model.num_params, "devices": len(jax.devices()),
+               "mesh": dict(mesh.shape), "model/source": model.source}
+    ctx = RunContext(config=c, graphdef=model.graphdef, model_cfg=model.cfg,
+                     tokenizer=model.tokenizer, mesh=mesh,
+                     param_shardings=model.param_shardings, workdir=workdir, writer=writer,
+                     data=data, summary=summary)
+    if scheduler is not None and jax.default_backend() == "cpu":
+      summary["xla_cpu_scheduler"] = scheduler
+    clock = Clock(summary)
+    clock("setup")
 
-  models = stage_fns.Models(policy=model.params)
-  for name in c.stages:
-    STAGES[name](ctx, models)
-    clock(name)
+    models = stage_fns.Models(policy=model.params)
+    for name in c.stages:
+      STAGES[name](ctx, models)
+      clock(name)
 
-  if c.get("export") is None or c.export.enabled:
-    stage_fns.write_outputs(ctx, models)
-    clock("export")
-  writer.close()
-  if data.reports:
-    summary["data/reports"] = data.reports
-  summary["wall_seconds"] = time.perf_counter() - t0
-  if distributed.is_main():                    # only process 0 writes logs and summaries
+    if c.get("export") is None or c.export.enabled:
+      stage_fns.write_outputs(ctx, models)
+      clock("export")
+    if data.reports:
+      summary["data/reports"] = data.reports
+    summary["wall_seconds"] = time.perf_counter() - t0
+    writer.summary(summary)
+  if main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)
   return summary
