@@ -117,8 +117,7 @@ def test_sigterm_inside_an_iteration_checkpoints_and_resumes_exactly(tmp_path, m
 
 def test_config_errors_are_one_line():
   c = _config()
-  with pytest.raises(ConfigError, match="has no 'rl' section"):
-    stage_lib.check_config(base_config())
+  stage_lib.check_config(base_config())   # the stage's own defaults are part of base_config
   bad = [
       ({"critic": "none"}, "estimator='gae' needs a critic"),
       ({"advantage.estimator": "grpo"}, "needs config.rl.group_size >= 2"),

@@ -12,7 +12,7 @@ from prefjax.errors import ConfigError, DataError, PrefjaxError
 from prefjax.models.loading import load_params
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
-from prefjax.train.config import _stage
+from prefjax.train.config import train_section
 from prefjax.train.finished_run import checkpoint_params, is_workdir, last_step_dir, load_run
 from prefjax.train.run import run
 from prefjax.train.sources import build_model
@@ -25,7 +25,7 @@ def _tiny():
                                 head_dim=16))
   c.testbed.n_sft, c.testbed.n_pairs, c.testbed.n_eval_pairs = 64, 64, 16
   c.sft.steps, c.sft.batch_size, c.dpo.steps, c.dpo.batch_size = 2, 8, 4, 8
-  c.reward = _stage(steps=2, batch_size=8, lr=1e-3, warmup=1)
+  c.reward = train_section(steps=2, batch_size=8, lr=1e-3, warmup=1)
   c.reward.loss, c.reward.data = "bradley_terry", "world"
   c.reward.loss_kwargs = ml_collections.ConfigDict(dict(margin=0.0, center_coef=0.0))
   c.reward.n_pairs, c.reward.n_eval_pairs = 16, 8
