@@ -266,7 +266,7 @@ def worker_prefjax(a):
         "reward": line.get("reward/verifier", line.get("rollout/verified_accuracy")),
         "logprob_mismatch_max": line.get("rollout/logprob_mismatch_max")})
   setup = [e for e in events if e[0] <= bounds[0]]
-  from prefjax.train.datasets import DataSource     # the RL stage's own prompt source
+  from prefjax.train.data_source import DataSource     # the RL stage's own prompt source
   pool = DataSource(c, None).taskset.prompts("train")
   from prefjax import compile_cache
   cache = compile_cache.resolve()

@@ -65,9 +65,9 @@ def main(argv):
   del argv
   import ml_collections
   from prefjax.eval import judge
-  from prefjax.rl import rewards as rw
+  from prefjax.rl import reward_sources as rw
   from prefjax.train.config import base_config
-  from prefjax.train.datasets import DataSource
+  from prefjax.train.data_source import DataSource
   from prefjax.train.stages import RunContext
   try:
     options = json.loads(_TASK_OPTIONS.value)

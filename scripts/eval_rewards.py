@@ -38,7 +38,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from prefjax.data import read_preferences
   from prefjax.rewards import evaluate
-  from prefjax.rewards.loading import load_scorer
+  from prefjax.rewards.saved_scorers import load_scorer
   from prefjax.rewards.scores_io import write_jsonl
 
   scorer, info = load_scorer(_MODEL.value, beta=_BETA.value, max_len=_MAX_LEN.value,

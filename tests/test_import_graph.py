@@ -25,7 +25,7 @@ LOWER = ("models", "losses", "data", "metrics", "sampling", "tokenizers")
 UPPER = ("train", "eval", "rl", "rewards", "studies", "testbed")
 
 # The testbed is reached only through its data source and its evaluator.
-TESTBED_GATES = frozenset({"prefjax.train.datasets", "prefjax.eval.testbed_eval"})
+TESTBED_GATES = frozenset({"prefjax.train.data_source", "prefjax.eval.testbed_eval"})
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -216,5 +216,5 @@ def test_testbed_is_reached_only_through_its_source_and_evaluator():
       and not e[0].startswith("prefjax.testbed") and e[0] not in TESTBED_GATES
   ]
   assert not bad, (
-      "only prefjax.train.datasets (its data source) and prefjax.eval.testbed_eval "
+      "only prefjax.train.data_source (its data source) and prefjax.eval.testbed_eval "
       f"(its evaluator) import the testbed:\n{_where(bad)}")

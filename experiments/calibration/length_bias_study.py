@@ -26,7 +26,7 @@ _N = flags.DEFINE_integer("n_pairs", 1000, "Held-out oracle-labelled pairs.")
 def main(argv):
   del argv
   import numpy as np
-  from prefjax.rewards.loading import load_scorer
+  from prefjax.rewards.saved_scorers import load_scorer
   from prefjax.train.finished_run import run_config
   from prefjax.testbed import length_bias, world
 

@@ -33,7 +33,7 @@ from prefjax.errors import ConfigError
 from prefjax.eval import pair_scoring, testbed_eval
 from prefjax.metrics import flips, ranking
 from prefjax.testbed import world
-from prefjax.train.datasets import world_config
+from prefjax.train.data_source import world_config
 from prefjax.train.finished_run import checkpoint_params, load_run
 
 STUDIES = ("flips", "gamma")

@@ -1,7 +1,7 @@
 """mDPO / mIPO (arXiv 2410.12138) of SmolLM2-135M-Instruct on real groups: the AlpacaEval
 annotations hold 16 models' responses to each of 805 instructions, each judged against one
 baseline; per instruction the responses that beat the baseline form the chosen group and
-the others the rejected group (``prefjax.data.sources``: alpaca_eval_groups), K <= 4 a side.
+the others the rejected group (``prefjax.data.file_sources``: alpaca_eval_groups), K <= 4 a side.
 
   python scripts/train.py --config experiments/real/smollm2_mdpo.py --workdir runs/smollm2_mdpo
   python scripts/train.py --config experiments/real/smollm2_mdpo.py:mipo --workdir runs/smollm2_mipo

@@ -15,7 +15,7 @@ from prefjax.data.preference_files import (
 from prefjax.data.hf_datasets import read_hf
 from prefjax.data.preference_formats import PreferenceExample, hh_chat
 from prefjax.data.prompts import PromptItem, read_prompts_file
-from prefjax.data.sources import (
+from prefjax.data.file_sources import (
     CONVERSIONS, KINDS, SOURCES, SourceResult, load_examples, register_source, split_heldout)
 
 __all__ = [

@@ -17,7 +17,7 @@ preference formats, told from the columns of the first row:
 
 Each row goes through the same row parser as a preference file of that format
 (``prefjax.data.preference_formats``), so it becomes the same ``PreferenceExample`` and, in
-``prefjax.data.sources``, the same pair records; optional ``alpha``, ``id`` and ``subset``
+``prefjax.data.file_sources``, the same pair records; optional ``alpha``, ``id`` and ``subset``
 columns work as in ``jsonl:`` files. A data set is typed by its columns, so a bad row is an
 error, not a row to skip: ``DataError("PATH: row N: field 'chosen' is null, expected a
 string")`` (rows counted from 0); a missing column or an empty data set is one line too.
@@ -143,5 +143,5 @@ def read_hf(path: str) -> ReadResult:
 
 
 def read_hf_pairs(path: str, *, chat: bool = True) -> Raw:
-  """The ``hf:`` reader of ``prefjax.data.sources``: ``read_hf`` as pair records."""
+  """The ``hf:`` reader of ``prefjax.data.file_sources``: ``read_hf`` as pair records."""
   return pairs_of(read_hf(path), chat=chat)

@@ -6,9 +6,9 @@ judge): a spec -> ``PromptItem`` lists for a training and a disjoint held-out sp
                          ``{"messages": [{"role", "content"}, ...]}`` (the last turn a user
                          turn) or a plain JSON string
   any preference spec    (``hh:PATH``, ``alpaca_eval:PATH``, ``jsonl:PATH``, ...): the
-                         distinct prompts of its pairs (``prefjax.data.sources``)
+                         distinct prompts of its pairs (``prefjax.data.file_sources``)
 
-The testbed's prompts come from its own data source (``prefjax.train.datasets``).
+The testbed's prompts come from its own data source (``prefjax.train.data_source``).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Readers of training files -> native records (pairs, groups, sft rows, unpaired rows).
 
-Each reader takes a path (``chat=`` as in ``prefjax.data.sources``) and returns ``Raw``: the
+Each reader takes a path (``chat=`` as in ``prefjax.data.file_sources``) and returns ``Raw``: the
 usable records of what the file holds, plus every row it could not use, counted by reason
 and located (``"file:line"``). A bad row is reported, never fatal; a file that cannot be
 read at all raises ``DataError`` (one line naming it).

@@ -25,7 +25,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from prefjax.rl.rewards import task_scores
+from prefjax.rl.reward_sources import task_scores
 from prefjax.rl.rollout import RolloutConfig, fixed_width, sample_view, score
 
 

@@ -10,7 +10,7 @@ Two layouts with equal results (tests/eval/test_pair_scoring.py):
 
 In the plain layout every completion is packed (``prefjax.data.collate.pack``) at the smallest bucket length
 that holds it, rows of one bucket are batched at a fixed batch size (the last batch padded
-by repeating a row), and each batch goes through the jitted ``prefjax.eval.scoring.completion_logps``.
+by repeating a row), and each batch goes through the jitted ``prefjax.eval.completion_scoring.completion_logps``.
 So a whole dataset compiles at most ``len(bucket_lengths(max_len))`` shapes, whatever the
 spread of its lengths.
 
@@ -36,7 +36,7 @@ from prefjax.data import pipeline
 from prefjax.data.collate import pack, stack
 from prefjax.errors import PrefjaxError
 from prefjax.eval import row_scoring
-from prefjax.eval.scoring import completion_logps
+from prefjax.eval.completion_scoring import completion_logps
 from prefjax.models.logprobs import hidden_token_logps
 from prefjax.models.transformer import Transformer
 

@@ -14,7 +14,7 @@ import dataclasses
 
 from prefjax.data.preference_files import PreferenceFileError, read_preferences
 from prefjax.errors import ConfigError, DataError
-from prefjax.train import datasets
+from prefjax.train import data_source
 
 
 @dataclasses.dataclass
@@ -35,11 +35,11 @@ def _testbed_pairs(spec: str, config, limit: int | None) -> Pairs:
   if split not in ("eval", "train"):
     raise ConfigError(f"--data {spec}: split must be 'eval' or 'train', got {split!r}")
   try:
-    datasets.check_testbed_tasks(names)
+    data_source.check_testbed_tasks(names)
   except (KeyError, ValueError) as e:
     raise ConfigError(f"--data {spec}: {e}") from None
   n = limit or (config.testbed.n_eval_pairs if config is not None else 256)
-  rows = datasets.testbed_task_pairs(config, names, n, split=split)
+  rows = data_source.testbed_task_pairs(config, names, n, split=split)
   pairs = [dict(prompt=r["prompt"], chat=None, chosen=r["chosen"], rejected=r["rejected"],
                 alpha=float(r["alpha"]), id=r["id"]) for r in rows]
   return Pairs(pairs, [], spec, "testbed", alpha_note="exact Bradley-Terry alpha")

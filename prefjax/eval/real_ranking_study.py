@@ -27,7 +27,7 @@ from prefjax.errors import ConfigError
 from prefjax.eval import pair_scoring
 from prefjax.eval.heldout import SINGLE_LABEL_ALPHA
 from prefjax.metrics import flips, ranking
-from prefjax.train.datasets import DataSource
+from prefjax.train.data_source import DataSource
 from prefjax.train.finished_run import load_run
 
 

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from prefjax.errors import ConfigError
-from prefjax.eval.scoring import score_completions
-from prefjax.rl.rewards import RewardSource, register_reward_source
+from prefjax.eval.completion_scoring import score_completions
+from prefjax.rl.reward_sources import RewardSource, register_reward_source
 from prefjax.sampling.sampler import generate
 from prefjax.testbed import world
 from prefjax.testbed.tasks import get_task

@@ -12,7 +12,7 @@ from prefjax.rewards.features import (char_length, markdown_counts, markdown_ele
                                       token_length)
 from prefjax.rewards.lowess import lowess, num_neighbours
 from prefjax.rewards.model import RewardModel, last_completion_index
-from prefjax.rewards.scoring import RewardScorer
+from prefjax.rewards.scorer import RewardScorer
 from prefjax.rewards.implicit import ImplicitRewardScorer
 from prefjax.rewards.scores_io import BadRow, Scores, ScoresError, read_scores, write_jsonl
 

@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from prefjax.eval.pair_scoring import _window_ok, score_sequences
-from prefjax.eval.scoring import completion_logps
+from prefjax.eval.completion_scoring import completion_logps
 from prefjax.losses.dpo import implicit_reward
-from prefjax.rewards.scoring import RewardScorer, batched_apply
+from prefjax.rewards.scorer import RewardScorer, batched_apply
 
 
 class ImplicitRewardScorer(RewardScorer):

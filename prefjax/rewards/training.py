@@ -7,7 +7,7 @@ Configured by ``config.reward``:
 
   data        "world" (testbed pairs), "length_bias" (the length-biased labeller,
               ``prefjax.testbed.length_bias``), "" (= ``config.data.train``) or any data
-              spec (hh:PATH, llmbar:PATH, jsonl:PATH, ...; ``prefjax.data.sources``)
+              spec (hh:PATH, llmbar:PATH, jsonl:PATH, ...; ``prefjax.data.file_sources``)
   n_pairs, n_eval_pairs, loss, loss_kwargs, steps, batch_size, lr, ...  (as other stages)
   max_len     (0: ``config.data.max_len``)
   length_bias {pad_rate, max_pad, bias}
@@ -26,11 +26,11 @@ import numpy as np
 
 from prefjax import sharding
 from prefjax.rewards.calibration import spearman
-from prefjax.rewards.loading import load_scorer
+from prefjax.rewards.saved_scorers import load_scorer
 from prefjax.rewards.model import build_reward_model, reward_params_from_backbone
-from prefjax.rewards.scoring import RewardScorer
+from prefjax.rewards.scorer import RewardScorer
 from prefjax.train.checkpoint import save_params
-from prefjax.train.datasets import TESTBED_REWARD_DATA, testbed_reward_pairs
+from prefjax.train.data_source import TESTBED_REWARD_DATA, testbed_reward_pairs
 from prefjax.train.sections import train_section
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import accum, copy_params, train_stage

@@ -7,7 +7,7 @@ from prefjax.rl.advantages import (AdvantageSpec, compute_advantages, masked_mea
 from prefjax.rl.advantages import names as advantage_names
 from prefjax.rl.kl import (ESTIMATORS, KL_PLACEMENTS, KLController, adaptive_kl_update,
                            kl_estimate, penalised_rewards)
-from prefjax.rl.rewards import (REWARD_SOURCES, RewardSource, RolloutView, SourceEnv,
+from prefjax.rl.reward_sources import (REWARD_SOURCES, RewardSource, RolloutView, SourceEnv,
                                 build_sources, check_sources, compute_rewards, make_source,
                                 place_sequence, place_spans, register_reward_source)
 

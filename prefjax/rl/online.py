@@ -33,7 +33,7 @@ from prefjax.data import layout as layout_lib
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError, DataError
 from prefjax.rl import reward_models  # noqa: F401  (registers sequence_rm, token_rm)
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.rl.rollout import RolloutConfig, check_prompts, fixed_width, sample_view
 from prefjax.rl.stage import judge_metrics
 from prefjax.train import ref_cache

@@ -25,7 +25,7 @@ from prefjax.errors import ConfigError
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.token_model import (TokenRewardModel, edit_pairs, encode_edit_pair,
                                          flaw_detection, token_reward_params_from_backbone)
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import train_stage
 

@@ -12,7 +12,7 @@
    and of the reference (log-probs), outside any gradient. The largest |sampler - train|
    log-prob difference is returned as ``rollout/logprob_mismatch_max`` (cache vs full
    forward numerics; at temperature 1 and top_p 1 it should be ~1e-6 in float32).
-4. Rewards [B, T] from the configured sources (``prefjax.rl.rewards.compute_rewards``).
+4. Rewards [B, T] from the configured sources (``prefjax.rl.reward_sources.compute_rewards``).
 
 The rollout is separate from the train step (they may later run on different meshes): it
 takes pure params and returns host/device arrays. It is deterministic given ``rng``.
@@ -31,7 +31,7 @@ from flax import nnx, struct
 from prefjax.data.collate import pack, stack
 from prefjax.errors import ConfigError, DataError
 from prefjax.models.logprobs import model_token_logps
-from prefjax.rl.rewards import RolloutView, compute_rewards
+from prefjax.rl.reward_sources import RolloutView, compute_rewards
 from prefjax.sampling.sampler import sample_batch
 
 

@@ -48,7 +48,7 @@ from prefjax.losses.ppo import per_token_objective
 from prefjax.rl import advantages as adv_lib
 from prefjax.rl import kl as kl_lib
 from prefjax.rl import reward_models  # noqa: F401  (registers sequence_rm, token_rm)
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_policy
 from prefjax.rl.rollout import (RolloutConfig, check_prompts, fixed_width, rollout,
                                 sample_view)
@@ -98,7 +98,7 @@ def rl_config() -> ml_collections.ConfigDict:
                          Ziegler et al.'s controller toward a target KL (nats per sequence)
     rewards              {source: weight}, summed: verifier | format | oracle | length_penalty
                          | sequence_rm | token_rm | rm:WORKDIR | calibrated:SOURCE
-                         (``prefjax.rl.rewards``); reward_kwargs: {source: {kwarg: value}}
+                         (``prefjax.rl.reward_sources``); reward_kwargs: {source: {kwarg: value}}
     missing_eos          penalty | mask | none, for completions without the end token;
     missing_eos_penalty  added to their last token's reward under "penalty"
     checkpoint_every     iterations between checkpoints (resume is exact)

@@ -17,7 +17,7 @@ from prefjax import sharding
 from prefjax.data import pipeline
 from prefjax.eval import testbed_eval
 from prefjax.models import Transformer, make_config
-from prefjax.train.datasets import default_tokenizer
+from prefjax.train.data_source import default_tokenizer
 from prefjax.train.loop import LastValues, NoCheckpoints, run_stage
 from prefjax.train.objective import Objective, make_objective
 from prefjax.train.optimizer import make_optimizer

@@ -1,7 +1,7 @@
 """The testbed as a data source: examples of every kind from ``config.testbed``.
 
 ``data.train = "testbed"`` (the default) or ``"testbed:TASK[,TASK...]"`` selects the
-synthetic world; this module, through ``prefjax.train.datasets``, is the only place the
+synthetic world; this module, through ``prefjax.train.data_source``, is the only place the
 library reaches into the world for data (the evaluator, ``prefjax.eval.testbed_eval``,
 reaches it for the oracle).
 """

@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       # ``sft_tasks``, e.g. ("add",), then align on ``tasks``).
       start="sft", sft_tasks=()))
 
-  # The data source (prefjax/train/datasets.py): "testbed" | "testbed:TASK" | a file spec
+  # The data source (prefjax/train/data_source.py): "testbed" | "testbed:TASK" | a file spec
   # (hh:PATH, jsonl:PATH, sft:PATH, groups:PATH, unpaired:PATH, alpaca_eval_groups:GLOB,
   # hf:PATH for a Hugging Face datasets folder or parquet / JSON files in TRL's formats...).
   # sft / eval: "" = derived from train (chosen responses; a seeded held-out fraction).
@@ -106,20 +106,20 @@ def base_config() -> ml_collections.ConfigDict:
                                            name="", dir="", mode="", group="", tags=()))
   # Each registered stage's own section (sft, dpo, reward, eval, rl, online, ...), with the
   # defaults its module declares (``register_stage(..., section=, defaults=)``).
-  from prefjax.train import stage_fns
-  for name, section in stage_fns.section_defaults().items():
+  from prefjax.train import builtin_stages
+  for name, section in builtin_stages.section_defaults().items():
     c[name] = section
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values the type system cannot; raises ConfigError naming the field."""
-  from prefjax.train import stage_fns
-  stages = tuple(stage_fns.STAGES)
+  from prefjax.train import builtin_stages
+  stages = tuple(builtin_stages.STAGES)
   for s in c.stages:
     if s not in stages:
       raise ConfigError(f"config.stages: unknown stage {s!r}; valid stages: {', '.join(stages)}")
-  trained = [stage_fns.STAGES[s].section for s in c.stages]
+  trained = [builtin_stages.STAGES[s].section for s in c.stages]
   for name in dict.fromkeys(n for n in trained if n and n in c and "steps" in c[n]):
     st = c[name]
     for f in ("steps", "batch_size"):

@@ -39,9 +39,9 @@ from prefjax.errors import ConfigError, DataError
 from prefjax.models.config import ModelConfig
 from prefjax.models.loading import MODEL_CONFIG, hf_tokenizer, load_model, source_kind
 from prefjax.rewards.model import build_reward_model
-from prefjax.train.datasets import TESTBED_REWARD_DATA, default_tokenizer
+from prefjax.train.data_source import TESTBED_REWARD_DATA, default_tokenizer
 from prefjax.train.outputs import HF_DIR, MODEL_DIR, final_model_dir
-from prefjax.train.sources import build_model, preset_tokenizer, resolve_path
+from prefjax.train.model_source import build_model, preset_tokenizer, resolve_path
 
 PARTS = ("policy", "reference", "reward")
 RUN_CONFIG = "config.json"

@@ -25,9 +25,9 @@ import ml_collections
 
 from prefjax import distributed, sharding, xla_cpu
 from prefjax.train import config as config_lib
-from prefjax.train import sources, wandb_logger
-from prefjax.train import stage_fns   # noqa: F401  (registers the built-in stages)
-from prefjax.train.datasets import DataSource
+from prefjax.train import model_source, wandb_logger
+from prefjax.train import builtin_stages   # noqa: F401  (registers the built-in stages)
+from prefjax.train.data_source import DataSource
 from prefjax.train.metrics_writer import MetricsWriter
 from prefjax.train.stages import STAGES, RunContext
 
@@ -59,7 +59,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
   for name in c.stages:                        # fail fast: bad loss names / hyper-parameters
     STAGES[name].check(c)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-  model = sources.load(c, mesh)                # a bad model source stops before any output
+  model = model_source.load(c, mesh)                # a bad model source stops before any output
   os.makedirs(workdir, exist_ok=True)
   if distributed.is_main():
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -80,13 +80,13 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     clock = Clock(summary)
     clock("setup")
 
-    models = stage_fns.Models(policy=model.params)
+    models = builtin_stages.Models(policy=model.params)
     for name in c.stages:
       STAGES[name](ctx, models)
       clock(name)
 
     if c.get("export") is None or c.export.enabled:
-      stage_fns.write_outputs(ctx, models)
+      builtin_stages.write_outputs(ctx, models)
       clock("export")
     if data.reports:
       summary["data/reports"] = data.reports

@@ -49,7 +49,7 @@ class RunContext:
   param_shardings: Any
   workdir: str
   writer: MetricsWriter
-  data: Any                      # prefjax.train.datasets.DataSource
+  data: Any                      # prefjax.train.data_source.DataSource
   summary: dict = dataclasses.field(default_factory=dict)
   reward: tuple | None = None    # (graphdef, params) of a reward model trained in this run
   monitor: Any = None            # the held-out monitor of the preference stage (eval reuses it)

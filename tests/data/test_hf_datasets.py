@@ -8,7 +8,7 @@ import pytest
 
 datasets = pytest.importorskip("datasets", reason="hf: sources need the 'hf' extra (datasets)")
 
-from prefjax.data import hf_datasets, read_preferences, sources  # noqa: E402
+from prefjax.data import file_sources, hf_datasets, read_preferences  # noqa: E402
 from prefjax.errors import DataError  # noqa: E402
 from prefjax.extras import MissingExtraError  # noqa: E402
 
@@ -80,15 +80,15 @@ def test_every_format_and_storage_gives_the_examples_of_a_preference_file(tmp_pa
 
 @pytest.mark.parametrize("fmt", ["conversational", "implicit"])
 def test_load_examples_through_the_source_registry(tmp_path, fmt):
-  assert sources.SOURCES["hf"] == ("pairs", hf_datasets.read_hf_pairs)
+  assert file_sources.SOURCES["hf"] == ("pairs", hf_datasets.read_hf_pairs)
   spec = "hf:" + _write(ROWS[fmt], tmp_path, "parquet")
-  r = sources.load_examples(spec, "pairwise", seed=0)
+  r = file_sources.load_examples(spec, "pairwise", seed=0)
   assert r.native == "pairs" and r.skipped == {}
   assert r.examples[0] == {"id": "prefs:a", "prompt": [SYSTEM, Q1], "chosen": "4",
                            "rejected": "5", "subset": "prefs"}
-  raw = sources.load_examples(spec, "pairwise", seed=0, chat=False).examples
+  raw = file_sources.load_examples(spec, "pairwise", seed=0, chat=False).examples
   assert raw[0]["prompt"] == "Be brief.\n\n2+2?"
-  sft = sources.load_examples(spec, "sft", seed=0).examples
+  sft = file_sources.load_examples(spec, "sft", seed=0).examples
   assert [e["response"] for e in sft] == ["4", "Paris"]
 
 
@@ -97,7 +97,7 @@ def test_alpha_subset_and_other_columns_as_in_jsonl_files(tmp_path):
            "source": "web"}]
   ex = hf_datasets.read_hf(_write(rows, tmp_path, "disk")).examples[0]
   assert (ex.alpha, ex.subset, ex.meta, ex.id) == (0.8, "s", {"source": "web"}, "prefs:0")
-  pair = sources.load_examples("hf:" + _write(rows, tmp_path, "json"), "pairwise",
+  pair = file_sources.load_examples("hf:" + _write(rows, tmp_path, "json"), "pairwise",
                                seed=0).examples[0]
   assert pair["alpha"] == 0.8 and pair["chosen"] == "c"    # chat=True strips responses
 
@@ -117,9 +117,9 @@ def test_a_split_of_a_saved_dataset_dict_and_an_eval_spec(tmp_path):
                             str(tmp_path / "dd"))
   with pytest.raises(DataError, match=r"dd: a DatasetDict with splits train, test; name one, "
                                       r"e\.g\. hf:.*dd/train$"):
-    sources.load_examples(f"hf:{tmp_path / 'dd'}", "pairwise", seed=0)
-  exs = sources.load_examples(f"hf:{tmp_path / 'dd' / 'train'}", "pairwise", seed=0).examples
-  tr, ev = sources.split_heldout(exs, eval_spec=f"hf:{tmp_path / 'dd' / 'test'}", seed=0)
+    file_sources.load_examples(f"hf:{tmp_path / 'dd'}", "pairwise", seed=0)
+  exs = file_sources.load_examples(f"hf:{tmp_path / 'dd' / 'train'}", "pairwise", seed=0).examples
+  tr, ev = file_sources.split_heldout(exs, eval_spec=f"hf:{tmp_path / 'dd' / 'test'}", seed=0)
   assert [e["prompt"] for e in ev] == ["q0", "q1", "held"]
   assert [e["prompt"] for e in tr] == ["q2", "q3", "q4", "q5"]   # no prompt on both sides
 
@@ -158,7 +158,7 @@ def test_implicit_jsonl_files_are_detected_too(tmp_path):
 def test_bad_rows_are_one_line_naming_path_row_and_field(tmp_path, rows, message, storage):
   path = _write(rows, tmp_path, storage)
   with pytest.raises(DataError, match="^" + path.replace(".", r"\.") + ": " + message) as info:
-    sources.load_examples("hf:" + path, "pairwise", seed=0)
+    file_sources.load_examples("hf:" + path, "pairwise", seed=0)
   assert "\n" not in str(info.value)
 
 
@@ -182,7 +182,7 @@ def test_empty_missing_and_unreadable_inputs(tmp_path):
   cases[str(tmp_path / "broken.parquet")] = "datasets cannot read it as parquet ("
   for path, message in cases.items():
     with pytest.raises(DataError) as info:
-      sources.load_examples("hf:" + path, "pairwise", seed=0)
+      file_sources.load_examples("hf:" + path, "pairwise", seed=0)
     text = str(info.value)
     assert text.startswith(path + ": ") and message in text and "\n" not in text, text
 
@@ -194,7 +194,7 @@ def test_missing_datasets_package_names_the_extra(tmp_path, monkeypatch):
   with pytest.raises(MissingExtraError, match=r"^reading a Hugging Face dataset \(hf:PATH\) "
                                               r"needs the 'datasets' package: pip install -e "
                                               r"'\.\[hf\]'$"):
-    sources.load_examples(f"hf:{tmp_path / 'x.parquet'}", "pairwise", seed=0)
+    file_sources.load_examples(f"hf:{tmp_path / 'x.parquet'}", "pairwise", seed=0)
 
 
 # ------------------------------------------------------------------------------ a DPO run

@@ -8,7 +8,7 @@ from prefjax.data import prompts as P
 from prefjax.errors import DataError
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train.config import base_config
-from prefjax.train.datasets import DataSource
+from prefjax.train.data_source import DataSource
 from tests.conftest import SHARED_DATA
 
 

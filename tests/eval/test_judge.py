@@ -6,7 +6,7 @@ from flax import nnx
 from prefjax.data.prompts import PromptItem
 from prefjax.eval import judge
 from prefjax.models import Transformer, make_config
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.testbed.tokenizer import TestbedTokenizer
 
 TOK = TestbedTokenizer()

@@ -2,17 +2,17 @@
 
 These test the plain layout; tests/eval/test_row_scoring.py tests the prefix-shared one.
 
-The reference is ``prefjax.eval.scoring.score_completions`` (full [B, T, V] logits, one
+The reference is ``prefjax.eval.completion_scoring.score_completions`` (full [B, T, V] logits, one
 shape, no buckets, no window), on a tiny random testbed model.
 """
 import numpy as np
 import pytest
 
 from prefjax.eval import pair_scoring
-from prefjax.eval.scoring import score_completions
+from prefjax.eval.completion_scoring import score_completions
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.train import config as config_lib
-from prefjax.train.sources import build_model
+from prefjax.train.model_source import build_model
 
 
 @pytest.fixture(scope="module")

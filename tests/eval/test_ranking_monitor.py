@@ -1,7 +1,7 @@
 """Training-time ranking metrics: a tiny SFT -> DPO run logs them to metrics.jsonl.
 
 The logged held-out accuracy at the last step is checked against an independent numpy
-computation on log-probs from ``prefjax.eval.scoring.score_completions`` (no buckets).
+computation on log-probs from ``prefjax.eval.completion_scoring.score_completions`` (no buckets).
 """
 import json
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from prefjax.eval import pair_scoring
-from prefjax.eval.scoring import score_completions
+from prefjax.eval.completion_scoring import score_completions
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.testbed import world
 from prefjax.train import config as config_lib
-from prefjax.train.datasets import world_config
+from prefjax.train.data_source import world_config
 from prefjax.train.finished_run import checkpoint_params
 from prefjax.train.run import run
-from prefjax.train.sources import build_model
+from prefjax.train.model_source import build_model
 
 
 def _tiny():

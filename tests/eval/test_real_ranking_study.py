@@ -53,7 +53,7 @@ def test_study_rows_match_the_runs_heldout_monitor(tmp_path):
   # beta * (log pi - log pi_ref) as pair scoring computes it for the study.
   import numpy as np
   from prefjax.eval import pair_scoring
-  from prefjax.rewards.loading import load_scorer
+  from prefjax.rewards.saved_scorers import load_scorer
   from prefjax.train.finished_run import load_run
   scorer, info = load_scorer(str(w))
   assert info["kind"] == "implicit"

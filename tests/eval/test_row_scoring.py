@@ -12,7 +12,7 @@ from flax import nnx
 from prefjax.eval import pair_scoring, row_scoring
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.train import config as config_lib
-from prefjax.train.sources import build_model
+from prefjax.train.model_source import build_model
 
 MAX_LEN = 48
 

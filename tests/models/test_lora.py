@@ -10,11 +10,11 @@ from prefjax.models import forward_logps, lora
 from prefjax.testbed import world
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
-from prefjax.train.datasets import world_config
+from prefjax.train.data_source import world_config
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.run import run
-from prefjax.train.sources import build_model
+from prefjax.train.model_source import build_model
 from prefjax.train.step import init_state, make_train_step
 from flax import nnx
 

@@ -7,7 +7,7 @@ from flax import nnx
 from prefjax.data.collate import pack, stack
 from prefjax.models import make_config
 from prefjax.rewards.model import RewardModel, last_completion_index
-from prefjax.rewards.scoring import RewardScorer
+from prefjax.rewards.scorer import RewardScorer
 from prefjax.testbed.tokenizer import TestbedTokenizer
 
 

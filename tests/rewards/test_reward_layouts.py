@@ -15,7 +15,7 @@ from prefjax import sharding
 from prefjax.data import layout, pipeline
 from prefjax.models import make_config
 from prefjax.rewards.model import RewardModel
-from prefjax.rewards.scoring import RewardScorer
+from prefjax.rewards.scorer import RewardScorer
 from prefjax.testbed import world
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train.objective import make_objective

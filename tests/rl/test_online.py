@@ -13,7 +13,7 @@ from prefjax.models import Transformer, make_config
 from prefjax.rl import online
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train.config import base_config
-from prefjax.train.datasets import DataSource
+from prefjax.train.data_source import DataSource
 from prefjax.train.metrics_writer import MetricsWriter
 from prefjax.train.stages import RunContext
 

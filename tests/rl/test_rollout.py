@@ -6,7 +6,7 @@ from flax import nnx
 
 from prefjax.errors import DataError
 from prefjax.models import Transformer, make_config
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.rl.actor_critic import ActorCritic
 from prefjax.rl.rollout import RolloutConfig, rollout
 from prefjax.testbed.tokenizer import TestbedTokenizer

@@ -14,7 +14,7 @@ from prefjax.rl import stage as stage_lib
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train.config import base_config
-from prefjax.train.datasets import DataSource
+from prefjax.train.data_source import DataSource
 from prefjax.train.metrics_writer import MetricsWriter
 from prefjax.train.stages import RunContext
 

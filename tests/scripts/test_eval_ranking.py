@@ -2,7 +2,7 @@
 
 The model is random (two Orbax checkpoints of a 1-layer testbed model written here), so the
 test is fast; the numbers are checked against an independent numpy computation on log-probs
-from ``prefjax.eval.scoring.score_completions`` (one shape, no length buckets).
+from ``prefjax.eval.completion_scoring.score_completions`` (one shape, no length buckets).
 """
 import importlib.util
 import json
@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefjax.eval.scoring import score_completions
+from prefjax.eval.completion_scoring import score_completions
 from prefjax.testbed import world
 from prefjax.testbed import tokenizer as tb_tokenizer
 from prefjax.train import config as config_lib
 from prefjax.train.checkpoint import Checkpointer
-from prefjax.train.datasets import world_config
-from prefjax.train.sources import build_model
+from prefjax.train.data_source import world_config
+from prefjax.train.model_source import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "eval_ranking.py"

@@ -3,7 +3,7 @@
 ``tiny_hf_model(dir)`` writes what a Hugging Face model directory holds: a random Llama
 that ``transformers`` builds and saves (config.json + model.safetensors) and a word-level
 ``tokenizer.json`` + ``tokenizer_config.json`` with a ChatML template (or none). The data
-writers produce the file formats of ``prefjax.data.sources``.
+writers produce the file formats of ``prefjax.data.file_sources``.
 """
 import json
 import os

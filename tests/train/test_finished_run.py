@@ -15,7 +15,7 @@ from prefjax.train import config as config_lib
 from prefjax.train.config import train_section
 from prefjax.train.finished_run import checkpoint_params, is_workdir, last_step_dir, load_run
 from prefjax.train.run import run
-from prefjax.train.sources import build_model
+from prefjax.train.model_source import build_model
 
 
 def _tiny():

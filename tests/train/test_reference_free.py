@@ -9,10 +9,10 @@ from prefjax import sharding
 from prefjax.data import pipeline
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train import config as config_lib
-from prefjax.train import datasets
+from prefjax.train import data_source
 from prefjax.train import objective as objective_lib
 from prefjax.train.optimizer import make_optimizer
-from prefjax.train.sources import build_model
+from prefjax.train.model_source import build_model
 from prefjax.train.stages import preference_objective
 from prefjax.train.step import init_state, make_train_step
 
@@ -38,12 +38,12 @@ def tiny_config(loss, **kwargs):
 
 def preference_data(c, tok, kind: str, n: int):
   """(testbed examples, plain-row encoder) for a loss kind: pairwise, unpaired or multi."""
-  wcfg = datasets.world_config(c, "testbed")
+  wcfg = data_source.world_config(c, "testbed")
   max_len, trunc = c.data.max_len, c.data.truncate
   encode = {"pairwise": lambda: pipeline.encode_pair(tok, max_len, trunc),
             "unpaired": lambda: pipeline.encode_unpaired(tok, max_len, trunc),
             "multi": lambda: pipeline.encode_group(tok, max_len, wcfg.group_size, trunc)}[kind]()
-  return datasets.world_examples(wcfg, kind, n, "train"), encode
+  return data_source.world_examples(wcfg, kind, n, "train"), encode
 
 
 def build(c):

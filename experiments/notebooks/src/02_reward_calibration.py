@@ -30,7 +30,7 @@ import tempfile
 import ml_collections
 
 from prefjax import rewards as rw
-from prefjax.rewards.loading import load_scorer
+from prefjax.rewards.saved_scorers import load_scorer
 from prefjax.testbed import length_bias, world
 from prefjax.train.config import base_config
 from prefjax.train.run import run

@@ -28,7 +28,7 @@ from prefjax.models import PRESETS, Transformer, make_config
 from prefjax.models.config import ModelConfig
 from prefjax.models.hf_weights import abstract_params
 from prefjax.models.loading import load_model
-from prefjax.train.datasets import TESTBED_REWARD_DATA, default_tokenizer
+from prefjax.train.data_source import TESTBED_REWARD_DATA, default_tokenizer
 from prefjax.train.outputs import final_model_dir
 
 

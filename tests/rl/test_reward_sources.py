@@ -5,7 +5,7 @@ import pytest
 from prefjax.data.collate import pack, stack
 from prefjax.errors import ConfigError, DataError
 from prefjax.eval import testbed_eval  # noqa: F401  (registers the "oracle" reward source)
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.testbed.tokenizer import TestbedTokenizer
 
 TOK = TestbedTokenizer()

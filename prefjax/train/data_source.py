@@ -3,7 +3,7 @@
   data.train = "testbed" | "testbed:TASK[,TASK]"   the synthetic world (default)
              | "tasks:NAME[,NAME]"  verifiable reasoning-gym tasks (prompts + exact scorers)
              | "prompts:FILE"       prompts to sample from (RL / online stages)
-             | any spec of ``prefjax.data.sources``  (hh:PATH, pandalm:, llmbar:,
+             | any spec of ``prefjax.data.file_sources``  (hh:PATH, pandalm:, llmbar:,
                alpaca_eval:, jsonl:, implicit:, sft:, groups:, alpaca_eval_groups:,
                unpaired:, hf: (Hugging Face datasets), a path)
   data.sft   = SFT spec for the sft stage ("" = derived from data.train: testbed
@@ -14,12 +14,12 @@
   data.n_train / data.n_eval (0 = all / the default size), data.eval_fraction
 
 Examples are dicts of four kinds (sft, pairwise, multi, unpaired); see
-``prefjax.data.sources``. The testbed's sizes come from ``config.testbed`` (n_sft, n_pairs,
+``prefjax.data.file_sources``. The testbed's sizes come from ``config.testbed`` (n_sft, n_pairs,
 n_eval_pairs).
 """
 from __future__ import annotations
 
-from prefjax.data import layout, sources, tasks
+from prefjax.data import layout, file_sources, tasks
 from prefjax.data import prompts as prompts_lib
 from prefjax.data.byte_tokenizer import ByteTokenizer
 from prefjax.errors import ConfigError
@@ -92,7 +92,7 @@ class DataSource:
     c = self.c
     key = (spec, kind)
     if key not in self._cache:
-      res = sources.load_examples(spec, kind, seed=c.seed, chat=self._chat,
+      res = file_sources.load_examples(spec, kind, seed=c.seed, chat=self._chat,
                                   group_size=self.group_size() if kind == "multi" else None)
       self._check_chat(spec, res.examples)
       self.reports[f"{spec} ({kind})"] = {
@@ -103,7 +103,7 @@ class DataSource:
       if kind == "sft" and spec != self.train_spec:
         split_ = (res.examples, [])
       else:
-        split_ = sources.split_heldout(res.examples, eval_spec=eval_spec, n_eval=n_eval,
+        split_ = file_sources.split_heldout(res.examples, eval_spec=eval_spec, n_eval=n_eval,
                                        fraction=c.data.eval_fraction, seed=c.seed,
                                        kind=kind, chat=self._chat)
       self._cache[key] = split_

@@ -8,7 +8,7 @@ from prefjax.models import make_config
 from prefjax.models.transformer import Transformer
 from prefjax.rewards.implicit import ImplicitRewardScorer
 from prefjax.rewards.model import RewardModel
-from prefjax.rewards.scoring import RewardScorer, batched_apply
+from prefjax.rewards.scorer import RewardScorer, batched_apply
 from prefjax.testbed.tokenizer import TestbedTokenizer
 
 MAX_LEN = 80

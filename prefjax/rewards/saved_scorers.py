@@ -13,7 +13,7 @@ import os
 
 from prefjax.errors import ConfigError
 from prefjax.rewards.implicit import ImplicitRewardScorer
-from prefjax.rewards.scoring import RewardScorer
+from prefjax.rewards.scorer import RewardScorer
 from prefjax.train.finished_run import last_step_dir, load_run, run_config
 
 KINDS = ("auto", "reward", "implicit", "loglik")

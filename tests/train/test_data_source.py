@@ -2,7 +2,7 @@
 from prefjax.data import layout
 from prefjax.testbed.tokenizer import TestbedTokenizer
 from prefjax.train.config import base_config
-from prefjax.train.datasets import DataSource
+from prefjax.train.data_source import DataSource
 
 
 def _encoder(**data):

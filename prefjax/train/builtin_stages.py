@@ -16,7 +16,7 @@ from prefjax.eval import heldout, judge, ranking_monitor, testbed_eval
 from prefjax.models import lora as lora_lib
 from prefjax.rewards import training
 from prefjax.rl import online as online_lib
-from prefjax.rl import rewards as rw
+from prefjax.rl import reward_sources as rw
 from prefjax.rl import stage as rl_stage_lib
 from prefjax.train import outputs
 from prefjax.train.objective import make_objective

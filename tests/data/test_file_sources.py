@@ -1,4 +1,4 @@
-"""prefjax.data.sources: every spec kind on small files, conversions, held-out splits, real data."""
+"""prefjax.data.file_sources: every spec kind on small files, conversions, held-out splits, real data."""
 import gzip
 import importlib.util
 import json
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from prefjax.data import pipeline, sources
+from prefjax.data import pipeline, file_sources
 from prefjax.data.collate import PolicyError
 from prefjax.data.records import split_by_mean
 from prefjax.errors import DataError
@@ -33,7 +33,7 @@ def test_pairs_file_with_bad_rows_counts_them_by_reason(tmp_path):
       {"prompt": "d", "chosen": "x", "rejected": "y", "alpha": 3},
       {"prompt": "e", "chosen": "x", "rejected": "", "id": 7},
       {"prompt": "f", "chosen": " x ", "rejected": "y", "id": "last"}])
-  r = sources.load_examples("jsonl:" + fn, "pairwise", seed=0)
+  r = file_sources.load_examples("jsonl:" + fn, "pairwise", seed=0)
   assert [e["id"] for e in r.examples] == ["p:1", "p:last"]
   assert r.examples[0]["alpha"] == 0.8 and "alpha" not in r.examples[1]
   assert r.examples[1]["chosen"] == "x"                # chat=True strips responses
@@ -42,41 +42,41 @@ def test_pairs_file_with_bad_rows_counts_them_by_reason(tmp_path):
                        "alpha is 3, expected a number in [0, 1]": 1, "empty 'rejected'": 1}
   assert [loc for loc, _ in r.skipped_rows] == [f"{fn}:{i}" for i in (2, 3, 4, 5, 6)]
   assert r.native == "pairs" and "5 rows skipped" in r.summary()
-  raw = sources.load_examples("jsonl:" + fn, "pairwise", seed=0, chat=False)
+  raw = file_sources.load_examples("jsonl:" + fn, "pairwise", seed=0, chat=False)
   assert raw.examples[1]["chosen"] == " x "
 
 
 def test_pairs_convert_to_sft_and_unpaired_but_not_groups(tmp_path):
   fn = _jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"},
                                      {"prompt": "b", "chosen": "z", "rejected": "w"}])
-  sft = sources.load_examples(fn, "sft", seed=0).examples
+  sft = file_sources.load_examples(fn, "sft", seed=0).examples
   assert [(e["prompt"], e["response"]) for e in sft] == [("a", "x"), ("b", "z")]
-  unp = sources.load_examples(fn, "unpaired", seed=0).examples
+  unp = file_sources.load_examples(fn, "unpaired", seed=0).examples
   assert [(e["prompt"], e["response"], e["label"]) for e in unp] == [
       ("a", "x", 1), ("a", "y", 0), ("b", "z", 1), ("b", "w", 0)]
   with pytest.raises(DataError, match=r"p\.jsonl: holds pairs examples, which cannot be used "
                      r"for 'multi' examples \(possible: pairwise, sft, unpaired\)"):
-    sources.load_examples(fn, "multi", seed=0)
+    file_sources.load_examples(fn, "multi", seed=0)
   with pytest.raises(DataError, match="unknown example kind 'dpo'"):
-    sources.load_examples(fn, "dpo", seed=0)
-  assert len(sources.load_examples(fn, "unpaired", seed=0, limit=1).examples) == 2
+    file_sources.load_examples(fn, "dpo", seed=0)
+  assert len(file_sources.load_examples(fn, "unpaired", seed=0, limit=1).examples) == 2
 
 
 def test_chat_format_pairs_keep_messages(tmp_path):
   hh = _jsonl(tmp_path / "hh.jsonl", [{
       "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: Sure.",
       "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No."}])
-  ex = sources.load_examples("hh:" + hh, "pairwise", seed=0).examples[0]
+  ex = file_sources.load_examples("hh:" + hh, "pairwise", seed=0).examples[0]
   assert ex["prompt"] == [{"role": "user", "content": "hi"},
                           {"role": "assistant", "content": "hello"},
                           {"role": "user", "content": "joke?"}]
   assert (ex["chosen"], ex["rejected"]) == ("Sure.", "No.")
-  raw = sources.load_examples("hh:" + hh, "pairwise", seed=0, chat=False).examples[0]
+  raw = file_sources.load_examples("hh:" + hh, "pairwise", seed=0, chat=False).examples[0]
   assert raw["prompt"].endswith("\n\nHuman: joke?\n\nAssistant:") and raw["chosen"] == " Sure."
   trl = _jsonl(tmp_path / "trl.jsonl", [{
       "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
       "chosen": [{"role": "assistant", "content": "4"}], "rejected": "5"}])
-  ex = sources.load_examples("jsonl:" + trl, "pairwise", seed=0).examples[0]
+  ex = file_sources.load_examples("jsonl:" + trl, "pairwise", seed=0).examples[0]
   assert ex["prompt"][0] == {"role": "system", "content": "Be brief."}
   assert (ex["chosen"], ex["rejected"]) == ("4", "5")
 
@@ -91,14 +91,14 @@ def test_sft_rows_and_messages(tmp_path):
       {"prompt": "c"},
       {"prompt": "d", "response": "  "},
       {"prompt": [{"role": "bot", "content": "?"}], "response": "x"}])
-  r = sources.load_examples("sft:" + fn, "sft", seed=0)
+  r = file_sources.load_examples("sft:" + fn, "sft", seed=0)
   assert [(e["prompt"], e["response"]) for e in r.examples] == [
       ("a", "x"), ("b", "y"), ([{"role": "user", "content": "q"}], "r")]
   assert sum(r.skipped.values()) == 4
   assert r.skipped["missing field 'response'"] == 1
   assert r.skipped["empty response"] == 1
   with pytest.raises(DataError, match="holds sft examples.*'pairwise'"):
-    sources.load_examples("sft:" + fn, "pairwise", seed=0)
+    file_sources.load_examples("sft:" + fn, "pairwise", seed=0)
 
 
 def test_unpaired_rows_and_labels(tmp_path):
@@ -108,22 +108,22 @@ def test_unpaired_rows_and_labels(tmp_path):
       {"prompt": "b", "response": "z", "label": 2},
       {"prompt": "b", "response": "z", "label": 0.5},
       {"prompt": "b", "response": "z"}])
-  r = sources.load_examples("unpaired:" + fn, "unpaired", seed=0)
+  r = file_sources.load_examples("unpaired:" + fn, "unpaired", seed=0)
   assert [(e["response"], e["label"]) for e in r.examples] == [("x", 1), ("y", 0)]
   assert sum(r.skipped.values()) == 3
   with pytest.raises(DataError, match="cannot be used for 'pairwise'"):
-    sources.load_examples("unpaired:" + fn, "pairwise", seed=0)
+    file_sources.load_examples("unpaired:" + fn, "pairwise", seed=0)
 
 
 def test_file_with_no_usable_row_names_it_and_the_reasons(tmp_path):
   fn = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "a"}, {"prompt": "b"}, "oops"])
   with pytest.raises(DataError, match=r"sft:.*bad\.jsonl: no usable row \(3 skipped: 2 x "
                      r"missing field 'response', 1 x bad JSON: Expecting value\)$"):
-    sources.load_examples("sft:" + fn, "sft", seed=0)
+    file_sources.load_examples("sft:" + fn, "sft", seed=0)
   with pytest.raises(DataError, match="nothing.jsonl: no such file"):
-    sources.load_examples(str(tmp_path / "nothing.jsonl"), "pairwise", seed=0)
+    file_sources.load_examples(str(tmp_path / "nothing.jsonl"), "pairwise", seed=0)
   with pytest.raises(DataError, match="nothing.jsonl: no such file"):
-    sources.load_examples("groups:" + str(tmp_path / "nothing.jsonl"), "multi", seed=0)
+    file_sources.load_examples("groups:" + str(tmp_path / "nothing.jsonl"), "multi", seed=0)
 
 
 # ------------------------------------------------------------------------------ groups
@@ -142,28 +142,28 @@ def test_group_rows(tmp_path):
       {"prompt": "p3", "responses": ["a", "b"], "scores": [1, 1]},
       {"prompt": "p4", "responses": ["a", "b"], "scores": [1]},
       {"prompt": "p5", "responses": ["a", ""], "scores": [1, 0]}])
-  r = sources.load_examples("groups:" + fn, "multi", seed=0)
+  r = file_sources.load_examples("groups:" + fn, "multi", seed=0)
   ex = r.examples
   # mean 0.45: b (0.9), c (0.5) above; a (0.1), d (0.3) below, worst first
   assert (ex[0]["chosen"], ex[0]["rejected"]) == (["b", "c"], ["a", "d"])
   assert (ex[1]["chosen"], ex[1]["rejected"]) == (["b", "d"], ["c", "a"])
   assert (ex[2]["chosen"], ex[2]["rejected"]) == (["a"], ["b", "c"])
   assert sum(r.skipped.values()) == 3 and r.skipped_rows[0][0].endswith("g.jsonl:4")
-  trimmed = sources.load_examples("groups:" + fn, "multi", seed=0, group_size=1).examples
+  trimmed = file_sources.load_examples("groups:" + fn, "multi", seed=0, group_size=1).examples
   assert [(e["chosen"], e["rejected"]) for e in trimmed] == [
       (["b"], ["a"]), (["b"], ["c"]), (["a"], ["b"])]
-  pairs = sources.load_examples("groups:" + fn, "pairwise", seed=1).examples
+  pairs = file_sources.load_examples("groups:" + fn, "pairwise", seed=1).examples
   assert [p["chosen"] for p in pairs] == ["b", "b", "a"]
   assert all(p["rejected"] in e["rejected"] for p, e in zip(pairs, ex))
-  again = sources.load_examples("groups:" + fn, "pairwise", seed=1).examples
+  again = file_sources.load_examples("groups:" + fn, "pairwise", seed=1).examples
   assert pairs == again
-  picks = {tuple(p["rejected"] for p in sources.load_examples("groups:" + fn, "pairwise",
+  picks = {tuple(p["rejected"] for p in file_sources.load_examples("groups:" + fn, "pairwise",
                                                              seed=s).examples)
            for s in range(8)}
   assert len(picks) > 1                                 # the rejected pick follows the seed
-  assert [e["response"] for e in sources.load_examples("groups:" + fn, "sft", seed=0)
+  assert [e["response"] for e in file_sources.load_examples("groups:" + fn, "sft", seed=0)
           .examples] == ["b", "b", "a"]
-  unp = sources.load_examples("groups:" + fn, "unpaired", seed=0).examples
+  unp = file_sources.load_examples("groups:" + fn, "unpaired", seed=0).examples
   assert len(unp) == 4 + 4 + 3 and sum(e["label"] for e in unp) == 2 + 2 + 1
 
 
@@ -185,7 +185,7 @@ def test_alpaca_eval_groups_rule(tmp_path):
   _annotations(tmp_path, "m3", rows("m3", [("q1", ("win1b", 1.7)), ("q2", ("B2", 1.4))]))
   _annotations(tmp_path, "NullModel", rows("example", [("q1", ("}}}", 1.99)),
                                                        ("q2", ("}}}", 1.99))]))
-  r = sources.load_examples(f"alpaca_eval_groups:{tmp_path}", "multi", seed=0)
+  r = file_sources.load_examples(f"alpaca_eval_groups:{tmp_path}", "multi", seed=0)
   g1, g2 = r.examples
   assert (g1["prompt"], g1["chosen"], g1["rejected"]) == ("q1", ["win1", "win1b", "B1"],
                                                           ["lose1"])
@@ -195,35 +195,35 @@ def test_alpaca_eval_groups_rule(tmp_path):
                        "tie with the baseline": 1,
                        "response identical to the baseline or another one": 1}
   _annotations(tmp_path, "m4", rows("m4", [("q2", ("win2", 1.8))]))
-  g2 = sources.load_examples(f"alpaca_eval_groups:{tmp_path}/m*.json.gz", "multi",
+  g2 = file_sources.load_examples(f"alpaca_eval_groups:{tmp_path}/m*.json.gz", "multi",
                              seed=0).examples[1]
   assert (g2["chosen"], g2["rejected"]) == (["win2", "B2"], ["lose2"])
-  only_wins = sources.load_examples(f"alpaca_eval_groups:{tmp_path}/m4.json.gz", "multi",
+  only_wins = file_sources.load_examples(f"alpaca_eval_groups:{tmp_path}/m4.json.gz", "multi",
                                     seed=0).examples
   assert (only_wins[0]["chosen"], only_wins[0]["rejected"]) == (["win2"], ["B2"])
   with pytest.raises(DataError, match="no AlpacaEval annotation file"):
-    sources.load_examples(f"alpaca_eval_groups:{tmp_path}/zz*", "multi", seed=0)
+    file_sources.load_examples(f"alpaca_eval_groups:{tmp_path}/zz*", "multi", seed=0)
 
 
 # ------------------------------------------------------------------------------ held out
 def test_split_heldout_never_shares_a_prompt(tmp_path):
   exs = [{"id": i, "prompt": f"p{i % 7}", "chosen": "x", "rejected": "y"} for i in range(50)]
-  train, held = sources.split_heldout(exs, n_eval=10, seed=0)
+  train, held = file_sources.split_heldout(exs, n_eval=10, seed=0)
   assert len(train) + len(held) == 50 and len(held) >= 10
   assert not {e["prompt"] for e in train} & {e["prompt"] for e in held}
-  assert sources.split_heldout(exs, n_eval=10, seed=0) == (train, held)
-  assert sources.split_heldout(exs, n_eval=10, seed=1) != (train, held)
-  _, held_f = sources.split_heldout(exs, fraction=0.3, seed=0)
+  assert file_sources.split_heldout(exs, n_eval=10, seed=0) == (train, held)
+  assert file_sources.split_heldout(exs, n_eval=10, seed=1) != (train, held)
+  _, held_f = file_sources.split_heldout(exs, fraction=0.3, seed=0)
   assert len(held_f) >= 15
   chat = [{"prompt": [{"role": "user", "content": str(i % 3)}], "response": "r"}
           for i in range(9)]
-  tr, he = sources.split_heldout(chat, n_eval=1, seed=0)
+  tr, he = file_sources.split_heldout(chat, n_eval=1, seed=0)
   assert len(he) == 3 and len(tr) == 6
   with pytest.raises(DataError, match="leaves none to train on"):
-    sources.split_heldout(exs, n_eval=50, seed=0)
+    file_sources.split_heldout(exs, n_eval=50, seed=0)
   fn = _jsonl(tmp_path / "eval.jsonl", [{"prompt": "p1", "chosen": "x", "rejected": "y"},
                                         {"prompt": "zz", "chosen": "x", "rejected": "y"}])
-  train, held = sources.split_heldout(exs, eval_spec=fn, seed=0)
+  train, held = file_sources.split_heldout(exs, eval_spec=fn, seed=0)
   assert [e["prompt"] for e in held] == ["p1", "zz"]
   assert len(train) == 50 - len([e for e in exs if e["prompt"] == "p1"])
 
@@ -236,7 +236,7 @@ needs = lambda p: pytest.mark.skipif(not p.exists(), reason=f"{p} absent (../sha
 
 @needs(HH)
 def test_real_hh_pairs():
-  r = sources.load_examples(f"hh:{HH}", "pairwise", seed=0)
+  r = file_sources.load_examples(f"hh:{HH}", "pairwise", seed=0)
   assert len(r.examples) == 2307
   assert r.skipped == {"chosen and rejected do not share the prompt up to the last "
                        "'\\n\\nAssistant:'": 5}
@@ -246,7 +246,7 @@ def test_real_hh_pairs():
 
 @needs(ALPACA)
 def test_real_alpaca_eval_groups_follow_the_rule():
-  r = sources.load_examples(f"alpaca_eval_groups:{ALPACA}", "multi", seed=0)
+  r = file_sources.load_examples(f"alpaca_eval_groups:{ALPACA}", "multi", seed=0)
   assert len(r.examples) == 805
   wins, losses, base = {}, {}, {}
   for fn in sorted(ALPACA.glob("*.json.gz")):
@@ -288,7 +288,7 @@ def test_real_hh_with_smollm2_tokenizer_at_max_len_256():
   from prefjax.models.gguf import _tokenizer_meta
   from prefjax.tokenizers import Tokenizer
   tok = Tokenizer.from_gguf_meta(_tokenizer_meta(gguf.GGUFReader(path)), source=path)  # no weights
-  exs = sources.load_examples(f"hh:{HH}", "pairwise", seed=0, limit=120).examples
+  exs = file_sources.load_examples(f"hh:{HH}", "pairwise", seed=0, limit=120).examples
   with pytest.raises(PolicyError, match="harmless-base_test:11 .* does not fit max_len=256"):
     pipeline.check_examples(exs, pipeline.encode_pair(tok, 256, completion="error"))
   enc = pipeline.encode_pair(tok, 256, completion="truncate")
