@@ -4,8 +4,10 @@ standard error over seeds.
 
   python experiments/real/collect_rl.py --runs 'runs/grpo_s*' --out runs/grpo_table
 
-Writes OUT.json (one row per run and the aggregate) and OUT.md, and prints the table. A
-difference inside two standard errors is reported as no difference.
+Writes OUT.json (one row per run and the aggregate), OUT.md and OUT.png (the verified
+accuracy of each seed's training samples by iteration / round, with the held-out greedy
+accuracy of reference and policy), and prints the table. A difference inside two standard
+errors is reported as no difference.
 """
 from __future__ import annotations
 
@@ -74,10 +76,48 @@ def table(rows, agg) -> str:
   return "\n".join(lines)
 
 
+def _curve(workdir):
+  """(iterations, sample verified accuracy) from a run's metrics.jsonl (one point per
+  RL iteration or online round)."""
+  points = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+    for line in fh:
+      d = json.loads(line)
+      it = d.get("rl/iteration", d.get("online/round"))
+      if it is not None and "rollout/verified_accuracy" in d:
+        points.setdefault(int(it), d["rollout/verified_accuracy"])
+  its = sorted(points)
+  return its, [points[i] for i in its]
+
+
+def plot(workdirs, rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  for w, r in zip(workdirs, rows):
+    its, acc = _curve(w)
+    line, = ax.plot(its, acc, marker=".", lw=1, label=f"seed {r['seed']}: samples (T > 0)")
+    if its:
+      ax.scatter([its[-1] + 1], [r["verified_accuracy/policy"]], color=line.get_color(),
+                 marker="*", s=90, zorder=3)
+  ref = np.mean([r["verified_accuracy/reference"] for r in rows])
+  ax.axhline(ref, color="gray", ls="--", lw=1, label=f"reference, held-out greedy ({ref:.3f})")
+  ax.scatter([], [], color="k", marker="*", label="policy, held-out greedy")
+  ax.set_xlabel("iteration / round")
+  ax.set_ylabel("verified accuracy")
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize=7, loc="upper left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv):
   del argv
-  runs = (sorted(glob.glob(_RUNS.value)) if any(ch in _RUNS.value for ch in "*?[")
+  runs = (sorted(p for p in glob.glob(_RUNS.value) if os.path.isdir(p)) if any(ch in _RUNS.value for ch in "*?[")
           else _RUNS.value.split(","))
+  runs = [w for w in runs if os.path.exists(os.path.join(w, "summary.json"))] or runs
   rows, agg = collect(runs)
   text = table(rows, agg)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
@@ -85,6 +125,7 @@ def main(argv):
     json.dump({"runs": rows, "mean_se": agg}, fh, indent=2)
   with open(_OUT.value + ".md", "w") as fh:
     fh.write(text + "\n")
+  plot(runs, rows, _OUT.value + ".png")
   print(text)
 
 
