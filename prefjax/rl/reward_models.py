@@ -13,19 +13,23 @@ Both start from the policy's backbone (the SFT model) and checkpoint as sub-stag
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefjax import sharding
+from prefjax import distributed, sharding
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.token_model import (TokenRewardModel, edit_pairs, encode_edit_pair,
                                          flaw_detection, token_reward_params_from_backbone)
 from prefjax.rl import reward_sources as rw
+from prefjax.train.checkpoint import save_params
+from prefjax.train.finished_run import load_run
 from prefjax.train.objective import make_objective
 from prefjax.train.stages import train_stage
 
@@ -69,11 +73,17 @@ def sequence_rm(env, arg=None):
   return rw.sequence_rm_source(graphdef, params)
 
 
-@rw.register_reward_source("token_rm")
+@rw.register_reward_source("token_rm", takes_arg="optional")
 def token_rm(env, arg=None):
-  """A token-level reward model trained now on minimal edits (sub-stage ``<rl.name>_token_rm``,
-  config.rl.token_rm); its flaw precision / recall go to the summary."""
+  """A token-level reward model. ``token_rm``: trained now on minimal edits (sub-stage
+  ``<rl.name>_token_rm``, config.rl.token_rm; its flaw precision / recall go to the summary)
+  and saved as ``workdir/params/token_rm``; ``token_rm:WORKDIR``: the one a finished run saved
+  (it must read the policy's tokens: same tokenizer)."""
   ctx = env.ctx
+  if arg is not None:
+    loaded = load_run(arg, need=("token_reward",)).token_reward
+    env.critic_backbone = env.critic_backbone or loaded.params["backbone"]
+    return rw.token_rm_source(loaded.graphdef, loaded.params, f"token_rm:{arg}")
   c, r = ctx.config, ctx.config.rl
   t = r.token_rm
   cfg = nnx.merge(ctx.graphdef, env.policy_params).cfg
@@ -86,8 +96,23 @@ def token_rm(env, arg=None):
       make_objective("token_bt", {"label_coef": t.label_coef}),
       edit_pairs(_testbed_pairs(ctx, t.n_pairs)), encode, t)
   env.summary.update(token_rm_flaw_metrics(ctx, graphdef, params, t, encode))
+  save_token_rm(ctx, cfg, params)
   env.critic_backbone = env.critic_backbone or params["backbone"]
   return rw.token_rm_source(graphdef, params)
+
+
+def save_token_rm(ctx, model_cfg, params) -> None:
+  """``workdir/params/token_rm`` (pure params) and ``token_rm.json`` (its model config and
+  tokenizer), which ``token_rm:WORKDIR`` and ``finished_run.load_run`` read."""
+  if not distributed.is_main():
+    return
+  d = os.path.join(ctx.workdir, "params")
+  os.makedirs(d, exist_ok=True)
+  save_params(os.path.join(d, "token_rm"), params)
+  with open(os.path.join(d, "token_rm.json"), "w") as f:
+    json.dump({"kind": "token_reward_model", "tokenizer": type(ctx.tokenizer).__name__,
+               "model": model_cfg.to_dict(), "model_source": ctx.config.model.init_from},
+              f, indent=2)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

@@ -207,14 +207,15 @@ class SourceEnv:
 class SourceSpec:
   name: str
   factory: Callable
-  takes_arg: bool = False             # "NAME:ARG" (a path, an inner source)
+  takes_arg: bool | str = False       # "NAME:ARG" (a path, an inner source); "optional"
 
 
 REWARD_SOURCES: dict[str, SourceSpec] = {}
 
 
-def register_reward_source(name: str, takes_arg: bool = False):
-  """Registers ``factory(env, arg, **kwargs) -> RewardSource`` under ``name``."""
+def register_reward_source(name: str, takes_arg: bool | str = False):
+  """Registers ``factory(env, arg, **kwargs) -> RewardSource`` under ``name``; ``takes_arg``:
+  False (``NAME`` only), True (``NAME:ARG`` only) or "optional" (either; arg None without)."""
   def deco(fn):
     if name in REWARD_SOURCES:
       raise ValueError(f"reward source {name!r} is already registered")
@@ -237,10 +238,10 @@ def get_spec(key: str) -> SourceSpec:
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(f"config.rl.rewards: unknown reward source {key!r}{hint}; valid: "
                       f"{', '.join(sorted(REWARD_SOURCES))}")
-  if spec.takes_arg and not arg:
+  if spec.takes_arg is True and not arg:
     raise ConfigError(f"config.rl.rewards: reward source {kind!r} needs an argument "
                       f"({kind}:...)")
-  if arg and not spec.takes_arg:
+  if arg and spec.takes_arg is False:
     raise ConfigError(f"config.rl.rewards: reward source {kind!r} takes no argument, got {key!r}")
   return spec
 

@@ -39,11 +39,12 @@ from prefjax.errors import ConfigError, DataError
 from prefjax.models.config import ModelConfig
 from prefjax.models.loading import MODEL_CONFIG, hf_tokenizer, load_model, source_kind
 from prefjax.rewards.model import build_reward_model
+from prefjax.rewards.token_model import TokenRewardModel
 from prefjax.train.data_source import TESTBED_REWARD_DATA, default_tokenizer
 from prefjax.train.outputs import HF_DIR, MODEL_DIR, final_model_dir
 from prefjax.train.model_source import build_model, preset_tokenizer, resolve_path
 
-PARTS = ("policy", "reference", "reward")
+PARTS = ("policy", "reference", "reward", "token_reward")
 RUN_CONFIG = "config.json"
 
 
@@ -67,6 +68,7 @@ class LoadedRun:
   config: ml_collections.ConfigDict | None = None   # the run's config.json (None: a model)
   model_config: ModelConfig | None = None
   reward: LoadedReward | None = None
+  token_reward: LoadedReward | None = None   # ``params/token_rm``: a token-level reward model
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -165,9 +167,9 @@ def _reward_tokenizer(c):
   return default_tokenizer("testbed" if c.reward.data in TESTBED_REWARD_DATA else c.reward.data)
 
 
-def _reward_tokenizer_and_config(workdir: str, c):
-  """The tokenizer and model config a reward stage recorded in ``params/reward.json``."""
-  fn = os.path.join(workdir, "params", "reward.json")
+def _reward_tokenizer_and_config(workdir: str, c, name: str = "reward"):
+  """The tokenizer and model config a reward stage recorded in ``params/NAME.json``."""
+  fn = os.path.join(workdir, "params", f"{name}.json")
   meta = {}
   if os.path.isfile(fn):
     with open(fn) as f:
@@ -192,6 +194,24 @@ def _load_reward(workdir: str) -> LoadedReward:
   c = run_config(workdir)
   tok, model_cfg = _reward_tokenizer_and_config(workdir, c)
   _, graphdef, _ = build_reward_model(c, tok, model_cfg)
+  params = _restore(d)
+  _check(graphdef, params, d)
+  return LoadedReward(graphdef, params, tok)
+
+
+def _load_token_reward(workdir: str) -> LoadedReward:
+  """The token-level reward model an RL run trained (``params/token_rm``, written by the
+  ``token_rm`` reward source) with the tokenizer of its rows."""
+  d = os.path.join(workdir, "params", "token_rm")
+  meta = os.path.join(workdir, "params", "token_rm.json")
+  if not (os.path.isdir(d) and os.path.isfile(meta)):
+    raise DataError(f"{workdir}: no params/token_rm (train one with an RL stage whose "
+                    "config.rl.rewards has 'token_rm')")
+  c = run_config(workdir)
+  tok, model_cfg = _reward_tokenizer_and_config(workdir, c, "token_rm")
+  if model_cfg is None:
+    raise DataError(f"{meta}: no 'model' entry (the token reward model's config)")
+  graphdef = nnx.split(TokenRewardModel(model_cfg, nnx.Rngs(0)))[0]
   params = _restore(d)
   _check(graphdef, params, d)
   return LoadedReward(graphdef, params, tok)
@@ -299,6 +319,8 @@ def _load_workdir(workdir: str, step_dir, mesh, dtype, need) -> LoadedRun:
       run.description += f", reference {ref_source}"
   if "reward" in need:
     run.reward = _load_reward(workdir)
+  if "token_reward" in need:
+    run.token_reward = _load_token_reward(workdir)
   return run
 
 
@@ -312,7 +334,7 @@ def load_run(path: str, *, step_dir: str | os.PathLike | None = None, mesh=None,
       prefjax checkpoint.
     step_dir: a checkpoint of the workdir ``path`` to use as the policy.
     mesh, dtype: as ``prefjax.models.loading.load_model`` (for the models read that way).
-    need: the parts to read, from ("policy", "reference", "reward").
+    need: the parts to read, from ("policy", "reference", "reward", "token_reward").
   Raises:
     ConfigError / DataError (one line, naming the path).
   """
@@ -329,6 +351,8 @@ def load_run(path: str, *, step_dir: str | os.PathLike | None = None, mesh=None,
     return _load_workdir(path, step_dir, mesh, dtype, tuple(need))
   if "reward" in need:
     raise DataError(f"{path}: no params/reward (run the 'reward' stage first)")
+  if "token_reward" in need:
+    raise DataError(f"{path}: not a workdir, so no params/token_rm")
   if os.path.isdir(path) and not any(
       os.path.exists(os.path.join(path, f)) for f in (MODEL_CONFIG, "config.json")):
     raise DataError(f"{path}: neither a prefjax workdir (no {RUN_CONFIG}, model/ or "
