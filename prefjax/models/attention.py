@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prefjax import sharding
-from prefjax.models.layers import RMSNorm, acc_dtype, param, rope, rope_inv_freq
+from prefjax.models.layers import RMSNorm, acc_dtype, param, rope, rope_inv_freq, weight
 
 # Without a KV cache the mask is causal: the dense kernel then runs query blocks of this many
 # rows against keys up to each block's end (1.6x faster forward at T = 1024 on CPU); 0 = off.
@@ -394,9 +394,9 @@ class Attention(nnx.Module):
     # prefjax/sharding.py, ``constrain``.
     x_btd = sharding.constrain(x_btd, ("batch", None, None))
     dtype = x_btd.dtype
-    q = jnp.einsum("btd,dhk->bthk", x_btd, self.q[...].astype(dtype))                # (B, T, H, K)
-    k = jnp.einsum("btd,dhk->bthk", x_btd, self.k[...].astype(dtype))                # (B, T, G, K)
-    v = jnp.einsum("btd,dhk->bthk", x_btd, self.v[...].astype(dtype))
+    q = jnp.einsum("btd,dhk->bthk", x_btd, weight(self.q, dtype))                # (B, T, H, K)
+    k = jnp.einsum("btd,dhk->bthk", x_btd, weight(self.k, dtype))                # (B, T, G, K)
+    v = jnp.einsum("btd,dhk->bthk", x_btd, weight(self.v, dtype))
     if self.qkv_bias:
       q = q + self.q_bias[...].astype(dtype)
       k = k + self.k_bias[...].astype(dtype)
@@ -419,7 +419,7 @@ class Attention(nnx.Module):
                                           head_dim=self.head_dim)
     out = attend(q, k, v, mask_b1ts, scale=self.logit_scale, softcap=self.softcap,
                  kernel=kernel, causal_block=CAUSAL_BLOCK if kv_cache is None else 0)  # (B, T, H, K)
-    out = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))                # (B, T, D)
+    out = jnp.einsum("bthk,hkd->btd", out, weight(self.o, dtype))                # (B, T, D)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dtype)
     return sharding.constrain(out, ("batch", None, None)), new_cache

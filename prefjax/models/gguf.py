@@ -196,12 +196,46 @@ def _open(path: str):
   return reader
 
 
-def read_gguf(path: str, *, dtype=None):
+def row_map(name: str, arch: str, hf_config):
+  """The map of a tensor's [out, ...] rows back to transformers' order: the q/k RoPE
+  un-permutation of Llama-architecture files, else None."""
+  if arch in ("llama", "mistral") and name.rsplit(".", 2)[-2] in ("attn_q", "attn_k"):
+    heads = hf_config["num_attention_heads"]
+    if ".attn_k." in name:
+      heads = hf_config["num_key_value_heads"]
+    return lambda w: unpermute_rope_rows(w, heads)
+  return None
+
+
+def read_tensor(t, arch: str, hf_config, path: str = "") -> np.ndarray:
+  """One GGUF tensor as float32 numpy in transformers' layout and conventions."""
+  gguf = require("gguf", "real", "reading a GGUF checkpoint")
+  try:
+    w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+  except Exception as e:
+    raise DataError(f"{path}: cannot dequantize tensor {t.name} of type "
+                    f"{getattr(t.tensor_type, 'name', t.tensor_type)} ({e})") from None
+  expect = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
+  if w.shape != expect:
+    raise DataError(f"{path}: tensor {t.name} dequantized to {w.shape}, header says {expect}")
+  if not np.all(np.isfinite(w)):
+    raise DataError(f"{path}: tensor {t.name} holds non-finite values (corrupted file?)")
+  rows = row_map(t.name, arch, hf_config)
+  if rows is not None:
+    w = rows(w)
+  if arch in _GEMMA and "norm.weight" in t.name:
+    w = w - 1.0
+  return w
+
+
+def read_gguf(path: str, *, dtype=None, skip=None):
   """Reads a GGUF checkpoint.
 
   Args:
     path: a ``*.gguf`` file.
     dtype: ``None``/"float32" (default) or "bfloat16" for the returned arrays.
+    skip: optional predicate on the gguf package's tensors: those it accepts are left out of
+      the state dict (``prefjax.models.gguf_quant`` reads them itself).
   Returns:
     (hf_config, state_dict, tokenizer_meta): the transformers config dict; {HF name: array}
     with HF layouts (``[out, in]`` for projections); the tokenizer metadata (``tokens``,
@@ -213,7 +247,6 @@ def read_gguf(path: str, *, dtype=None):
   """
   path = os.fspath(path)
   reader = _open(path)
-  gguf = require("gguf", "real", "reading a GGUF checkpoint")
   arch = _field(reader, "general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise DataError(f"{path}: unsupported GGUF architecture {arch!r}; supported: "
@@ -231,24 +264,9 @@ def read_gguf(path: str, *, dtype=None):
     hf = hf_tensor_name(t.name, arch)
     if hf is None:
       raise DataError(f"{path}: tensor {t.name!r} has no transformers name for {arch}")
-    try:
-      w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
-    except Exception as e:
-      raise DataError(f"{path}: cannot dequantize tensor {t.name} of type "
-                      f"{getattr(t.tensor_type, 'name', t.tensor_type)} ({e})") from None
-    expect = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
-    if w.shape != expect:
-      raise DataError(f"{path}: tensor {t.name} dequantized to {w.shape}, header says {expect}")
-    if not np.all(np.isfinite(w)):
-      raise DataError(f"{path}: tensor {t.name} holds non-finite values (corrupted file?)")
-    if arch in ("llama", "mistral") and t.name.rsplit(".", 2)[-2] in ("attn_q", "attn_k"):
-      heads = hf_config["num_attention_heads"]
-      if ".attn_k." in t.name:
-        heads = hf_config["num_key_value_heads"]
-      w = unpermute_rope_rows(w, heads)
-    if arch in _GEMMA and "norm.weight" in t.name:
-      w = w - 1.0
-    state[hf] = w.astype(out_dtype)
+    if skip is not None and skip(t):
+      continue
+    state[hf] = read_tensor(t, arch, hf_config, path).astype(out_dtype)
   return hf_config, state, _tokenizer_meta(reader)
 
 

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 
 from prefjax.errors import DataError
 from prefjax.models.config import ModelConfig
+from prefjax.models.quant import quantized_shardings
 from prefjax.models.transformer import Transformer
 from prefjax.sharding import DEFAULT_RULES, logical_to_spec
 
@@ -185,7 +186,7 @@ def _is_float(dtype) -> bool:
 
 
 def params_from_hf(state_dict: Mapping[str, Any], cfg: ModelConfig, *, mesh=None, dtype=None,
-                   rules=DEFAULT_RULES) -> dict:
+                   rules=DEFAULT_RULES, given: Mapping[str, Any] | None = None) -> dict:
   """A pure params dict for ``Transformer(cfg)`` from HF-named tensors.
 
   Tensors are read one at a time (``state_dict`` may be a lazy Mapping, e.g. the one
@@ -193,11 +194,17 @@ def params_from_hf(state_dict: Mapping[str, Any], cfg: ModelConfig, *, mesh=None
   ``cfg.param_dtype``) and placed with ``jax.device_put(x, NamedSharding)`` under
   ``mesh``'s rule table (default device without a mesh).
 
+  ``given``: HF names whose prefjax parameter the caller has built already, in prefjax layout
+  (e.g. a ``QuantizedWeight`` read from a GGUF's own blocks, prefjax/models/gguf_quant.py);
+  each is placed as it is (under ``mesh``, by ``quant.quantized_shardings`` of the rule
+  table's sharding of its shape).
+
   Raises:
     DataError naming the tensor: a missing or unexpected tensor, a wrong shape, a
     non-floating dtype.
   """
-  names = list(state_dict.keys())
+  given = dict(given or {})
+  names = list(state_dict.keys()) + [n for n in given if n not in state_dict]
   entries, ignorable = hf_entries(cfg, names)
   _, leaves = abstract_params(cfg)
   dtype = jnp.dtype(dtype or cfg.param_dtype)
@@ -206,12 +213,15 @@ def params_from_hf(state_dict: Mapping[str, Any], cfg: ModelConfig, *, mesh=None
   if unexpected:
     raise DataError(f"unexpected tensor {unexpected[0]!r} in the checkpoint for this config "
                     f"({len(unexpected)} unexpected in all)")
-  missing = [e.name for e in entries if e.name not in state_dict]
+  missing = [e.name for e in entries if e.name not in state_dict and e.name not in given]
   if missing:
     raise DataError(f"tensor {missing[0]!r} is missing from the checkpoint "
                     f"({len(missing)} missing in all)")
   params: dict = {}
   for e in entries:
+    if e.name in given:
+      _place_given(params, e, given[e.name], leaves, mesh, rules)
+      continue
     w = state_dict[e.name]
     shape = tuple(w.shape)
     if shape != e.shape:
@@ -235,6 +245,21 @@ def params_from_hf(state_dict: Mapping[str, Any], cfg: ModelConfig, *, mesh=None
   if left:
     raise DataError(f"no checkpoint tensor fills parameter {'.'.join(map(str, left[0]))}")
   return params
+
+
+def _place_given(params, e: Entry, value, leaves, mesh, rules):
+  """Puts a caller-built parameter (see ``params_from_hf``'s ``given``) at the entry's target."""
+  (path,) = e.targets
+  want_shape, _, axes = leaves[path]
+  if tuple(value.shape) != tuple(want_shape):
+    raise DataError(f"tensor {e.name!r} was given with shape {tuple(value.shape)}, expected "
+                    f"{want_shape}")
+  if mesh is None:
+    _set(params, path, jax.device_put(value))
+    return
+  sh = NamedSharding(mesh, logical_to_spec(axes or (None,) * len(want_shape), want_shape, mesh,
+                                           rules))
+  _set(params, path, jax.device_put(value, quantized_shardings(value, sh)))
 
 
 def _has(tree, path) -> bool:

@@ -33,6 +33,20 @@ def param(rngs: nnx.Rngs, shape, axes, *, init="normal", scale=None, dtype=jnp.f
   return nnx.Param(value, logical_axes=tuple(axes), eager_sharding=False)
 
 
+def weight(var: nnx.Variable, dtype):
+  """A projection's weight as a dense array of ``dtype``, formed where the layer uses it.
+
+  A parameter holds an array, or a deferred weight with a ``materialize(dtype)`` method: a
+  quantized frozen weight (``prefjax.models.quant.QuantizedWeight``) or such a weight plus
+  low-rank adapters (``prefjax.models.lora.Adapted``). Reading it here, inside the block,
+  keeps the dense copy local to the block (and, under ``remat="block"``, to its backward step).
+  """
+  value = var.get_value()
+  if hasattr(value, "materialize"):
+    return value.materialize(dtype)
+  return value.astype(dtype)
+
+
 def transposed(x):
   """``x.T`` (2-D); on CPU a physical copy behind an optimization barrier.
 
@@ -189,9 +203,9 @@ class MLP(nnx.Module):
     dtype = x_btd.dtype
     act = ACTIVATIONS[self.act]
     b = (lambda name: getattr(self, name)[...].astype(dtype)) if self.bias else (lambda _: 0)
-    u = dense(x_btd, self.up[...].astype(dtype)) + b("up_bias")                    # (B, T, F)
+    u = dense(x_btd, weight(self.up, dtype)) + b("up_bias")                    # (B, T, F)
     if self.gated:
-      h = act(dense(x_btd, self.gate[...].astype(dtype)) + b("gate_bias")) * u
+      h = act(dense(x_btd, weight(self.gate, dtype)) + b("gate_bias")) * u
     else:
       h = act(u)
-    return dense(h, self.down[...].astype(dtype)) + b("down_bias")                 # (B, T, D)
+    return dense(h, weight(self.down, dtype)) + b("down_bias")                 # (B, T, D)

@@ -11,12 +11,17 @@ travels as ``ref_params``, which is both the DPO reference (adapters off) and th
 
     step = make_train_step(..., compose=lambda lora, base: apply_lora(base, lora, scale))
 
+On a quantized frozen base (``prefjax.models.quant``: ``config.lora.quantize``) the sum is not
+formed for the whole tree: ``apply_lora`` wraps each quantized weight and its adapters in an
+``Adapted`` value, which the projection materializes (dequantize, add scale * A @ B) inside the
+block that uses it (``prefjax.models.layers.weight``), so no float copy of the whole base exists.
+
 Reference: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +82,36 @@ def lora_delta(a, b, dtype):
   return jnp.tensordot(a, b, axes=1).astype(dtype)
 
 
+def is_deferred(x) -> bool:
+  """A weight formed where it is used (``materialize(dtype)``): quantized, or ``Adapted``."""
+  return hasattr(x, "materialize")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Adapted:
+  """A frozen deferred weight (e.g. a ``QuantizedWeight``) plus adapters, merged at use:
+  ``materialize(dtype) = base.materialize(float32) + scale * A @ B``, cast to ``dtype``."""
+  base: Any
+  a: jax.Array                                                          # [in..., r]
+  b: jax.Array                                                          # [r, out...]
+  scale: float = dataclasses.field(metadata=dict(static=True))
+
+  @property
+  def shape(self):
+    return self.base.shape
+
+  def materialize(self, dtype):
+    w = self.base.materialize(jnp.float32)
+    return (w + self.scale * lora_delta(self.a, self.b, jnp.float32)).astype(dtype)
+
+
 def apply_lora(base_params, lora_params, scale: float) -> dict:
-  """Full params W + scale * A @ B for the adapted weights; other leaves are the base's."""
+  """Full params W + scale * A @ B for the adapted weights; other leaves are the base's.
+
+  A deferred base weight (quantized) becomes ``Adapted(W, A, B, scale)`` instead: the sum is
+  formed inside the block that uses it.
+  """
   full = dict(base_params)
   blocks = dict(base_params["blocks"])
   for i, mods in lora_params["blocks"].items():
@@ -87,16 +120,26 @@ def apply_lora(base_params, lora_params, scale: float) -> dict:
       m = dict(block[mod])
       for name, ab in names.items():
         w = m[name]
-        m[name] = w + (scale * lora_delta(ab["a"], ab["b"], jnp.float32)).astype(w.dtype)
+        if is_deferred(w):
+          m[name] = Adapted(w, ab["a"], ab["b"], scale)
+        else:
+          m[name] = w + (scale * lora_delta(ab["a"], ab["b"], jnp.float32)).astype(w.dtype)
       block[mod] = m
     blocks[i] = block
   full["blocks"] = blocks
   return full
 
 
+def dense_params(params) -> dict:
+  """``params`` with every deferred weight materialized as a float32 array."""
+  return jax.tree.map(lambda x: x.materialize(jnp.float32) if is_deferred(x) else x, params,
+                      is_leaf=is_deferred)
+
+
 def merge_lora(base_params, lora_params, scale: float) -> dict:
-  """The merged weights for export (``save_hf_dir``): same as ``apply_lora``, eagerly."""
-  return jax.jit(apply_lora, static_argnums=2)(base_params, lora_params, scale)
+  """The merged weights for export (``save_hf_dir``): same as ``apply_lora``, eagerly, as
+  plain arrays (a quantized base is dequantized: float32 W + scale * A @ B)."""
+  return jax.jit(lambda b, l: dense_params(apply_lora(b, l, scale)))(base_params, lora_params)
 
 
 def num_lora_params(lora_params) -> int:

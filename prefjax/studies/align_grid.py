@@ -63,11 +63,19 @@ class Grid:
     return self._steps[key]
 
   def train(self, params, objective: Objective, examples, encode, *, steps: int,
-            batch_size: int, lr: float, warmup: int = 0, ref_params=None):
-    """``steps`` updates of ``objective`` from ``params``; returns (params, last loss)."""
+            batch_size: int, lr: float, warmup: int = 0, ref_params=None,
+            seed: int | None = None, batches=None, log_every: int | None = None,
+            on_log=None):
+    """``steps`` updates of ``objective`` from ``params``; returns (params, last loss).
+    ``seed`` orders the batches (default: the grid's seed); ``batches``: a random-access
+    dataset of at least ``steps`` batches made by the caller (e.g. prefix-shared rows),
+    used instead of batching ``examples`` with ``encode``; ``on_log(state, step)`` runs every
+    ``log_every`` steps (e.g. to keep intermediate policies; steps never donate params)."""
     tx, step = self._step(objective, lr, steps, warmup)
     state, state_sh = init_state(jax.tree.map(jnp.copy, params), tx, self.param_sh)
-    batches = pipeline.batched(examples, encode, batch_size, seed=self.seed, num_steps=steps)
+    if batches is None:
+      batches = pipeline.batched(examples, encode, batch_size,
+                                 seed=self.seed if seed is None else seed, num_steps=steps)
     last = LastValues()
     # The shared loop, without checkpoints or a metrics file: one line at the end, and a
     # non-finite final loss stops the grid (NonFiniteLossError).
@@ -75,8 +83,9 @@ class Grid:
                       state_shardings=state_sh,
                       ref_params=ref_params if objective.needs_reference else None,
                       batches=batches, batch_sharding=self.batch_sh, num_steps=steps,
-                      checkpointer=NoCheckpoints(), writer=last, log_every=steps,
-                      progress=False, handle_signals=False)
+                      checkpointer=NoCheckpoints(), writer=last,
+                      log_every=log_every or steps, on_log=on_log, progress=False,
+                      handle_signals=False)
     return state["params"], last.values["loss"]
 
   def sft(self, params, examples, *, steps, batch_size, lr, warmup=0):

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import ml_collections
 
-from prefjax import distributed
+from prefjax import distributed, hostmem
 from prefjax.errors import ConfigError, DataError
 from prefjax.eval import heldout, judge, ranking_monitor, testbed_eval
 from prefjax.models import lora as lora_lib
+from prefjax.models import quant
 from prefjax.rewards import training
 from prefjax.rl import online as online_lib
 from prefjax.rl import reward_sources as rw
@@ -73,6 +75,7 @@ def dpo_section():
 
 def _check_dpo(c):
   preference_objective(c.dpo)
+  Lora.from_config(c)
 
 
 def _eval_pairs(ctx) -> list:
@@ -124,10 +127,18 @@ def dpo(ctx: RunContext, models: Models) -> None:
   c = ctx.config
   objective = preference_objective(c.dpo, c)
   kind = objective.spec.kind
+  lora = Lora.from_config(c)
+  if c.reference_cache.get("release", False):
+    _check_release(ctx, lora)
+  if lora and lora.quant_bits:    # the quantized base replaces the float one (not kept)
+    models.policy = lora.base(models.policy, ctx.param_shardings)
+    hostmem.trim()                # hand the float base's pages back to the OS
+  if lora:      # the frozen base as held: every leaf, and bytes per projection weight
+    ctx.summary["lora/base_bytes"] = int(sum(x.nbytes for x in jax.tree.leaves(models.policy)))
+    ctx.summary["lora/base_bytes_per_param"] = quant.bytes_per_param(models.policy)
   reference = models.policy       # read only (the step donates ``start``, a copy): no 2nd copy
   examples = ctx.data.examples(kind)
-  lora = Lora.from_config(c)
-  start = lora.init(reference, c.lora.seed) if lora else copy_params(reference)
+  start = lora.init(reference, c.lora.seed) if lora else None   # None: from the reference
   params_fn = (lambda a: lora.merge(reference, a)) if lora else None
   if lora:
     ctx.summary["lora/num_params"] = lora_lib.num_lora_params(start)
@@ -136,7 +147,36 @@ def dpo(ctx: RunContext, models: Models) -> None:
                         reference=reference, lora=lora,
                         on_log=_monitors(ctx, reference, examples, kind, params_fn))
   models.policy = lora.merge(reference, trained) if lora else trained
-  models.reference = reference
+  released = ctx.summary.get("reference_cache/dpo/released", False)
+  models.reference = None if released else reference
+  if released:
+    models.sft = None               # the same buffers, given to the policy
+
+
+def _check_release(ctx: RunContext, lora) -> None:
+  """``reference_cache.release`` drops the reference's weights after the log-probs are cached:
+  refuse up front (before any training) what would need them later."""
+  c = ctx.config
+  why = None
+  stages = list(c.stages)
+  later = stages[stages.index("dpo") + 1:] if "dpo" in stages else []
+  if not c.reference_cache.enabled:
+    why = "it needs config.reference_cache.enabled=True"
+  elif lora is not None:
+    why = "LoRA keeps the frozen base (the reference) anyway"
+  elif ctx.data.testbed and c.get("ranking") is not None and c.ranking.enabled:
+    why = "the ranking monitor (config.ranking.enabled) scores against the reference weights"
+  elif "eval" in later and (ctx.data.testbed or ctx.data.samples_prompts_only):
+    why = "the eval stage samples from the reference"
+  elif "eval" in later and _eval_pairs(ctx) and not (
+      c.heldout.enabled and c.heldout.n_pairs >= len(_eval_pairs(ctx))):
+    why = ("the eval stage scores every held-out pair against the reference: set "
+           "config.heldout.enabled=True with heldout.n_pairs >= the held-out pairs "
+           "so their reference scores are computed before training")
+  elif any(s != "eval" for s in later):
+    why = f"stage(s) {', '.join(s for s in later if s != 'eval')} after dpo may need it"
+  if why:
+    raise ConfigError(f"config.reference_cache.release=True: {why}")
 
 
 # ----------------------------------------------------------------------------- reward
@@ -170,6 +210,7 @@ def eval_section():
 def evaluate(ctx: RunContext, models: Models) -> None:
   """The testbed's oracle judge, or held-out preference metrics on real data."""
   c = ctx.config
+  released = ctx.summary.get("reference_cache/dpo/released", False)
   reference = models.reference if models.reference is not None else models.policy
   if ctx.data.testbed:
     ev = c.eval
@@ -190,6 +231,9 @@ def evaluate(ctx: RunContext, models: Models) -> None:
   if not pairs:
     return
   mon = ctx.monitor     # the training monitor's reference scores, when it scored these pairs
+  if released and (mon is None or len(mon.source_pairs) != len(pairs)):
+    raise ConfigError("config.reference_cache.release=True dropped the reference weights, and "
+                      "the held-out monitor did not score these held-out pairs before training")
   if mon is None or len(mon.source_pairs) != len(pairs):
     mon = heldout.HeldoutMonitor(ctx.graphdef, reference, ctx.tokenizer, pairs,
                                  beta=_beta(c), max_len=c.data.max_len,

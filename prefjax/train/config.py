@@ -72,8 +72,12 @@ def base_config() -> ml_collections.ConfigDict:
                                                  num_processes=0, process_id=-1))
 
   # LoRA for the preference stage (rank 0 = off): only adapters train; the base is frozen.
+  # quantize "int8" / "int4" holds the frozen base (the targeted projections) quantized in
+  # blocks of quant_block input values (prefjax/models/quant.py; ~1.06 / 0.56 bytes per
+  # weight at block 64) and dequantizes it one layer at a time; "" keeps it float.
   c.lora = ml_collections.ConfigDict(dict(
-      rank=0, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"), seed=0))
+      rank=0, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"), seed=0,
+      quantize="", quant_block=64))
 
   # async_save: a checkpoint write overlaps the next steps (Orbax; writes are atomic).
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
@@ -92,7 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   # key of (reference weights, planned batches, tokenizer, max_len, layout, ...); a later run
   # with the same key never runs the reference (prefjax/train/ref_cache.py). dir "":
   # $PREFJAX_REFERENCE_CACHE, else ~/.cache/prefjax/reference_logps. Real recipes turn it on.
-  c.reference_cache = ml_collections.ConfigDict(dict(enabled=False, dir=""))
+  # release=True: once its log-probs are cached (and the held-out monitor has scored the
+  # held-out pairs), the preference stage trains from the reference's own buffers instead of a
+  # copy, so the run holds one copy of the weights; the reference is gone afterwards.
+  c.reference_cache = ml_collections.ConfigDict(dict(enabled=False, dir="", release=False))
   c.nonfinite = "stop"      # a non-finite loss: "stop", or "skip" the update (and count it)
   c.max_skips_in_a_row = 10   # with nonfinite="skip": stop after this many in a row
   c.log_every = 10

@@ -13,7 +13,8 @@ What a path gives:
                preset (testbed) run without one: its last ``checkpoints/dpo`` checkpoint,
                else its last ``checkpoints/sft`` one
     reference  the last ``checkpoints/sft`` checkpoint, else the run's starting model
-               (``config.model.init_from``, or the preset at ``config.seed``); a real-model
+               (``config.model.init_from``, or the preset at ``config.seed``; quantized
+               again for a LoRA run on an int8 / int4 base); a real-model
                run that had an SFT stage but kept no checkpoint of it cannot rebuild it
     reward     ``params/reward`` with ``params/reward.json`` (its model config and tokenizer)
   checkpoint   ``WORKDIR/checkpoints/dpo/STEP`` (or ``step_dir=``): the policy is that
@@ -36,6 +37,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from prefjax.errors import ConfigError, DataError
+from prefjax.models import lora, quant
 from prefjax.models.config import ModelConfig
 from prefjax.models.loading import MODEL_CONFIG, hf_tokenizer, load_model, source_kind
 from prefjax.rewards.model import build_reward_model
@@ -301,7 +303,20 @@ def _reference(workdir: str, c, policy: _Model, mesh, dtype) -> tuple[dict, str]
     raise ConfigError(f"{workdir}: the run had an SFT stage but kept no checkpoint of it "
                       "(config.checkpoint.every = 0), so its reference cannot be rebuilt")
   start = _start(c, mesh, dtype)
-  return start.params, start.source
+  return _lora_base(c, start.params, start.source)
+
+
+def _lora_base(c, params, source: str) -> tuple[dict, str]:
+  """(params, source) as a LoRA run's reference saw them: quantized again when it trained on
+  an int8 / int4 base (``config.lora.quantize``; deterministic, so the same weights)."""
+  lc = c.get("lora") or {}
+  fmt = lc.get("quantize") or ""
+  if lc.get("rank", 0) <= 0 or fmt not in quant.FORMATS:
+    return params, source
+  params = quant.quantize_params(params, bits=quant.FORMATS[fmt],
+                                 block=int(lc.get("quant_block", quant.DEFAULT_BLOCK)),
+                                 targets=tuple(lc.get("targets") or lora.TARGETS))
+  return params, f"{source} ({fmt} base)"
 
 
 def _load_workdir(workdir: str, step_dir, mesh, dtype, need) -> LoadedRun:

@@ -192,7 +192,8 @@ def pair_batch(batch: int, max_len: int, reference_cache: bool = False,
 
 
 def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: int = 0,
-              opt_state_dtype: str | None = None, reference: str = "model",
+              quant: str = "", quant_block: int = 64, opt_state_dtype: str | None = None,
+              reference: str = "model",
               logps_chunk: int | None = None, loss: str = "dpo", layout: str = "plain",
               compile: bool = True, return_compiled=False):
   """Compiles the DPO train step on abstract shapes over ``mesh``; returns a ``Plan``.
@@ -204,6 +205,8 @@ def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: in
     max_len: tokens per row.
     lora_rank: > 0 trains LoRA adapters of that rank on every projection; the frozen base
       is also the reference (as ``config.lora.rank``).
+    quant: with ``lora_rank``, "int8" or "int4" holds that frozen base quantized in blocks of
+      ``quant_block`` (``config.lora.quantize``, prefjax/models/quant.py); "" keeps it as is.
     opt_state_dtype: Adam moments' dtype (``make_optimizer``); None = float32.
     reference: "model" (the step runs the reference model: full fine-tuning holds a second
       copy of the weights) or "cache" (reference log-probs come with the batch).
@@ -215,11 +218,16 @@ def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: in
     ``Plan`` (and the compiled step with ``return_compiled=True``).
   """
   from prefjax.models import lora as lora_lib
+  from prefjax.models import quant as quant_lib
   from prefjax.train.objective import make_objective
   from prefjax.train.optimizer import make_optimizer
   from prefjax.train.step import make_train_step, opt_state_shardings
   if reference not in ("model", "cache"):
     raise ConfigError(f"reference must be 'model' or 'cache', got {reference!r}")
+  if quant and quant not in quant_lib.FORMATS:
+    raise ConfigError(f"quant must be one of {', '.join(quant_lib.FORMATS)} or '', got {quant!r}")
+  if quant and not lora_rank:
+    raise ConfigError(f"quant={quant!r} quantizes LoRA's frozen base: it needs lora_rank > 0")
   if cfg.max_len < max_len:
     cfg = cfg.replace(max_len=max_len)
   graphdef, params, model = abstract_model(cfg)
@@ -235,6 +243,10 @@ def plan_step(cfg: ModelConfig, mesh, *, batch: int, max_len: int, lora_rank: in
     trainable_sh = jax.tree.map(lambda _: rep, trainable)     # as the LoRA stage places them
     compose = lambda adapters, base: lora_lib.apply_lora(base, adapters, lcfg.scale)
     frozen, frozen_sh = params, param_sh
+    if quant:
+      frozen = jax.eval_shape(lambda p: quant_lib.quantize_params(
+          p, bits=quant_lib.FORMATS[quant], block=quant_block), params)
+      frozen_sh = quant_lib.quantized_shardings(frozen, param_sh)
   else:
     trainable, trainable_sh = params, param_sh
     use_ref = reference == "model" and objective.needs_reference

@@ -16,6 +16,7 @@ parameters and optimizer state stay float32. ``config.model.overrides`` sets oth
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -45,7 +46,9 @@ class ModelSource:
 
   @property
   def num_params(self) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(self.params)))
+    # a quantized weight (lora.quantize="gguf") counts as the parameters it stands for
+    leaves = jax.tree.leaves(self.params, is_leaf=lambda x: hasattr(x, "materialize"))
+    return int(sum(math.prod(x.shape) for x in leaves))
 
 
 def build_model(c, tokenizer):
@@ -127,6 +130,8 @@ def load(c, mesh) -> ModelSource:
     return ModelSource(mcfg, graphdef, params, shard, tok, f"preset:{preset}", loaded=False)
 
   path = resolve_path(init_from)
+  if (c.get("lora") or {}).get("quantize") == "gguf":
+    return _load_gguf_quantized(c, path, mesh)
   cfg, graphdef, params, tok = load_model(path, mesh=mesh)
   if tok is None:
     raise DataError(f"config.model.init_from={init_from!r}: the model has no tokenizer "
@@ -139,4 +144,38 @@ def load(c, mesh) -> ModelSource:
   model = nnx.merge(graphdef, params)
   shard = sharding.param_shardings(model, mesh)
   params = jax.device_put(params, shard)
+  return ModelSource(cfg, graphdef, params, shard, tok, path, loaded=True)
+
+
+# Stages that run on a model loaded with quantized projections (``lora.quantize="gguf"``).
+GGUF_QUANTIZED_STAGES = ("dpo", "eval")
+
+
+def check_gguf_quantized(c, path: str | None = None) -> None:
+  """ConfigError unless ``lora.quantize="gguf"`` can apply: a .gguf model source and only
+  stages that train LoRA adapters or evaluate."""
+  path = path if path is not None else (c.model.init_from or "")
+  if not path.endswith(".gguf"):
+    raise ConfigError(f"lora.quantize='gguf' keeps a GGUF file's quantized blocks; "
+                      f"config.model.init_from={path!r} is not a .gguf file")
+  other = [s for s in c.stages if s not in GGUF_QUANTIZED_STAGES]
+  if other:
+    raise ConfigError(f"lora.quantize='gguf' loads the model with quantized projections, "
+                      f"which only LoRA training and evaluation can use; stage {other[0]!r} "
+                      f"cannot (stages: {', '.join(GGUF_QUANTIZED_STAGES)})")
+
+
+def _load_gguf_quantized(c, path: str, mesh) -> ModelSource:
+  """``config.lora.quantize="gguf"``: the file's own Q8_0 / Q4_0 / Q4_1 projections stay
+  quantized (prefjax/models/gguf_quant.py); no float copy of them is made."""
+  from prefjax.models import gguf_quant
+  from prefjax.models.quant import quantized_shardings
+  check_gguf_quantized(c, path)
+  cfg, graphdef, params, tok = gguf_quant.load_gguf_quantized(path, mesh=mesh)
+  new = _apply_overrides(cfg, _overrides(c), path)
+  if new is not cfg:
+    cfg = new
+    graphdef, _ = abstract_params(cfg)
+  shard = sharding.param_shardings(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))), mesh)
+  params = jax.device_put(params, quantized_shardings(params, shard))
   return ModelSource(cfg, graphdef, params, shard, tok, path, loaded=True)

@@ -22,6 +22,8 @@ OPT_STATE_DTYPES = ("float32", "bfloat16")
 
 def make_schedule(lr: float, total_steps: int, warmup_steps: int, final_lr_fraction: float = 0.1):
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  if warmup_steps == 0:          # the same values, without optax's zero-length-warmup notice
+    return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=final_lr_fraction)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * final_lr_fraction)

@@ -81,6 +81,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     clock("setup")
 
     models = builtin_stages.Models(policy=model.params)
+    model.params = None      # the stages own the weights now (a LoRA stage may quantize them)
     for name in c.stages:
       STAGES[name](ctx, models)
       clock(name)

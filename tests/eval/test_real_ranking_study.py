@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 pytest.importorskip("matplotlib")
 
 from prefjax.eval.real_ranking_study import study

@@ -12,10 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 pytest.importorskip("accelerate")
-pytest.importorskip("gguf")
+pytest.importorskip("gguf", reason="needs pip install -e '.[real]'")
 
 pytestmark = pytest.mark.slow   # real checkpoints (SmolLM2-135M, Gemma-3-270M): minutes
 

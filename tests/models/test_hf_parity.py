@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 
 import jax
 import jax.numpy as jnp

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 
 import jax.numpy as jnp
 from flax import nnx
@@ -52,6 +52,6 @@ def test_unknown_source_and_missing_gguf_reader(tmp_path):
     loading.source_kind(str(tmp_path))
   fn = tmp_path / "m.gguf"
   fn.write_bytes(b"GGUF")
-  pytest.importorskip("gguf")
+  pytest.importorskip("gguf", reason="needs pip install -e '.[real]'")
   with pytest.raises(DataError, match="m.gguf"):   # a 4-byte "GGUF": one line naming it
     loading.load_model(str(fn))

@@ -91,3 +91,53 @@ def test_runner_dpo_with_lora(tmp_path):
   c.progress, c.tensorboard = False, False
   s = run(c, str(tmp_path))
   assert s["lora/num_params"] > 0 and np.isfinite(s["win_rate"] if "win_rate" in s else 0.0)
+
+
+@pytest.mark.parametrize("fmt", ["int4"])     # int8 runs the same code (tests/models/test_quant.py)
+def test_runner_dpo_with_lora_on_a_quantized_base(tmp_path, fmt):
+  c = config_lib.base_config()
+  c.model.overrides.n_layers = 1
+  c.stages = ("dpo", "eval")
+  c.dpo.steps, c.dpo.batch_size = 3, 4
+  c.testbed.n_pairs, c.testbed.n_eval_pairs = 32, 8
+  c.eval.n_prompts, c.eval.n_samples, c.eval.max_new_tokens = 4, 1, 4
+  c.lora.rank, c.lora.quantize, c.lora.quant_block = 2, fmt, 32
+  c.progress, c.tensorboard = False, False
+  s = run(c, str(tmp_path))
+  want = (1 if fmt == "int8" else 0.5) + 4 / 32
+  assert s["lora/base_bytes_per_param"] == pytest.approx(want)
+  assert s["lora/num_params"] > 0
+  # The finished run's reference is the quantized base it trained against; the policy is
+  # the merged (dequantized + adapters) float model.
+  from prefjax.models import quant
+  from prefjax.train.finished_run import load_run
+  loaded = load_run(str(tmp_path))
+  assert quant.is_quantized(loaded.reference["blocks"][0]["attn"]["q"])
+  assert not quant.is_quantized(loaded.policy["blocks"][0]["attn"]["q"])
+  assert f"{fmt} base" in loaded.description
+
+
+@pytest.mark.parametrize("edit,match", [
+    (dict(rank=0, quantize="int8"), "needs lora.rank > 0"),
+    (dict(rank=2, quantize="nf4"), "unknown format 'nf4'"),
+    (dict(rank=2, quantize="int4", quant_block=3), "quant_block"),
+    (dict(rank=2, quantize="gguf"), "not a .gguf file"),
+])
+def test_quantize_config_errors(edit, match):
+  from prefjax.errors import ConfigError
+  from prefjax.train.stages import Lora
+  c = config_lib.base_config()
+  c.lora.update(edit)
+  with pytest.raises(ConfigError, match=match):
+    Lora.from_config(c)
+
+
+def test_gguf_quantize_needs_lora_only_stages():
+  from prefjax.errors import ConfigError
+  from prefjax.train.stages import Lora
+  c = config_lib.base_config()
+  c.lora.rank, c.lora.quantize, c.model.init_from = 2, "gguf", "model.Q8_0.gguf"
+  with pytest.raises(ConfigError, match="stage 'sft' cannot"):
+    Lora.from_config(c)
+  c.stages = ("dpo", "eval")
+  assert Lora.from_config(c).quant_bits == 0

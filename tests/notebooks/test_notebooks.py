@@ -91,3 +91,5 @@ def test_notebook_executes(name, kernel_env, monkeypatch):
       f"{name}: PREFJAX_NB_QUICK=smoke did not reach the kernel")
   assert any(o.get("data", {}).get("image/png") for c in code for o in c.outputs), (
       f"{name}: no inline plot")
+  if any("show_study(" in c.source for c in code):     # the real-model section ran
+    assert "committed full-size results" in text, f"{name}: the real-model section did not run"

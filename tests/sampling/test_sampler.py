@@ -103,7 +103,7 @@ def test_greedy_rows_equal_full_forward_decoding(llama, greedy, tiles):
 
 
 def test_greedy_equals_transformers_generate(llama, greedy):
-  torch = pytest.importorskip("torch")
+  torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
   model, graphdef, params = llama
   ours = generate(graphdef, params, PROMPTS, max_new_tokens=N, rng=jax.random.key(0),
                   temperature=0.0, batch_size=3)        # two batches, the last filled up

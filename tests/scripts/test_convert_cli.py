@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
+pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
 
 from tests.train import test_export as tx
 
@@ -86,7 +86,7 @@ def test_training_workdir_is_accepted_and_a_bare_one_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_gguf_to_hf_writes_the_tokenizer(tmp_path):
-  pytest.importorskip("gguf")
+  pytest.importorskip("gguf", reason="needs pip install -e '.[real]'")
   path = tx._smollm2_gguf()
   out = tmp_path / "hf"
   r = _convert("--from", path, "--to", out, "--to_format", "hf")

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 
 import jax
 import jax.numpy as jnp
@@ -156,7 +156,7 @@ def _smollm2_gguf():
 
 
 def test_smollm2_gguf_tokenizer_round_trip(tmp_path):
-  pytest.importorskip("gguf")
+  pytest.importorskip("gguf", reason="needs pip install -e '.[real]'")
   from prefjax.models import gguf
   from prefjax.tokenizers import Tokenizer
   path = _smollm2_gguf()

@@ -65,6 +65,27 @@ def test_lora_and_reference_cache_bytes():
   assert cached.frozen == 0 and cached.params_optimizer == n * 12 + COUNTERS
 
 
+@pytest.mark.parametrize("quant,bytes_per_weight", [("int8", 1 + 4 / 64), ("int4", 0.5 + 4 / 64)])
+def test_quantized_lora_base_bytes(quant, bytes_per_weight):
+  # The seven projections of every block quantized in blocks of 64 (values + a float32 scale
+  # per block), everything else float32; adapters and their moments as with a float base.
+  cfg = _cfg(remat="block")
+  n = cfg.num_params()
+  _, params, _ = memory_plan.abstract_model(cfg)
+  from prefjax.models.lora import TARGETS
+  proj = sum(int(np.prod(b[m][k].shape)) for b in params["blocks"].values()
+             for m, k, _ in TARGETS.values())
+  adapters = num_lora_params(jax.eval_shape(
+      lambda p: init_lora(p, LoraConfig(rank=4), jax.random.PRNGKey(0)), params))
+  plan = memory_plan.plan_step(cfg, _mesh1(), batch=4, max_len=32, lora_rank=4, quant=quant)
+  assert plan.frozen == round(proj * bytes_per_weight) + (n - proj) * 4
+  assert plan.params_optimizer == adapters * 12 + plan.frozen + COUNTERS
+  assert plan.temporaries > 0
+  from prefjax.errors import ConfigError
+  with pytest.raises(ConfigError, match="needs lora_rank"):
+    memory_plan.plan_step(cfg, _mesh1(), batch=4, max_len=32, quant=quant)
+
+
 def test_planned_total_equals_the_real_step_compiled_with_weights():
   # The planner compiles on shapes; here the same step is built the way a run builds it
   # (init_state on real arrays) and compiled for a real batch.

@@ -32,6 +32,13 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction():
   np.testing.assert_allclose(float(s(10)), 0.1, rtol=1e-6)
 
 
+def test_schedule_without_warmup_matches_optax_warmup_cosine():
+  ref = optax.warmup_cosine_decay_schedule(0.0, 3e-4, 0, 20, 3e-5)
+  s = make_schedule(3e-4, 20, 0)
+  np.testing.assert_allclose([float(s(i)) for i in range(25)],
+                             [float(ref(i)) for i in range(25)], rtol=1e-6)
+
+
 def test_lr_multiplier_scales_only_the_named_group():
   base, scaled = _updates(), _updates(lr_multipliers={"head": 100.0})
   np.testing.assert_allclose(scaled["head"], 100.0 * base["head"], rtol=1e-6)

@@ -13,9 +13,9 @@ import pytest
 from prefjax import assets
 from tests.conftest import full_opt_env
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("gguf")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
+pytest.importorskip("gguf", reason="needs pip install -e '.[real]'")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow

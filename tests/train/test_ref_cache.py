@@ -171,8 +171,8 @@ def test_changed_key_ingredient_misses(tiny, tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_fixtures as fx  # noqa: E402
 from tests.train.test_run import _config, _metrics  # noqa: E402
@@ -224,3 +224,49 @@ def test_run_twice_hits_and_matches_the_uncached_run(files, tmp_path, monkeypatc
   _, other = _run(files, tmp_path / "c", cache, loss=loss, train=spec, layout=lay,
                   max_len=40)
   assert json.load(open(tmp_path / "c" / "summary.json"))["reference_cache/dpo"] == "miss"
+
+
+def _release_run(files, workdir, cache, **kw):
+  from prefjax.train.run import run
+  c = _config(files, stages=("sft", "dpo", "eval"), train="jsonl:" + files["pairs"])
+  c.export.enabled = False
+  c.dpo.steps = 3
+  c.reference_cache.enabled, c.reference_cache.dir = True, str(cache)
+  for k, v in kw.items():
+    node, *path = k.split(".")
+    target = c[node]
+    for p in path[:-1]:
+      target = target[p]
+    target[path[-1]] = v
+  s = run(c, str(workdir))
+  return s, [r["loss"] for r in _metrics(workdir, "dpo")]
+
+
+@pytest.mark.slow
+def test_release_trains_the_same_and_drops_the_reference(files, tmp_path):
+  """release=True: the policy starts from the reference's own buffers (no copy); the losses
+  and the held-out evaluation (reference scores taken before training) are unchanged."""
+  keep, a = _release_run(files, tmp_path / "keep", tmp_path / "cache")
+  free, b = _release_run(files, tmp_path / "free", tmp_path / "cache",
+                         **{"reference_cache.release": True})
+  assert free["reference_cache/dpo/released"] is True
+  assert "reference_cache/dpo/released" not in keep
+  assert len(a) == 3 and a == b
+  evals = [k for k in keep if k.startswith("eval/heldout/")]
+  assert "eval/heldout/margin" in evals
+  for k in evals:
+    assert free[k] == pytest.approx(keep[k], rel=1e-6), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw,needle", [
+    ({"reference_cache.release": True, "reference_cache.enabled": False},
+     "needs config.reference_cache.enabled"),
+    ({"reference_cache.release": True, "heldout.enabled": False},
+     "scores every held-out pair against the reference"),
+])
+def test_release_refuses_what_needs_the_reference_before_training(files, tmp_path, kw, needle):
+  from prefjax.errors import ConfigError
+  with pytest.raises(ConfigError, match=needle):
+    _release_run(files, tmp_path / "w", tmp_path / "cache", **kw)
+  assert not _metrics(tmp_path / "w", "dpo")          # refused before the first dpo step

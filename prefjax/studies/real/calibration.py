@@ -1,0 +1,207 @@
+"""Post-hoc reward calibration against a length bias (arXiv 2409.17407, "Post-hoc reward
+calibration: a case study on length bias").
+
+Per seed, from the start model's K samples of each training prompt (scored by the verifier):
+
+1. A length-biased preference set: every (correct, wrong) pair of a prompt's samples, where
+   the chosen (correct) answer is given a verbose preamble (``PREAMBLE``: more tokens, the
+   same final "Answer: X" line, so the verifier's verdict is unchanged) with probability
+   ``bias`` and the rejected one with probability 1 - ``bias``: the chosen response is the
+   longer one in most pairs.
+2. A Bradley-Terry reward model (SmolLM2 backbone + a scalar head) trained on it.
+3. Judged on the validation prompts' samples with the preamble added at random (probability
+   1/2, independent of correctness): pairwise accuracy against the verifier and Spearman
+   correlation of the reward with length, for the raw reward, RC-Mean and RC-LWR
+   (``prefjax.rewards.calibration``; the bias is estimated on the judged responses
+   themselves, post hoc, as in the paper).
+4. The reward model driving a policy update: each training prompt's samples (preamble at
+   random, probability 1/2) ranked by the raw or the RC-LWR-calibrated reward (the LOWESS
+   bias fitted on those samples of the start model), DPO on the (best, worst) pair; held-out
+   greedy verified accuracy and mean length of the policy.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+from flax import nnx
+
+from prefjax.data import pipeline
+from prefjax.rewards import calibration as cal
+from prefjax.rewards.model import RewardModel, reward_params_from_backbone
+from prefjax.rewards.scorer import RewardScorer
+from prefjax.studies.real import report
+from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
+from prefjax.studies.real.frame import grid, judge_fields, register_study, seeds, tune
+from prefjax.train.objective import make_objective
+
+PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
+            "again before I give the final answer.\n")
+KEYS = ("reward",)
+METRICS = ("rm_accuracy", "length_spearman", "accuracy", "gain", "length", "win_rate", "kl")
+
+
+def verbose(response: str) -> str:
+  return PREAMBLE + response
+
+
+def biased_pairs(pool, bias: float, seed: int) -> list[dict]:
+  """Every (correct, wrong) pair of each prompt's samples; the chosen one gets the preamble
+  with probability ``bias``, the rejected one with 1 - ``bias``."""
+  rng = np.random.default_rng([seed, 23])
+  out = []
+  for item, responses, c in zip(pool.items, pool.responses, pool.correct):
+    good = [r for r, x in zip(responses, c) if x > 0]
+    bad = [r for r, x in zip(responses, c) if x <= 0]
+    for n, (g, b) in enumerate(itertools.product(good, bad)):
+      out.append({"id": f"{item.id}/{n}", "prompt": item.prompt,
+                  "chosen": verbose(g) if rng.random() < bias else g,
+                  "rejected": verbose(b) if rng.random() < 1 - bias else b})
+  return out
+
+
+def randomly_verbose(pool, seed: int):
+  """(prompts, responses, correct, item index) of every sample, the preamble added with
+  probability 1/2 independently of correctness."""
+  rng = np.random.default_rng([seed, 29])
+  prompts, responses, correct, index = [], [], [], []
+  for i, (item, rs, c) in enumerate(zip(pool.items, pool.responses, pool.correct)):
+    for r, x in zip(rs, c):
+      prompts.append(item.prompt)
+      responses.append(verbose(r) if rng.random() < 0.5 else r)
+      correct.append(float(x))
+      index.append(i)
+  return prompts, responses, np.asarray(correct), np.asarray(index)
+
+
+def train_reward_model(env, pairs, rm, seed):
+  """(graphdef, params) of a Bradley-Terry reward model on the start model's backbone."""
+  graphdef, params, g = reward_grid(env, RewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
+                                    reward_params_from_backbone, max_len=env.sizes.max_len + 32)
+  enc = pipeline.encode_pair(env.tokenizer, g.max_len)
+  pairs = fill_batch(pairs, rm["batch_size"])
+  params, _ = g.train(params, make_objective("bradley_terry"), pairs, enc, steps=rm["steps"],
+                      batch_size=rm["batch_size"], lr=rm["lr"], seed=seed)
+  return graphdef, params
+
+
+def calibrated(rewards, lengths, pairs_idx=None) -> dict:
+  """{"raw", "rc_mean", "rc_lwr"}: rewards [N] with the length bias removed post hoc."""
+  out = {"raw": np.asarray(rewards, np.float64),
+         "rc_lwr": np.asarray(cal.rc_lwr(rewards, lengths, frac=0.3).rewards, np.float64)}
+  if pairs_idx is not None:
+    i, j = pairs_idx
+    if not len(i):                  # no pair to calibrate: nothing to compare either
+      out["rc_mean"] = out["raw"]
+      return out
+    r1, r2 = cal.rc_mean(rewards[i], rewards[j], lengths[i], lengths[j], min_count=5)
+    rc = np.array(out["raw"])
+    rc[i], rc[j] = np.asarray(r1.rewards), np.asarray(r2.rewards)
+    out["rc_mean"] = rc
+  return out
+
+
+def mixed_pairs(correct, index):
+  """Index pairs (i, j) of samples of the same prompt with correct[i] > correct[j]."""
+  i, j = [], []
+  for a in range(len(correct)):
+    for b in range(len(correct)):
+      if index[a] == index[b] and correct[a] > correct[b]:
+        i.append(a)
+        j.append(b)
+  return np.asarray(i, int), np.asarray(j, int)
+
+
+def _report(rows, settings):
+  claims = [report.claim_line("RC-Mean raises RM accuracy", rows, "rm_accuracy",
+                              {"reward": "rc_mean"}, {"reward": "raw"}),
+            report.claim_line("RC-LWR raises RM accuracy", rows, "rm_accuracy",
+                              {"reward": "rc_lwr"}, {"reward": "raw"}),
+            report.claim_line("RC-LWR lowers the absolute Spearman(reward, length)", rows,
+                              "abs_length_spearman", {"reward": "rc_lwr"}, {"reward": "raw"},
+                              claim_sign=-1),
+            report.claim_line("policy of the RC-LWR reward: higher verified accuracy", rows,
+                              "accuracy", {"reward": "rc_lwr"}, {"reward": "raw"}),
+            report.claim_line("policy of the RC-LWR reward: shorter answers", rows, "length",
+                              {"reward": "rc_lwr"}, {"reward": "raw"}, claim_sign=-1)]
+  ref = rows[0].get("reference_accuracy") if rows else None
+  return dict(title="Post-hoc reward calibration on a length-biased reward model (arXiv "
+              "2409.17407), SmolLM2-135M-Instruct, chain_sum",
+              keys=KEYS, metrics=METRICS + ("abs_length_spearman",), claims=claims,
+              notes=["rm_accuracy / length_spearman: validation prompts' samples, preamble at "
+                     "random; accuracy / length / win_rate / kl: the policy trained with that "
+                     "reward (rc_mean: no policy, the RM-side numbers only)"],
+              plot=lambda table, path: report.bar_plot(
+                  [dict(d, what="reward") for d in table], path, group="what",
+                  series="reward", metric="rm_accuracy",
+                  ylabel="RM pairwise accuracy vs verifier"))
+
+
+BUDGET = dict(seeds=3, bias=0.8, rm=dict(steps=24, batch_size=8, lr=1e-5),
+              steps=8, batch_size=4, space={"lr": [3e-6, 1e-5]}, beta=0.1,
+              policies=("raw", "rc_lwr"))
+QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(steps=2, batch_size=4, lr=1e-5), steps=2,
+                    batch_size=4, space={"lr": [3e-6]})
+
+
+@register_study("calibration", paper="2409.17407", report=_report, sizes=FULL_SIZES,
+                quick_sizes=QUICK_SIZES, budget=BUDGET, quick_budget=QUICK_BUDGET)
+def run(env, settings):
+  """One row per (reward: raw | rc_mean | rc_lwr, seed)."""
+  b = settings.budget
+  rows, chosen = settings.new_rows(), {}
+  for seed in seeds(settings):
+    t0 = time.perf_counter()
+    pool = env.pool(seed, settings.samples_dir)
+    pairs = biased_pairs(pool, b["bias"], seed)
+    rm_graphdef, rm_params = train_reward_model(env, pairs, b["rm"], seed)
+    scorer = RewardScorer(rm_graphdef, rm_params, env.tokenizer, max_len=env.sizes.max_len + 32,
+                          batch_size=env.sizes.batch_rows, progress=False)
+    # -- the reward model judged on the validation prompts' samples
+    val_pool = env.sample(env.start, env.val_items, env.sizes.k, seed=2000 + seed)
+    prompts, responses, correct, index = randomly_verbose(val_pool, seed)
+    rewards = scorer.score(prompts, responses)
+    lengths = np.asarray(scorer.last_tokens, np.float64)
+    pi, pj = mixed_pairs(correct, index)
+    val = calibrated(rewards, lengths, (pi, pj))
+    rm_seconds = time.perf_counter() - t0
+    # -- the reward model ranking the start model's samples of the training prompts
+    tp, tr, tc, ti = randomly_verbose(pool, seed + 100)
+    t_rewards = scorer.score(tp, tr)
+    train_scores = calibrated(t_rewards, np.asarray(scorer.last_tokens, np.float64))
+    for name in ("raw", "rc_mean", "rc_lwr"):
+      v = val[name]
+      acc = float(np.mean(v[pi] > v[pj])) if len(pi) else float("nan")
+      rho = float(cal.spearman(v, lengths))
+      row = dict(reward=name, seed=seed, rm_pairs=len(pairs), rm_accuracy=acc,
+                 length_spearman=rho, abs_length_spearman=abs(rho),
+                 rm_seconds=rm_seconds)
+      if name in b["policies"]:
+        s = train_scores[name]
+        examples = []
+        for i, item in enumerate(pool.items):
+          idx = np.flatnonzero(ti == i)
+          best, worst = idx[np.argmax(s[idx])], idx[np.argmin(s[idx])]
+          if s[best] > s[worst]:
+            examples.append({"id": item.id, "prompt": item.prompt, "chosen": tr[best],
+                             "rejected": tr[worst]})
+
+        def train(lr, examples=examples):
+          return env.train(env.start, "dpo", {"beta": b["beta"]}, examples, steps=b["steps"],
+                           batch_size=b["batch_size"], lr=lr, seed=seed)[0]
+        if name not in chosen:
+          params, hp, _, _ = tune(env, train, grid(b["space"]))
+          chosen[name] = hp
+        else:
+          params = train(**chosen[name])
+        j = env.judge(params, "test")
+        row.update(chosen[name], examples=len(examples),
+                   chosen_preamble=float(np.mean([e["chosen"].startswith(PREAMBLE)
+                                                  for e in examples])) if examples else 0.0,
+                   **judge_fields(j))
+        del params
+      rows.append(row)
+    del rm_params, scorer
+  return rows
+

@@ -1,0 +1,212 @@
+"""Fine-grained (token-level) rewards from minimal edits (arXiv 2406.02756, "Aligning large
+language models via fine-grained supervision").
+
+Per seed, from the start model's K samples of each training prompt:
+
+1. Minimal edits made by the verifier: a wrong answer's final ``Answer: X`` line gets the
+   correct X (a response without that line gets one appended); nothing else changes. The
+   (original, edited) pairs carry token labels from the token diff.
+2. A token-level reward model (``prefjax.rewards.token_model``, Bradley-Terry on summed token
+   rewards plus the diff labels) trained on them; precision / recall of the tokens it flags
+   (r_t < -threshold) against the edit diff, on the validation prompts' edits. A sequence
+   reward model (Bradley-Terry, scalar head) is trained on the same pairs.
+3. Three RL runs from the start model, same prompts and budget (``prefjax.rl.stage``, the
+   recipes of experiments/real/smollm2_{ppo,grpo}.py, shortened): fine-grained PPO with the
+   token reward model, PPO with the sequence reward model, GRPO with the verifier. Held-out
+   greedy verified accuracy and win rate vs the start model.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import time
+
+import numpy as np
+from flax import nnx
+
+from prefjax import cli
+from prefjax.data import pipeline
+from prefjax.rewards.model import RewardModel, reward_params_from_backbone
+from prefjax.rewards.token_model import (TokenRewardModel, encode_edit_pair, flaw_detection,
+                                         token_reward_params_from_backbone)
+from prefjax.rl import reward_sources as rw
+from prefjax.rl.reward_models import _token_rewards
+from prefjax.rl.stage import run_rl_stage
+from prefjax.studies.real import report
+from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
+from prefjax.studies.real.frame import judge_fields, register_study, seeds
+from prefjax.train.metrics_writer import MetricsWriter
+from prefjax.train.objective import make_objective
+
+KEYS = ("method",)
+METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+RECIPES = {"fine_grained_ppo": "smollm2_ppo.py", "sequence_rm_ppo": "smollm2_ppo.py",
+           "grpo_verifier": "smollm2_grpo.py"}
+_HELD: dict = {}
+
+
+@rw.register_reward_source("study_held", takes_arg=True)
+def held_source(env, arg):
+  """A reward source this study built in memory (``_HELD[arg]``)."""
+  return _HELD[arg]
+
+
+def minimal_edit(response: str, answer: str) -> str:
+  """``response`` with its final ``Answer: X`` line's X replaced by ``answer`` (a line
+  appended when there is none)."""
+  lines = response.rstrip("\n").split("\n")
+  m = re.match(r"^(\s*Answer:\s*)(.*?)(\s*)$", lines[-1])
+  if m:
+    lines[-1] = m.group(1) + answer + m.group(3)
+    return "\n".join(lines)
+  return response.rstrip("\n") + "\nAnswer: " + answer
+
+
+def edits(pool, taskset) -> list[dict]:
+  """Edit examples (original = a wrong sample, edited = its minimal fix) of every prompt."""
+  out = []
+  for item, rs, c in zip(pool.items, pool.responses, pool.correct):
+    for k, (r, x) in enumerate(zip(rs, c)):
+      if x > 0 or not r.strip():
+        continue
+      e = minimal_edit(r, str(item.meta.answer))
+      if e != r and taskset.score(item.meta, e).correct:
+        out.append({"id": f"{item.id}/{k}", "prompt": item.prompt, "original": r,
+                    "edited": e, "flawed_mask": []})
+  return out
+
+
+def train_token_rm(env, examples, t, seed):
+  graphdef, params, g = reward_grid(env, TokenRewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
+                              token_reward_params_from_backbone)
+  enc = encode_edit_pair(env.tokenizer, env.sizes.max_len)
+  examples = fill_batch(examples, t["batch_size"])
+  # full-length rows: the token labels [T] are not cut with the rows' length buckets
+  batches = pipeline.batched(examples, enc, t["batch_size"], seed=seed, num_steps=t["steps"],
+                             bucket=False)
+  params, _ = g.train(params, make_objective("token_bt", {"label_coef": t["label_coef"]}),
+                      examples, enc, steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"],
+                      seed=seed, batches=batches)
+  return graphdef, params, enc
+
+
+def train_sequence_rm(env, examples, t, seed):
+  graphdef, params, g = reward_grid(env, RewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
+                              reward_params_from_backbone)
+  pairs = fill_batch([{"id": e["id"], "prompt": e["prompt"], "chosen": e["edited"],
+                       "rejected": e["original"]} for e in examples], t["batch_size"])
+  params, _ = g.train(params, make_objective("bradley_terry"), pairs,
+                      pipeline.encode_pair(env.tokenizer, env.sizes.max_len),
+                      steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], seed=seed)
+  return graphdef, params
+
+
+def flaw_metrics(graphdef, params, examples, enc, threshold) -> dict:
+  rs, fs, ms = [], [], []
+  for b in pipeline.eval_batches(examples, enc, 16, bucket=False):
+    rs.append(np.asarray(_token_rewards(graphdef, params, b)))
+    fs.append(b["rejected_flaw_labels"])
+    ms.append(b["rejected_loss_mask"] * b["example_mask"][:, None])
+  out = flaw_detection(np.concatenate(rs), np.concatenate(fs), np.concatenate(ms),
+                       threshold=threshold)
+  return {"precision": out["token_rm/precision"], "recall": out["token_rm/recall"],
+          "flagged_fraction": out["token_rm/flagged_fraction"]}
+
+
+def rl_section(method: str, b: dict, reward: str):
+  """The recipe's ``rl`` section (experiments/real/), shortened to the study's budget."""
+  c = cli._load_config(os.path.join(REPO, "experiments", "real", RECIPES[method]))
+  r = c.rl
+  r.name = method
+  r.rewards = {reward: 1.0}
+  r.iterations, r.rollout_batch_size = b["iterations"], b["rollout_batch_size"]
+  r.minibatch_size = b["minibatch_size"]
+  if r.group_size > 1:
+    r.group_size = b["group_size"]
+  r.n_prompts = b["n_prompts"]
+  r.lr = b["lr"]
+  return r
+
+
+def run_rl(env, method, b, reward, seed, out):
+  c = copy.deepcopy(env.ctx.config)
+  c.seed = seed
+  c.rl = rl_section(method, b, reward)
+  c.rl.max_new_tokens = env.sizes.max_new_tokens
+  work = os.path.join(out, "rl", f"{method}_seed{seed}")
+  os.makedirs(work, exist_ok=True)
+  with MetricsWriter(work, tensorboard=False) as writer:
+    ctx = dataclasses.replace(env.ctx, config=c, workdir=work, writer=writer, summary={})
+    return run_rl_stage(ctx, c.rl, env.start, env.start)
+
+
+def _report(rows, settings):
+  claims = [report.claim_line("fine-grained PPO above PPO with a sequence RM (win rate vs "
+                              "the start)", rows, "win_rate", {"method": "fine_grained_ppo"},
+                              {"method": "sequence_rm_ppo"}),
+            report.claim_line("fine-grained PPO above PPO with a sequence RM (verified "
+                              "accuracy)", rows, "accuracy", {"method": "fine_grained_ppo"},
+                              {"method": "sequence_rm_ppo"}),
+            report.claim_line("fine-grained PPO vs GRPO with the verifier (accuracy)", rows,
+                              "accuracy", {"method": "fine_grained_ppo"},
+                              {"method": "grpo_verifier"})]
+  ref = rows[0].get("reference_accuracy") if rows else None
+  return dict(title="Token-level reward model from minimal edits, fine-grained PPO (arXiv "
+              "2406.02756), SmolLM2-135M-Instruct, chain_sum",
+              keys=KEYS, metrics=METRICS, claims=claims,
+              notes=["precision / recall: the token reward model's flagged tokens "
+                     "(r_t < -threshold) vs the edit diff on the validation prompts' edits "
+                     "(the same numbers on every row of a seed)"],
+              plot=lambda table, path: report.bar_plot(
+                  [dict(d, what="policy") for d in table], path, group="what",
+                  series="method", metric="accuracy", ylabel="held-out verified accuracy",
+                  reference=ref))
+
+
+BUDGET = dict(seeds=3, methods=("fine_grained_ppo", "sequence_rm_ppo", "grpo_verifier"),
+              token_rm=dict(steps=24, batch_size=8, lr=1e-5, label_coef=1.0, threshold=0.5),
+              sequence_rm=dict(steps=24, batch_size=8, lr=1e-5),
+              iterations=4, rollout_batch_size=16, minibatch_size=8, group_size=4,
+              n_prompts=96, lr=3e-6)
+QUICK_BUDGET = dict(BUDGET, seeds=1,
+                    token_rm=dict(BUDGET["token_rm"], steps=2, batch_size=4),
+                    sequence_rm=dict(steps=2, batch_size=4, lr=1e-5),
+                    iterations=1, rollout_batch_size=8, minibatch_size=8, group_size=4,
+                    n_prompts=16)
+
+
+@register_study("token_rm", paper="2406.02756", report=_report, sizes=FULL_SIZES,
+                quick_sizes=QUICK_SIZES, budget=BUDGET, quick_budget=QUICK_BUDGET)
+def run(env, settings):
+  """One row per (method, seed)."""
+  b = settings.budget
+  rows = settings.new_rows()
+  for seed in seeds(settings):
+    t0 = time.perf_counter()
+    pool = env.pool(seed, settings.samples_dir)
+    train_edits = edits(pool, env.taskset)
+    val_edits = edits(env.sample(env.start, env.val_items, env.sizes.k, seed=2000 + seed),
+                      env.taskset)
+    tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed)
+    flaws = flaw_metrics(tg, tp, val_edits or train_edits, enc, b["token_rm"]["threshold"])
+    sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
+    _HELD[f"token{seed}"] = rw.token_rm_source(tg, tp)
+    _HELD[f"sequence{seed}"] = rw.sequence_rm_source(sg, sp)
+    rm_seconds = time.perf_counter() - t0
+    rewards = {"fine_grained_ppo": f"study_held:token{seed}",
+               "sequence_rm_ppo": f"study_held:sequence{seed}", "grpo_verifier": "verifier"}
+    for method in b["methods"]:
+      t1 = time.perf_counter()
+      params = run_rl(env, method, b, rewards[method], seed, settings.out)
+      j = env.judge(params, "test")
+      rows.append(dict(method=method, seed=seed, edits=len(train_edits),
+                       val_edits=len(val_edits), **flaws, rm_seconds=rm_seconds,
+                       **judge_fields(j), seconds=time.perf_counter() - t1))
+      del params
+    _HELD.pop(f"token{seed}")
+    _HELD.pop(f"sequence{seed}")
+  return rows

@@ -1,0 +1,58 @@
+"""Runs a real-model study's ``--quick`` mode through ``scripts/study_real.py`` and checks the
+files every study writes (results.json rows with their fields, CSV, markdown, plot)."""
+import csv
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+from prefjax.studies.real import missing_requirements
+from tests.conftest import full_opt_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+# One study process at a time across pytest-xdist workers: each peaks at ~8.3 GB RSS (the
+# model, its optimizer, the sampling logits), and two beside the rest of the suite can
+# exhaust a 24 GB machine, where the kernel kills one with no traceback.
+LOCK = os.path.join(tempfile.gettempdir(), "prefjax-real-study.lock")
+
+
+def needs_real_model():
+  missing = missing_requirements()
+  if missing:
+    pytest.skip(missing)
+
+
+def run_quick(tmp_path, study: str, fields) -> dict:
+  """The study's quick mode; returns results.json after checking the common outputs."""
+  needs_real_model()
+  out = tmp_path / study
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "study_real.py"), f"--study={study}",
+         "--quick", f"--out={out}"]
+  with open(LOCK, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200,
+                       env=full_opt_env())
+  # Progress bars fill stderr; keep the lines that say what went wrong.
+  log = [x for x in r.stderr.splitlines() if x.strip() and "it/s]" not in x
+         and "s/it]" not in x]
+  assert r.returncode == 0, f"exit code {r.returncode}:\n" + "\n".join(log[-30:])
+  doc = json.load(open(out / "results.json"))
+  assert doc["study"] == study and doc["rows"], doc
+  for row in doc["rows"]:
+    for f in fields:
+      assert f in row, (f, row)
+      if isinstance(row[f], float):
+        assert np.isfinite(row[f]) or f.endswith("_se"), (f, row)
+  assert doc["summary"] and all("n" in d for d in doc["summary"])
+  with open(out / "results.csv") as f:
+    assert len(list(csv.DictReader(f))) == len(doc["rows"])
+  assert len((out / "rows.jsonl").read_text().splitlines()) == len(doc["rows"])
+  assert (out / "results.md").read_text().startswith("# ")
+  assert (out / "results.png").stat().st_size > 0
+  return doc

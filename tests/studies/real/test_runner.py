@@ -1,0 +1,21 @@
+"""The runner's helpers that need no model: what is missing, and a notebook's results view."""
+import sys
+
+from prefjax.studies.real import missing_requirements, report, show_study
+
+
+def test_show_study_without_run_reads_the_committed_results(tmp_path, capsys):
+  out = tmp_path / "experiments" / "real" / "results" / "study_mdpo"
+  rows = [dict(method="dpo", seed=s, accuracy=0.5) for s in range(3)]
+  report.write(str(out), study="mdpo", title="mDPO", rows=rows, keys=("method",),
+               metrics=("accuracy",))
+  doc = show_study("mdpo", str(tmp_path), run=False)
+  assert doc["study"] == "mdpo" and len(doc["rows"]) == 3
+  assert "committed full-size results" in capsys.readouterr().out
+  assert show_study("variants", str(tmp_path), run=False) is None
+
+
+def test_missing_requirements_names_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "reasoning_gym", None)     # import raises ImportError
+  assert missing_requirements() == ("the real-model studies needs the 'reasoning_gym' "
+                                    "package: pip install -e '.[tasks]'")
