@@ -28,6 +28,9 @@ def full_opt_env(**extra):
   return env
 
 
+import fcntl  # noqa: E402
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -37,6 +40,23 @@ from prefjax.models import Transformer, make_config  # noqa: E402
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  """Tests marked ``alone`` run with no other test beside them on another pytest-xdist
+  worker: each holds an exclusive lock on a file shared by the run's workers, every other
+  test a shared one, from its setup (module fixtures included) to its teardown. Each
+  real-model study subprocess peaks at ~9.5 GB RSS; beside another worker's real-model test,
+  a 24 GB machine runs out and the kernel kills one with no traceback."""
+  run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if run is None:                  # one process (-n 0): nothing runs beside anything
+    yield
+    return
+  alone = item.get_closest_marker("alone") is not None
+  with open(os.path.join(tempfile.gettempdir(), f"prefjax-tests-{run}.lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    yield
 
 
 @pytest.fixture(scope="session")

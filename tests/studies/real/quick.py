@@ -1,12 +1,10 @@
 """Runs a real-model study's ``--quick`` mode through ``scripts/study_real.py`` and checks the
 files every study writes (results.json rows with their fields, CSV, markdown, plot)."""
 import csv
-import fcntl
 import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -16,10 +14,6 @@ from tests.conftest import full_opt_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
-# One study process at a time across pytest-xdist workers: each peaks at ~8.3 GB RSS (the
-# model, its optimizer, the sampling logits), and two beside the rest of the suite can
-# exhaust a 24 GB machine, where the kernel kills one with no traceback.
-LOCK = os.path.join(tempfile.gettempdir(), "prefjax-real-study.lock")
 
 
 def needs_real_model():
@@ -34,10 +28,9 @@ def run_quick(tmp_path, study: str, fields) -> dict:
   out = tmp_path / study
   cmd = [sys.executable, os.path.join(REPO, "scripts", "study_real.py"), f"--study={study}",
          "--quick", f"--out={out}"]
-  with open(LOCK, "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200,
-                       env=full_opt_env())
+  # Marked ``alone`` (tests/conftest.py): the study peaks at ~9.5 GB RSS.
+  r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200,
+                     env=full_opt_env())
   # Progress bars fill stderr; keep the lines that say what went wrong.
   log = [x for x in r.stderr.splitlines() if x.strip() and "it/s]" not in x
          and "s/it]" not in x]

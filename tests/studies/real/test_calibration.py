@@ -41,6 +41,7 @@ def test_rc_lwr_removes_a_reward_that_is_a_function_of_length():
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_quick_mode_writes_rm_accuracy_and_policy_length(tmp_path):
   doc = run_quick(tmp_path, "calibration", ("reward", "seed", "rm_accuracy",
                                             "length_spearman"))

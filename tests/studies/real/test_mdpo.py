@@ -42,6 +42,7 @@ def test_examples_from_pool_pairs_groups_and_singles():
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_quick_mode_writes_accuracy_by_method_and_noise(tmp_path):
   doc = run_quick(tmp_path, "mdpo", ("method", "noise", "seed", "accuracy",
                                      "reference_accuracy", "win_rate", "kl", "length", "lr",

@@ -15,6 +15,7 @@ def test_heldout_pairs_are_every_correct_wrong_pair_of_a_prompt():
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_quick_mode_writes_ranking_accuracy_and_win_rate_by_checkpoint(tmp_path):
   doc = run_quick(tmp_path, "ranking", ("checkpoint", "step", "seed", "R_heldout",
                                         "R_norm_heldout", "R_star_heldout", "R_train",

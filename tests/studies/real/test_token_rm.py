@@ -16,6 +16,7 @@ def test_minimal_edit_replaces_only_the_answer(response, want):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_quick_mode_writes_accuracy_of_each_rl_method_and_flag_precision(tmp_path):
   doc = run_quick(tmp_path, "token_rm", ("method", "seed", "accuracy", "win_rate", "kl",
                                          "precision", "recall", "edits"))

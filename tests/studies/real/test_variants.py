@@ -17,6 +17,7 @@ def test_cut_grid_runs_every_method_once_and_dpo_across_starts_and_sizes():
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_quick_mode_writes_gain_over_each_start(tmp_path):
   doc = run_quick(tmp_path, "variants", ("method", "start", "size", "seed", "accuracy",
                                          "start_accuracy", "gain", "win_rate", "kl",
