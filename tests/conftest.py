@@ -42,20 +42,43 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def _release_memory():
+  """Hands back what this worker holds and no test needs: compiled programs, garbage, free
+  malloc pages."""
+  import ctypes
+  import gc
+  jax.clear_caches()
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):   # not glibc
+    pass
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
   """Tests marked ``alone`` run with no other test beside them on another pytest-xdist
   worker: each holds an exclusive lock on a file shared by the run's workers, every other
-  test a shared one, from its setup (module fixtures included) to its teardown. Each
-  real-model study subprocess peaks at ~9.5 GB RSS; beside another worker's real-model test,
-  a 24 GB machine runs out and the kernel kills one with no traceback."""
+  test a shared one, from its setup (module fixtures included) to its teardown. A worker
+  about to wait for the lock, and one about to run alone, first hands back the memory it
+  holds between tests (a worker grows to 5-6 GB over the suite). Each real-model study
+  subprocess peaks at ~10 GB RSS; beside the workers and another real-model test, a 24 GB
+  machine runs out and the kernel kills one with no traceback."""
   run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
   if run is None:                  # one process (-n 0): nothing runs beside anything
     yield
     return
   alone = item.get_closest_marker("alone") is not None
   with open(os.path.join(tempfile.gettempdir(), f"prefjax-tests-{run}.lock"), "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    if alone:
+      _release_memory()
+      fcntl.flock(f, fcntl.LOCK_EX)
+    else:
+      try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+      except BlockingIOError:      # a test runs alone: wait for it with less held
+        _release_memory()
+        fcntl.flock(f, fcntl.LOCK_SH)
     yield
 
 
