@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -26,8 +27,13 @@ def run_quick(tmp_path, study: str, fields) -> dict:
   """The study's quick mode; returns results.json after checking the common outputs."""
   needs_real_model()
   out = tmp_path / study
+  # The start model's samples are the same for every study of one size: drawn by the first
+  # study of the test run, read from the cache by the others.
+  run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  samples = (os.path.join(tempfile.gettempdir(), f"prefjax-quick-samples-{run}") if run
+             else tmp_path / "samples")
   cmd = [sys.executable, os.path.join(REPO, "scripts", "study_real.py"), f"--study={study}",
-         "--quick", f"--out={out}"]
+         "--quick", f"--out={out}", f"--samples_dir={samples}"]
   # Marked ``alone`` (tests/conftest.py): the study peaks at ~9.5 GB RSS.
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200,
                      env=full_opt_env())
