@@ -80,10 +80,21 @@ def edits(pool, taskset) -> list[dict]:
   return out
 
 
-def train_token_rm(env, examples, t, seed):
+def row_len(env, examples, multiple: int = 32) -> int:
+  """The longest edit row (prompt + the longer of its two responses) rounded up to
+  ``multiple``, at most the study's max_len. The token reward model's rows are padded to it
+  (its token labels [T] rule out per-batch length buckets): ~160 tokens here, not 192."""
+  tok = env.tokenizer
+  n = max((len(tok.encode_prompt(e["prompt"]))
+           + max(len(tok.encode_completion(e[k])) for k in ("original", "edited"))
+           for e in examples), default=env.sizes.max_len)
+  return min(env.sizes.max_len, -(-n // multiple) * multiple)
+
+
+def train_token_rm(env, examples, t, seed, max_len):
   graphdef, params, g = reward_grid(env, TokenRewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
-                              token_reward_params_from_backbone)
-  enc = encode_edit_pair(env.tokenizer, env.sizes.max_len)
+                              token_reward_params_from_backbone, max_len=max_len)
+  enc = encode_edit_pair(env.tokenizer, max_len)
   examples = fill_batch(examples, t["batch_size"])
   # full-length rows: the token labels [T] are not cut with the rows' length buckets
   batches = pipeline.batched(examples, enc, t["batch_size"], seed=seed, num_steps=t["steps"],
@@ -191,7 +202,8 @@ def run(env, settings):
     train_edits = edits(pool, env.taskset)
     val_edits = edits(env.sample(env.start, env.val_items, env.sizes.k, seed=2000 + seed),
                       env.taskset)
-    tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed)
+    tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed,
+                                 row_len(env, train_edits + val_edits))
     flaws = flaw_metrics(tg, tp, val_edits or train_edits, enc, b["token_rm"]["threshold"])
     sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
     _HELD[f"token{seed}"] = rw.token_rm_source(tg, tp)

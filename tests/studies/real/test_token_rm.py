@@ -1,8 +1,11 @@
 """The token_rm study (arXiv 2406.02756): the verifier's minimal edits, and its quick mode
 end to end on SmolLM2."""
+from types import SimpleNamespace
+
 import pytest
 
-from prefjax.studies.real.token_rm import minimal_edit
+from prefjax.studies.real.common import Sizes
+from prefjax.studies.real.token_rm import minimal_edit, row_len
 from tests.studies.real.quick import run_quick
 
 
@@ -22,3 +25,21 @@ def test_quick_mode_writes_accuracy_of_each_rl_method_and_flag_precision(tmp_pat
                                          "precision", "recall", "edits"))
   assert {r["method"] for r in doc["rows"]} == {"fine_grained_ppo", "sequence_rm_ppo",
                                                 "grpo_verifier"}
+
+
+class _CharTokenizer:
+  def encode_prompt(self, prompt):
+    return list(prompt)
+
+  def encode_completion(self, text):
+    return list(text) + ["</s>"]
+
+
+@pytest.mark.parametrize("prompt_len,resp_len,want", [(40, 5, 64), (60, 4, 96), (300, 5, 192)])
+def test_row_len_fits_the_longest_edit_row_up_to_max_len(prompt_len, resp_len, want):
+  env = SimpleNamespace(tokenizer=_CharTokenizer(), sizes=Sizes(max_len=192))
+  examples = [{"prompt": "p" * 10, "original": "a", "edited": "b"},
+              {"prompt": "p" * prompt_len, "original": "a" * resp_len, "edited": "b"}]
+  # longest row: the prompt + the longer response + its end token, rounded up to 32
+  assert row_len(env, examples) == want
+  assert row_len(env, []) == 192
