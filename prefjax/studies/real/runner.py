@@ -15,7 +15,7 @@ def missing_requirements() -> str | None:
   """None when the real-model studies can run here, else what to install (one line)."""
   try:
     for module, extra in (("reasoning_gym", "tasks"), ("gguf", "real"), ("jinja2", "real")):
-      extras.require(module, extra, "the real-model studies")
+      extras.require(module, extra, "a real-model study")
   except extras.MissingExtraError as e:
     return str(e)
   if assets.smollm2_gguf(required=False) is None:

@@ -17,5 +17,5 @@ def test_show_study_without_run_reads_the_committed_results(tmp_path, capsys):
 
 def test_missing_requirements_names_what_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "reasoning_gym", None)     # import raises ImportError
-  assert missing_requirements() == ("the real-model studies needs the 'reasoning_gym' "
+  assert missing_requirements() == ("a real-model study needs the 'reasoning_gym' "
                                     "package: pip install -e '.[tasks]'")
