@@ -11,8 +11,8 @@ Two layouts with equal results (tests/eval/test_pair_scoring.py):
 In the plain layout every completion is packed (``prefjax.data.collate.pack``) at the smallest bucket length
 that holds it, rows of one bucket are batched at a fixed batch size (the last batch padded
 by repeating a row), and each batch goes through the jitted ``prefjax.eval.completion_scoring.completion_logps``.
-So a whole dataset compiles at most ``len(bucket_lengths(max_len))`` shapes, whatever the
-spread of its lengths.
+So a whole dataset compiles at most one shape per bucket length (powers of two,
+``pipeline.bucket_lengths(max_len, per_octave=1)``), whatever the spread of its lengths.
 
 The scores are what Chen et al., "Preference Learning Algorithms Do Not Learn Preference
 Rankings" (arXiv 2405.19534) rank with: R uses the summed log-likelihood
@@ -72,12 +72,6 @@ def _window_ok(graphdef) -> bool:
 
 def _window_width(need: int, length: int, step: int = 32) -> int:
   return min(length, -(-need // step) * step)
-
-
-def bucket_lengths(max_len: int, smallest: int = 32) -> list[int]:
-  """Powers of two from ``smallest`` up to (and ending at) ``max_len``: few jit shapes
-  (``prefjax.data.pipeline.bucket_lengths`` with one length per octave)."""
-  return list(pipeline.bucket_lengths(max_len, smallest, per_octave=1))
 
 
 def packed_length(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> int:
@@ -153,7 +147,7 @@ def score_sequences(graphdef, params, prompt_ids: Sequence[Sequence[int]],
   n = len(prompt_ids)
   window_head = window_head and _window_ok(graphdef)
   if buckets is None:
-    buckets = bucket_lengths(max_len, smallest_bucket)
+    buckets = list(pipeline.bucket_lengths(max_len, smallest_bucket, per_octave=1))
   else:
     buckets = sorted({int(b) for b in buckets if 0 < b < max_len} | {max_len})
   if layout != "plain" and _window_ok(graphdef):
@@ -217,8 +211,8 @@ def _score_rows(graphdef, params, prompt_ids, completion_ids, *, max_len, bucket
   units, truncated = row_scoring.make_units(
       [prompt_ids[g[0]] for g in groups], groups, completion_ids, max_len=max_len,
       row_len=row_len, window=window)
-  buckets = sorted(set(buckets) | set(b for b in bucket_lengths(max(row_len, max_len),
-                                                               buckets[0]) if b > max_len))
+  longer = pipeline.bucket_lengths(max(row_len, max_len), buckets[0], per_octave=1)
+  buckets = sorted(set(buckets) | {b for b in longer if b > max_len})
   sums, lengths, seconds, shapes = row_scoring.score_units(
       graphdef, params, units, n, row_len=row_len, buckets=buckets, **kw)
   return Scores(sums, lengths, truncated, seconds, shapes)

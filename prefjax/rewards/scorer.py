@@ -17,9 +17,9 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from prefjax.data.collate import pack, stack
+from prefjax.data.pipeline import bucket_lengths
 from prefjax.errors import DataError
 from prefjax.eval import row_scoring
-from prefjax.eval.pair_scoring import bucket_lengths
 
 
 def fit_for_scoring(tokenizer, prompt: str, response: str, max_len: int, *,
@@ -66,7 +66,7 @@ def batched_apply(fn, rows: Sequence[dict], batch_size: int, desc: str | None = 
   t = len(rows[0]["input_ids"])
   used = [int(np.flatnonzero(r["segment_ids"])[-1]) + 1 if np.any(r["segment_ids"]) else 1
           for r in rows] if "segment_ids" in rows[0] else [t] * len(rows)
-  buckets = bucket_lengths(t, min(smallest_bucket, t))
+  buckets = bucket_lengths(t, min(smallest_bucket, t), per_octave=1)
   groups: dict[int, list[int]] = {}
   for i in np.argsort(used, kind="stable"):
     groups.setdefault(next(b for b in buckets if b >= used[i]), []).append(int(i))
@@ -174,7 +174,8 @@ class RewardScorer:
     """Rows of 2 * max_len tokens (a prompt and two responses fit), the plain path's token
     budget per pass."""
     row_len = 2 * self.max_len
-    return dict(row_len=row_len, buckets=bucket_lengths(row_len, min(32, row_len)),
+    buckets = bucket_lengths(row_len, min(32, row_len), per_octave=1)
+    return dict(row_len=row_len, buckets=buckets,
                 batch_size=self.batch_size, batch_tokens=self.batch_size * self.max_len,
                 progress=(n >= 4 * self.batch_size if self.progress is None
                           else self.progress), desc="scoring")

@@ -51,10 +51,12 @@ class Grid:
     return cls(tok=tok, graphdef=graphdef, init_params=init, param_sh=param_sh,
                batch_sh=sharding.batch_sharding(mesh), max_len=max_len, seed=seed)
 
-  def _step(self, objective: Objective, lr: float, steps: int, warmup: int):
-    key = (objective, lr, steps, warmup)
+  def _step(self, objective: Objective, lr: float, steps: int, warmup: int,
+            lr_multipliers: tuple = ()):
+    key = (objective, lr, steps, warmup, lr_multipliers)
     if key not in self._steps:
-      tx, schedule = make_optimizer(lr, steps, warmup_steps=warmup)
+      tx, schedule = make_optimizer(lr, steps, warmup_steps=warmup,
+                                    lr_multipliers=dict(lr_multipliers))
       _, state_sh = init_state(self.init_params, tx, self.param_sh)
       step = make_train_step(self.graphdef, objective, tx, schedule, state_shardings=state_sh,
                              batch_sharding=self.batch_sh, ref_shardings=self.param_sh,
@@ -65,13 +67,16 @@ class Grid:
   def train(self, params, objective: Objective, examples, encode, *, steps: int,
             batch_size: int, lr: float, warmup: int = 0, ref_params=None,
             seed: int | None = None, batches=None, log_every: int | None = None,
-            on_log=None):
+            on_log=None, lr_multipliers: dict | None = None):
     """``steps`` updates of ``objective`` from ``params``; returns (params, last loss).
     ``seed`` orders the batches (default: the grid's seed); ``batches``: a random-access
     dataset of at least ``steps`` batches made by the caller (e.g. prefix-shared rows),
     used instead of batching ``examples`` with ``encode``; ``on_log(state, step)`` runs every
-    ``log_every`` steps (e.g. to keep intermediate policies; steps never donate params)."""
-    tx, step = self._step(objective, lr, steps, warmup)
+    ``log_every`` steps (e.g. to keep intermediate policies; steps never donate params);
+    ``lr_multipliers`` scales the lr of top-level parameter groups (e.g. ``{"head": 100.0}``
+    for a reward head that starts at zero)."""
+    tx, step = self._step(objective, lr, steps, warmup,
+                          tuple(sorted((lr_multipliers or {}).items())))
     state, state_sh = init_state(jax.tree.map(jnp.copy, params), tx, self.param_sh)
     if batches is None:
       batches = pipeline.batched(examples, encode, batch_size,

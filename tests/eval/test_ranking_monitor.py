@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from prefjax.data import pipeline
 from prefjax.eval import pair_scoring
 from prefjax.eval.completion_scoring import score_completions
 from prefjax.testbed import tokenizer as tb_tokenizer
@@ -84,4 +85,4 @@ def test_bucketed_scores_match_one_shape():
   assert got.num_shapes >= 2
   np.testing.assert_allclose(got.sums, want, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(got.lengths, lengths)
-  assert pair_scoring.bucket_lengths(100, 16) == [16, 32, 64, 100]
+  assert pipeline.bucket_lengths(100, 16, per_octave=1) == (16, 32, 64, 100)

@@ -47,3 +47,22 @@ def test_nonfinite_loss_stops_the_grid(grid_and_pairs):
   with pytest.raises(NonFiniteLossError, match="loss is nan at step 2"):
     grid.train(grid.init_params, obj, pairs, enc, steps=2, batch_size=8, lr=1e-2,
                ref_params=grid.init_params)
+
+
+def test_lr_multipliers_scale_one_group(grid_and_pairs):
+  grid, pairs = grid_and_pairs
+  obj = make_objective("dpo", {"beta": 0.1})
+  enc = pipeline.encode_pair(grid.tok, grid.max_len)
+  ref = grid.init_params
+  name = sorted(ref)[0]
+  base, _ = grid.train(ref, obj, pairs, enc, steps=1, batch_size=8, lr=1e-3, ref_params=ref)
+  scaled, _ = grid.train(ref, obj, pairs, enc, steps=1, batch_size=8, lr=1e-3, ref_params=ref,
+                         lr_multipliers={name: 10.0})
+  for key in ref:
+    for r, b, s in zip(jax.tree.leaves(ref[key]), jax.tree.leaves(base[key]),
+                       jax.tree.leaves(scaled[key])):
+      d_base, d_scaled = np.asarray(b) - np.asarray(r), np.asarray(s) - np.asarray(r)
+      want = 10.0 * d_base if key == name else d_base
+      np.testing.assert_allclose(d_scaled, want, rtol=1e-4, atol=1e-7)
+  assert any(np.abs(np.asarray(b) - np.asarray(r)).max() > 0
+             for r, b in zip(jax.tree.leaves(ref[name]), jax.tree.leaves(base[name])))

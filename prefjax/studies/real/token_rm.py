@@ -101,7 +101,8 @@ def train_token_rm(env, examples, t, seed, max_len):
                              bucket=False)
   params, _ = g.train(params, make_objective("token_bt", {"label_coef": t["label_coef"]}),
                       examples, enc, steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"],
-                      seed=seed, batches=batches)
+                      seed=seed, batches=batches,
+                      lr_multipliers=dict.fromkeys(("w", "b"), t["head_lr_multiplier"]))
   return graphdef, params, enc
 
 
@@ -112,7 +113,8 @@ def train_sequence_rm(env, examples, t, seed):
                        "rejected": e["original"]} for e in examples], t["batch_size"])
   params, _ = g.train(params, make_objective("bradley_terry"), pairs,
                       pipeline.encode_pair(env.tokenizer, env.sizes.max_len),
-                      steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], seed=seed)
+                      steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], seed=seed,
+                      lr_multipliers={"head": t["head_lr_multiplier"]})
   return graphdef, params
 
 
@@ -178,14 +180,18 @@ def _report(rows, settings):
                   reference=ref))
 
 
+# The reward heads start at zero; at the backbone's lr they barely move in a few steps (the
+# token RM's r_t stay far inside the flagging threshold), so they learn at 100x, as in
+# experiments/real/smollm2_reward.py. 8 steps of 8 edit pairs per reward model keeps 3
+# seeds near an hour on a 2-core CPU (24 steps each: ~2 hours).
+_RM = dict(steps=8, batch_size=8, lr=1e-5, head_lr_multiplier=100.0)
 BUDGET = dict(seeds=3, methods=("fine_grained_ppo", "sequence_rm_ppo", "grpo_verifier"),
-              token_rm=dict(steps=24, batch_size=8, lr=1e-5, label_coef=1.0, threshold=0.5),
-              sequence_rm=dict(steps=24, batch_size=8, lr=1e-5),
+              token_rm=dict(_RM, label_coef=1.0, threshold=0.5), sequence_rm=dict(_RM),
               iterations=4, rollout_batch_size=16, minibatch_size=8, group_size=4,
               n_prompts=96, lr=3e-6)
 QUICK_BUDGET = dict(BUDGET, seeds=1,
                     token_rm=dict(BUDGET["token_rm"], steps=2, batch_size=4),
-                    sequence_rm=dict(steps=2, batch_size=4, lr=1e-5),
+                    sequence_rm=dict(BUDGET["sequence_rm"], steps=2, batch_size=4),
                     iterations=1, rollout_batch_size=8, minibatch_size=8, group_size=4,
                     n_prompts=16)
 
