@@ -182,8 +182,8 @@ def _report(rows, settings):
 
 # The reward heads start at zero; at the backbone's lr they barely move in a few steps (the
 # token RM's r_t stay far inside the flagging threshold), so they learn at 100x, as in
-# experiments/real/smollm2_reward.py. 8 steps of 8 edit pairs per reward model keeps 3
-# seeds near an hour on a 2-core CPU (24 steps each: ~2 hours).
+# experiments/real/smollm2_reward.py. With 8 steps of 8 edit pairs per reward model, 3 seeds
+# took 50 min on a 2-core CPU (24 steps each: about 2 hours).
 _RM = dict(steps=8, batch_size=8, lr=1e-5, head_lr_multiplier=100.0)
 BUDGET = dict(seeds=3, methods=("fine_grained_ppo", "sequence_rm_ppo", "grpo_verifier"),
               token_rm=dict(_RM, label_coef=1.0, threshold=0.5), sequence_rm=dict(_RM),
