@@ -55,20 +55,26 @@ def _release_memory():
     pass
 
 
+_ALONE_SEEN = [False]   # this worker saw a test running alone at its last light test
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-  """Tests marked ``alone`` run with no other test beside them on another pytest-xdist
-  worker: each holds an exclusive lock on a file shared by the run's workers, every other
-  test a shared one, from its setup (module fixtures included) to its teardown. A worker
-  about to wait for the lock, and one about to run alone, first hands back the memory it
-  holds between tests (a worker grows to 5-6 GB over the suite). Each real-model study
-  subprocess peaks at ~10 GB RSS; beside the workers and another real-model test, a 24 GB
-  machine runs out and the kernel kills one with no traceback."""
+  """Tests marked ``alone`` run with no heavy test beside them on another pytest-xdist worker:
+  each holds an exclusive lock on a file shared by the run's workers, every ``slow`` test
+  (real models, end-to-end runs) a shared one, from its setup (module fixtures included) to
+  its teardown. Quick tests take no lock: they run beside an alone test, so the other worker
+  is not idle for the ~25 minutes the studies take. A worker about to wait for the lock, to
+  run alone, or to run quick tests beside an alone test first hands back the memory it holds
+  between tests (a worker grows to 5-6 GB over the suite). Each real-model study subprocess
+  peaks at ~10 GB RSS; beside the workers and another real-model test, a 24 GB machine runs
+  out and the kernel kills one with no traceback."""
   run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
   if run is None:                  # one process (-n 0): nothing runs beside anything
     yield
     return
   alone = item.get_closest_marker("alone") is not None
+  heavy = alone or item.get_closest_marker("slow") is not None
   with open(os.path.join(tempfile.gettempdir(), f"prefjax-tests-{run}.lock"), "a") as f:
     if alone:
       _release_memory()
@@ -76,9 +82,15 @@ def pytest_runtest_protocol(item, nextitem):
     else:
       try:
         fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-      except BlockingIOError:      # a test runs alone: wait for it with less held
-        _release_memory()
-        fcntl.flock(f, fcntl.LOCK_SH)
+        _ALONE_SEEN[0] = False
+      except BlockingIOError:      # a test runs alone: wait, or run beside it, with less held
+        if heavy or not _ALONE_SEEN[0]:
+          _release_memory()
+        _ALONE_SEEN[0] = True
+        if heavy:
+          fcntl.flock(f, fcntl.LOCK_SH)
+      if not heavy:
+        fcntl.flock(f, fcntl.LOCK_UN)
     yield
 
 
