@@ -12,47 +12,34 @@ Per seed, from the start model's K samples of each training prompt:
    reward model (Bradley-Terry, scalar head) is trained on the same pairs.
 3. Three RL runs from the start model, same prompts and budget (``prefjax.rl.stage``, the
    recipes of experiments/real/smollm2_{ppo,grpo}.py, shortened): fine-grained PPO with the
-   token reward model, PPO with the sequence reward model, GRPO with the verifier. Held-out
-   greedy verified accuracy and win rate vs the start model.
+   token reward model, PPO with the sequence reward model, GRPO with the verifier
+   (``rl_arm``). Each method gets the same lr grid, chosen by greedy verified accuracy on
+   the validation prompts with the first seed. Held-out greedy verified accuracy and win
+   rate vs the start model.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import os
+import functools
 import re
 import time
 
 import numpy as np
 from flax import nnx
 
-from prefjax import cli
 from prefjax.data import pipeline
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.token_model import (TokenRewardModel, encode_edit_pair, flaw_detection,
                                          token_reward_params_from_backbone)
 from prefjax.rl import reward_sources as rw
 from prefjax.rl.reward_models import _token_rewards
-from prefjax.rl.stage import run_rl_stage
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
-from prefjax.studies.real.frame import judge_fields, register_study, seeds
-from prefjax.train.metrics_writer import MetricsWriter
+from prefjax.studies.real.frame import grid, judge_fields, register_study, seeds, tune
+from prefjax.studies.real.rl_arm import Arm, hold, run_rl
 from prefjax.train.objective import make_objective
 
 KEYS = ("method",)
 METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-RECIPES = {"fine_grained_ppo": "smollm2_ppo.py", "sequence_rm_ppo": "smollm2_ppo.py",
-           "grpo_verifier": "smollm2_grpo.py"}
-_HELD: dict = {}
-
-
-@rw.register_reward_source("study_held", takes_arg=True)
-def held_source(env, arg):
-  """A reward source this study built in memory (``_HELD[arg]``)."""
-  return _HELD[arg]
 
 
 def minimal_edit(response: str, answer: str) -> str:
@@ -130,33 +117,6 @@ def flaw_metrics(graphdef, params, examples, enc, threshold) -> dict:
           "flagged_fraction": out["token_rm/flagged_fraction"]}
 
 
-def rl_section(method: str, b: dict, reward: str):
-  """The recipe's ``rl`` section (experiments/real/), shortened to the study's budget."""
-  c = cli._load_config(os.path.join(REPO, "experiments", "real", RECIPES[method]))
-  r = c.rl
-  r.name = method
-  r.rewards = {reward: 1.0}
-  r.iterations, r.rollout_batch_size = b["iterations"], b["rollout_batch_size"]
-  r.minibatch_size = b["minibatch_size"]
-  if r.group_size > 1:
-    r.group_size = b["group_size"]
-  r.n_prompts = b["n_prompts"]
-  r.lr = b["lr"]
-  return r
-
-
-def run_rl(env, method, b, reward, seed, out):
-  c = copy.deepcopy(env.ctx.config)
-  c.seed = seed
-  c.rl = rl_section(method, b, reward)
-  c.rl.max_new_tokens = env.sizes.max_new_tokens
-  work = os.path.join(out, "rl", f"{method}_seed{seed}")
-  os.makedirs(work, exist_ok=True)
-  with MetricsWriter(work, tensorboard=False) as writer:
-    ctx = dataclasses.replace(env.ctx, config=c, workdir=work, writer=writer, summary={})
-    return run_rl_stage(ctx, c.rl, env.start, env.start)
-
-
 def _report(rows, settings):
   claims = [report.claim_line("fine-grained PPO above PPO with a sequence RM (win rate vs "
                               "the start)", rows, "win_rate", {"method": "fine_grained_ppo"},
@@ -173,7 +133,9 @@ def _report(rows, settings):
               keys=KEYS, metrics=METRICS, claims=claims,
               notes=["precision / recall: the token reward model's flagged tokens "
                      "(r_t < -threshold) vs the edit diff on the validation prompts' edits "
-                     "(the same numbers on every row of a seed)"],
+                     "(the same numbers on every row of a seed)",
+                     f"lr of every RL method chosen from {settings.budget['space']['lr']} on "
+                     "the validation prompts (first seed; val_accuracy)"],
               plot=lambda table, path: report.bar_plot(
                   [dict(d, what="policy") for d in table], path, group="what",
                   series="method", metric="accuracy", ylabel="held-out verified accuracy",
@@ -182,18 +144,22 @@ def _report(rows, settings):
 
 # The reward heads start at zero; at the backbone's lr they barely move in a few steps (the
 # token RM's r_t stay far inside the flagging threshold), so they learn at 100x, as in
-# experiments/real/smollm2_reward.py. With 8 steps of 8 edit pairs per reward model, 3 seeds
-# took 50 min on a 2-core CPU (24 steps each: about 2 hours).
+# experiments/real/smollm2_reward.py. Every RL method gets the same lr grid (``space``),
+# chosen on the validation prompts with the first seed and kept for the others: at lr 3e-6
+# untuned, both PPO arms ended 0.135 below their start.
 _RM = dict(steps=8, batch_size=8, lr=1e-5, head_lr_multiplier=100.0)
 BUDGET = dict(seeds=3, methods=("fine_grained_ppo", "sequence_rm_ppo", "grpo_verifier"),
               token_rm=dict(_RM, label_coef=1.0, threshold=0.5), sequence_rm=dict(_RM),
               iterations=4, rollout_batch_size=16, minibatch_size=8, group_size=4,
-              n_prompts=96, lr=3e-6)
+              n_prompts=96, space={"lr": [1e-6, 3e-6]})
 QUICK_BUDGET = dict(BUDGET, seeds=1,
                     token_rm=dict(BUDGET["token_rm"], steps=2, batch_size=4),
                     sequence_rm=dict(BUDGET["sequence_rm"], steps=2, batch_size=4),
                     iterations=1, rollout_batch_size=8, minibatch_size=8, group_size=4,
-                    n_prompts=16)
+                    n_prompts=16, space={"lr": [3e-6]})
+# row name -> (recipe, reward source: a held reward model's prefix, or a registered source)
+ARMS = {"fine_grained_ppo": ("ppo", "token"), "sequence_rm_ppo": ("ppo", "sequence"),
+        "grpo_verifier": ("grpo", "verifier")}
 
 
 @register_study("token_rm", paper="2406.02756", report=_report, sizes=FULL_SIZES,
@@ -201,7 +167,7 @@ QUICK_BUDGET = dict(BUDGET, seeds=1,
 def run(env, settings):
   """One row per (method, seed)."""
   b = settings.budget
-  rows = settings.new_rows()
+  rows, chosen = settings.new_rows(), {}
   for seed in seeds(settings):
     t0 = time.perf_counter()
     pool = env.pool(seed, settings.samples_dir)
@@ -212,19 +178,24 @@ def run(env, settings):
                                  row_len(env, train_edits + val_edits))
     flaws = flaw_metrics(tg, tp, val_edits or train_edits, enc, b["token_rm"]["threshold"])
     sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
-    _HELD[f"token{seed}"] = rw.token_rm_source(tg, tp)
-    _HELD[f"sequence{seed}"] = rw.sequence_rm_source(sg, sp)
     rm_seconds = time.perf_counter() - t0
-    rewards = {"fine_grained_ppo": f"study_held:token{seed}",
-               "sequence_rm_ppo": f"study_held:sequence{seed}", "grpo_verifier": "verifier"}
-    for method in b["methods"]:
-      t1 = time.perf_counter()
-      params = run_rl(env, method, b, rewards[method], seed, settings.out)
-      j = env.judge(params, "test")
-      rows.append(dict(method=method, seed=seed, edits=len(train_edits),
-                       val_edits=len(val_edits), **flaws, rm_seconds=rm_seconds,
-                       **judge_fields(j), seconds=time.perf_counter() - t1))
-      del params
-    _HELD.pop(f"token{seed}")
-    _HELD.pop(f"sequence{seed}")
+    with hold(f"token{seed}", rw.token_rm_source(tg, tp)) as token, \
+         hold(f"sequence{seed}", rw.sequence_rm_source(sg, sp)) as sequence:
+      sources = {"token": token, "sequence": sequence, "verifier": "verifier"}
+      for method in b["methods"]:
+        recipe, reward = ARMS[method]
+        train = functools.partial(run_rl, env, Arm(method, recipe, sources[reward]), b,
+                                  seed=seed, out=settings.out)
+        t1 = time.perf_counter()
+        if method not in chosen:
+          params, hp, vals, _ = tune(env, train, grid(b["space"]))
+          chosen[method], val = hp, max(vals)
+        else:                            # validation accuracy is only for the choice
+          params, val = train(**chosen[method]), None
+        j = env.judge(params, "test")
+        rows.append(dict(method=method, seed=seed, **chosen[method], val_accuracy=val,
+                         edits=len(train_edits), val_edits=len(val_edits), **flaws,
+                         rm_seconds=rm_seconds, **judge_fields(j),
+                         seconds=time.perf_counter() - t1))
+        del params
   return rows
