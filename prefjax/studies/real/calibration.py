@@ -17,7 +17,11 @@ Per seed, from the start model's K samples of each training prompt (scored by th
 4. The reward model driving a policy update: each training prompt's samples (preamble at
    random, probability 1/2) ranked by the raw or the RC-LWR-calibrated reward (the LOWESS
    bias fitted on those samples of the start model), DPO on the (best, worst) pair; held-out
-   greedy verified accuracy and mean length of the policy.
+   greedy verified accuracy and mean length of the policy, and how far the policy moved
+   toward the verbose form: ``preamble_margin``, the mean over held-out prompts of
+   log pi(PREAMBLE + y | x) - log pi(y | x) for the start model's greedy answer y, minus the
+   start model's (greedy answers never write the preamble in this budget, so their length
+   alone cannot show the bias being learned).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from prefjax.data import pipeline
+from prefjax.eval.completion_scoring import score_completions
 from prefjax.rewards import calibration as cal
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.scorer import RewardScorer
@@ -39,7 +44,8 @@ from prefjax.train.objective import make_objective
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
             "again before I give the final answer.\n")
 KEYS = ("reward",)
-METRICS = ("rm_accuracy", "length_spearman", "accuracy", "gain", "length", "win_rate", "kl")
+METRICS = ("rm_accuracy", "length_spearman", "accuracy", "gain", "length", "preamble_margin",
+           "win_rate", "kl")
 
 
 def verbose(response: str) -> str:
@@ -86,6 +92,22 @@ def train_reward_model(env, pairs, rm, seed):
   return graphdef, params
 
 
+def verbosity(env, params, split: str = "test") -> float:
+  """Mean over ``split``'s prompts of log pi(PREAMBLE + y | x) - log pi(y | x), y the start
+  model's greedy answer: how much ``params`` prefers the verbose form of the same answer."""
+  side = env.side(env.start, split, key="start")
+  answers = [c for v in side.views for c in v.completions]
+  tok = env.tokenizer
+  prompts = [tok.encode_prompt(x.prompt) for x in side.items]
+  lp = {}
+  for name, texts in (("plain", answers), ("verbose", [verbose(a) for a in answers])):
+    lp[name] = score_completions(env.ctx.graphdef, params, prompts,
+                                 [tok.encode_completion(t) for t in texts],
+                                 max_len=env.sizes.max_len + 32,
+                                 batch_size=env.sizes.batch_rows)[0]
+  return float(np.mean(lp["verbose"] - lp["plain"]))
+
+
 def calibrated(rewards, lengths, pairs_idx=None) -> dict:
   """{"raw", "rc_mean", "rc_lwr"}: rewards [N] with the length bias removed post hoc."""
   out = {"raw": np.asarray(rewards, np.float64),
@@ -124,6 +146,9 @@ def _report(rows, settings):
             report.claim_line("policy of the RC-LWR reward: higher verified accuracy", rows,
                               "accuracy", {"reward": "rc_lwr"}, {"reward": "raw"}),
             report.claim_line("policy of the RC-LWR reward: shorter answers", rows, "length",
+                              {"reward": "rc_lwr"}, {"reward": "raw"}, claim_sign=-1),
+            report.claim_line("policy of the RC-LWR reward: moves less toward the verbose "
+                              "form (preamble_margin)", rows, "preamble_margin",
                               {"reward": "rc_lwr"}, {"reward": "raw"}, claim_sign=-1)]
   ref = rows[0].get("reference_accuracy") if rows else None
   return dict(title="Post-hoc reward calibration on a length-biased reward model (arXiv "
@@ -151,6 +176,7 @@ def run(env, settings):
   """One row per (reward: raw | rc_mean | rc_lwr, seed)."""
   b = settings.budget
   rows, chosen = settings.new_rows(), {}
+  start_margin = verbosity(env, env.start)
   for seed in seeds(settings):
     t0 = time.perf_counter()
     pool = env.pool(seed, settings.samples_dir)
@@ -197,6 +223,7 @@ def run(env, settings):
           params = train(**chosen[name])
         j = env.judge(params, "test")
         row.update(chosen[name], examples=len(examples),
+                   preamble_margin=verbosity(env, params) - start_margin,
                    chosen_preamble=float(np.mean([e["chosen"].startswith(PREAMBLE)
                                                   for e in examples])) if examples else 0.0,
                    **judge_fields(j))

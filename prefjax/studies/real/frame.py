@@ -146,8 +146,11 @@ def tune(env: Env, train_fn: Callable, candidates: Sequence[dict], *,
          start_val_accuracy: float | None = None):
   """Trains once per hyper-parameter setting, keeps the one with the best greedy verified
   accuracy on the validation prompts (the first on ties). Returns (params, setting, val
-  accuracies of every setting, seconds)."""
+  accuracies of every setting, seconds). One setting has nothing to choose: it is trained
+  and not judged (its val accuracy is None)."""
   t0 = time.perf_counter()
+  if len(candidates) == 1:
+    return train_fn(**candidates[0]), candidates[0], [None], time.perf_counter() - t0
   best, vals = None, []
   for hp in candidates:
     params = train_fn(**hp)

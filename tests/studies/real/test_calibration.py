@@ -48,4 +48,4 @@ def test_quick_mode_writes_rm_accuracy_and_policy_length(tmp_path):
   assert {r["reward"] for r in doc["rows"]} == {"raw", "rc_mean", "rc_lwr"}
   for r in doc["rows"]:
     if r["reward"] != "rc_mean":
-      assert {"accuracy", "length", "win_rate", "kl", "lr"} <= set(r)
+      assert {"accuracy", "length", "preamble_margin", "win_rate", "kl", "lr"} <= set(r)
