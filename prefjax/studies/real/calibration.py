@@ -38,7 +38,7 @@ from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.scorer import RewardScorer
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
-from prefjax.studies.real.frame import grid, judge_fields, register_study, seeds, tune
+from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
 from prefjax.train.objective import make_objective
 
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
@@ -216,13 +216,9 @@ def run(env, settings):
         def train(lr, examples=examples):
           return env.train(env.start, "dpo", {"beta": b["beta"]}, examples, steps=b["steps"],
                            batch_size=b["batch_size"], lr=lr, seed=seed)[0]
-        if name not in chosen:
-          params, hp, _, _ = tune(env, train, grid(b["space"]))
-          chosen[name] = hp
-        else:
-          params = train(**chosen[name])
+        params, hp, val = tune_once(env, chosen, name, train, b["space"])
         j = env.judge(params, "test")
-        row.update(chosen[name], examples=len(examples),
+        row.update(hp, val_accuracy=val, examples=len(examples),
                    preamble_margin=verbosity(env, params) - start_margin,
                    chosen_preamble=float(np.mean([e["chosen"].startswith(PREAMBLE)
                                                   for e in examples])) if examples else 0.0,

@@ -163,6 +163,18 @@ def tune(env: Env, train_fn: Callable, candidates: Sequence[dict], *,
   return best[0], best[1], vals, time.perf_counter() - t0
 
 
+def tune_once(env: Env, chosen: dict, key, train_fn: Callable, space: dict):
+  """``train_fn``'s params at the setting chosen for ``key``: tuned over ``grid(space)`` on
+  the validation prompts the first time ``key`` is seen (``tune``; the choice is kept in
+  ``chosen``), that setting again afterwards. Returns (params, setting, best validation
+  accuracy; None when reused: validation accuracy is only for the choice)."""
+  if key in chosen:
+    return train_fn(**chosen[key]), chosen[key], None
+  params, hp, vals, _ = tune(env, train_fn, grid(space))
+  chosen[key] = hp
+  return params, hp, max(vals)
+
+
 def judge_fields(j: dict, reference: str = "reference_accuracy") -> dict:
   """A row's metrics from ``env.judge``: held-out verified accuracy, the start model's (named
   ``reference``), the gain, win rate, KL to the start, length and format rate."""

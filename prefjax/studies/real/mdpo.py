@@ -24,8 +24,8 @@ import time
 from prefjax.losses import get_spec
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, noisy_scores
-from prefjax.studies.real.frame import (examples_from_pool, grid, judge_fields,
-                                        register_study, seeds, tune)
+from prefjax.studies.real.frame import (examples_from_pool, judge_fields, register_study, seeds,
+                                        tune_once)
 
 KEYS = ("method", "noise")
 METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "val_accuracy", "examples")
@@ -76,14 +76,10 @@ def run(env, settings):
           return env.train(env.start, method, b["loss_kwargs"][method], examples,
                            steps=b["steps"], batch_size=b["batch_size"], lr=lr, seed=seed)[0]
         t0 = time.perf_counter()
-        if method not in chosen:         # tuned once, on validation prompts, noise 0
-          params, hp, vals, _ = tune(env, train, grid(b["space"]))
-          chosen[method] = hp
-          val = max(vals)
-        else:                            # validation accuracy is only for the choice
-          params, val = train(**chosen[method]), None
+        # tuned once, on the validation prompts, at the first seed and noise
+        params, hp, val = tune_once(env, chosen, method, train, b["space"])
         j = env.judge(params, "test")
-        rows.append(dict(method=method, noise=noise, seed=seed, **chosen[method],
+        rows.append(dict(method=method, noise=noise, seed=seed, **hp,
                          examples=len(examples), val_accuracy=val,
                          **judge_fields(j),
                          seconds=time.perf_counter() - t0))

@@ -6,9 +6,9 @@ including reward models a study trained in memory (``study_held:NAME``, see ``ho
       params = run_rl(env, Arm("fine_grained_ppo", "ppo", "study_held:token0"), budget,
                       seed=0, out=out, lr=1e-6)
 
-Every knob a study tunes (``lr``, ``kl_coef``) is a keyword argument, so
-``frame.tune(env, functools.partial(run_rl, env, arm, budget, seed=s, out=o), candidates)``
-gives each arm the same hyper-parameter budget, chosen on the validation prompts.
+Every knob a study tunes (``lr``, ``kl_coef``) is a keyword argument of ``run_rl``, so
+``frame.tune_once`` gives each arm the same hyper-parameter budget, chosen on the
+validation prompts.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from prefjax.rl import reward_sources as rw
 from prefjax.rl.reward_models import _token_rewards
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
-from prefjax.studies.real.frame import grid, judge_fields, register_study, seeds, tune
+from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
 from prefjax.studies.real.rl_arm import Arm, hold, run_rl
 from prefjax.train.objective import make_objective
 
@@ -187,13 +187,9 @@ def run(env, settings):
         train = functools.partial(run_rl, env, Arm(method, recipe, sources[reward]), b,
                                   seed=seed, out=settings.out)
         t1 = time.perf_counter()
-        if method not in chosen:
-          params, hp, vals, _ = tune(env, train, grid(b["space"]))
-          chosen[method], val = hp, max(vals)
-        else:                            # validation accuracy is only for the choice
-          params, val = train(**chosen[method]), None
+        params, hp, val = tune_once(env, chosen, method, train, b["space"])
         j = env.judge(params, "test")
-        rows.append(dict(method=method, seed=seed, **chosen[method], val_accuracy=val,
+        rows.append(dict(method=method, seed=seed, **hp, val_accuracy=val,
                          edits=len(train_edits), val_edits=len(val_edits), **flaws,
                          rm_seconds=rm_seconds, **judge_fields(j),
                          seconds=time.perf_counter() - t1))

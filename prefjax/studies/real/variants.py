@@ -28,8 +28,8 @@ from prefjax.data import tasks as tasks_lib
 from prefjax.losses import get_spec
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES
-from prefjax.studies.real.frame import (examples_from_pool, grid, judge_fields, register_study,
-                                        seeds, sft_examples, tune)
+from prefjax.studies.real.frame import (examples_from_pool, judge_fields, register_study, seeds,
+                                        sft_examples, tune_once)
 
 KEYS = ("method", "start", "size")
 METRICS = ("accuracy", "start_accuracy", "gain", "win_rate", "kl", "length", "val_accuracy",
@@ -138,13 +138,9 @@ def run(env, settings):
         return env.train(s_params, method, b["loss_kwargs"][method], examples,
                          steps=b["steps"], batch_size=b["batch_size"], lr=lr, seed=seed)[0]
       t0 = time.perf_counter()
-      if method not in chosen:
-        params, hp, vals, _ = tune(env, train, grid(b["space"]))
-        chosen[method], val = hp, max(vals)
-      else:                              # validation accuracy is only for the choice
-        params, val = train(**chosen[method]), None
+      params, hp, val = tune_once(env, chosen, method, train, b["space"])
       j = env.judge(params, "test", reference=s_params, reference_key=(start, seed))
-      rows.append(dict(method=method, start=start, size=size, seed=seed, **chosen[method],
+      rows.append(dict(method=method, start=start, size=size, seed=seed, **hp,
                        examples=len(examples), val_accuracy=val,
                        **judge_fields(j, reference="start_accuracy"),
                        seconds=time.perf_counter() - t0))
