@@ -185,7 +185,7 @@ def run(env, settings):
     scorer = RewardScorer(rm_graphdef, rm_params, env.tokenizer, max_len=env.sizes.max_len + 32,
                           batch_size=env.sizes.batch_rows, progress=False)
     # -- the reward model judged on the validation prompts' samples
-    val_pool = env.sample(env.start, env.val_items, env.sizes.k, seed=2000 + seed)
+    val_pool = env.pool(seed, settings.samples_dir, split="val")
     prompts, responses, correct, index = randomly_verbose(val_pool, seed)
     rewards = scorer.score(prompts, responses)
     lengths = np.asarray(scorer.last_tokens, np.float64)

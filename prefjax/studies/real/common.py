@@ -153,18 +153,21 @@ class Env:
                 np.asarray(correct, np.float64).reshape(shape),
                 np.asarray(tokens, np.float64).reshape(shape))
 
-  def pool(self, seed: int, cache_dir: str | None = None) -> Pool:
-    """The start model's ``k`` samples of every training prompt (seeded); cached as
-    ``cache_dir/samples_seed{seed}.json`` so that every study and re-run shares them."""
-    path = cache_dir and os.path.join(cache_dir, f"samples_seed{seed}.json")
-    by_id = {x.id: x for x in self.train_items}
+  def pool(self, seed: int, cache_dir: str | None = None, split: str = "train") -> Pool:
+    """The start model's ``k`` samples of every ``split`` prompt (train or val; seeded);
+    cached as ``cache_dir/samples[_val]_seed{seed}.json`` so that every study and re-run
+    shares them."""
+    offset, name = {"train": (1000, "samples"), "val": (2000, "samples_val")}[split]
+    path = cache_dir and os.path.join(cache_dir, f"{name}_seed{seed}.json")
+    items = self.items(split)
+    by_id = {x.id: x for x in items}
     if path and os.path.exists(path):
       with open(path) as f:
         d = json.load(f)
       if d.get("sizes") == dataclasses.asdict(self.sizes):
         return Pool.from_json(d, by_id)
-    pool = self.sample(self.start, self.train_items, self.sizes.k, seed=1000 + seed,
-                       desc=f"samples of the start model (seed {seed})")
+    pool = self.sample(self.start, items, self.sizes.k, seed=offset + seed,
+                       desc=f"samples of the start model ({split}, seed {seed})")
     if path:
       os.makedirs(cache_dir, exist_ok=True)
       with open(path, "w") as f:

@@ -112,7 +112,7 @@ def run(env, settings):
   for seed in seeds(settings):
     pool = env.pool(seed, settings.samples_dir)
     train_pairs = examples_from_pool("pairwise", pool)
-    val_pool = env.sample(env.start, env.val_items, env.sizes.k, seed=2000 + seed)
+    val_pool = env.pool(seed, settings.samples_dir, split="val")
     held = heldout_pairs(val_pool)
     enc = {}
     for name, pairs in (("train", train_pairs), ("heldout", held)):

@@ -172,8 +172,7 @@ def run(env, settings):
     t0 = time.perf_counter()
     pool = env.pool(seed, settings.samples_dir)
     train_edits = edits(pool, env.taskset)
-    val_edits = edits(env.sample(env.start, env.val_items, env.sizes.k, seed=2000 + seed),
-                      env.taskset)
+    val_edits = edits(env.pool(seed, settings.samples_dir, split="val"), env.taskset)
     tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed,
                                  row_len(env, train_edits + val_edits))
     flaws = flaw_metrics(tg, tp, val_edits or train_edits, enc, b["token_rm"]["threshold"])
