@@ -150,13 +150,14 @@ def _report(rows, settings):
             report.claim_line("policy of the RC-LWR reward: moves less toward the verbose "
                               "form (preamble_margin)", rows, "preamble_margin",
                               {"reward": "rc_lwr"}, {"reward": "raw"}, claim_sign=-1)]
-  ref = rows[0].get("reference_accuracy") if rows else None
   return dict(title="Post-hoc reward calibration on a length-biased reward model (arXiv "
               "2409.17407), SmolLM2-135M-Instruct, chain_sum",
               keys=KEYS, metrics=METRICS + ("abs_length_spearman",), claims=claims,
               notes=["rm_accuracy / length_spearman: validation prompts' samples, preamble at "
                      "random; accuracy / length / win_rate / kl: the policy trained with that "
-                     "reward (rc_mean: no policy, the RM-side numbers only)"],
+                     "reward (rc_mean: no policy, the RM-side numbers only); preamble_margin: "
+                     "the policy's log-prob gain of the verbose form of the start model's "
+                     "greedy test answers over the plain form, minus the start model's"],
               plot=lambda table, path: report.bar_plot(
                   [dict(d, what="reward") for d in table], path, group="what",
                   series="reward", metric="rm_accuracy",
