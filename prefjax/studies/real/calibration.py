@@ -191,14 +191,14 @@ def run(env, settings):
     rewards = scorer.score(prompts, responses)
     lengths = np.asarray(scorer.last_tokens, np.float64)
     pi, pj = mixed_pairs(correct, index)
-    val = calibrated(rewards, lengths, (pi, pj))
+    val_scores = calibrated(rewards, lengths, (pi, pj))
     rm_seconds = time.perf_counter() - t0
     # -- the reward model ranking the start model's samples of the training prompts
     tp, tr, tc, ti = randomly_verbose(pool, seed + 100)
     t_rewards = scorer.score(tp, tr)
     train_scores = calibrated(t_rewards, np.asarray(scorer.last_tokens, np.float64))
     for name in ("raw", "rc_mean", "rc_lwr"):
-      v = val[name]
+      v = val_scores[name]
       acc = float(np.mean(v[pi] > v[pj])) if len(pi) else float("nan")
       rho = float(cal.spearman(v, lengths))
       row = dict(reward=name, seed=seed, rm_pairs=len(pairs), rm_accuracy=acc,
@@ -217,9 +217,9 @@ def run(env, settings):
         def train(lr, examples=examples):
           return env.train(env.start, "dpo", {"beta": b["beta"]}, examples, steps=b["steps"],
                            batch_size=b["batch_size"], lr=lr, seed=seed)[0]
-        params, hp, val = tune_once(env, chosen, name, train, b["space"])
+        params, hp, val_accuracy = tune_once(env, chosen, name, train, b["space"])
         j = env.judge(params, "test")
-        row.update(hp, val_accuracy=val, examples=len(examples),
+        row.update(hp, val_accuracy=val_accuracy, examples=len(examples),
                    preamble_margin=verbosity(env, params) - start_margin,
                    chosen_preamble=float(np.mean([e["chosen"].startswith(PREAMBLE)
                                                   for e in examples])) if examples else 0.0,
