@@ -134,7 +134,7 @@ def _report(rows, settings):
               notes=["precision / recall: the token reward model's flagged tokens "
                      "(r_t < -threshold) vs the edit diff on the validation prompts' edits "
                      "(the same numbers on every row of a seed)",
-                     f"lr of every RL method chosen from {settings.budget['space']['lr']} on "
+                     f"every RL method's setting chosen from {settings.budget['space']} on "
                      "the validation prompts (first seed; val_accuracy)"],
               plot=lambda table, path: report.bar_plot(
                   [dict(d, what="policy") for d in table], path, group="what",
