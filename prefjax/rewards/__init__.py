@@ -4,7 +4,8 @@ Reference: Huang et al., "Post-hoc Reward Calibration: A Case Study on Length Bi
 arXiv 2409.17407.
 """
 from prefjax.rewards import features
-from prefjax.rewards.calibration import (Calibrated, RCMean, calibrate, length_penalty,
+from prefjax.rewards.calibration import (Calibrated, RCMean, calibrate, frac_for_ties,
+                                         length_penalty,
                                          pairwise_accuracy, rankdata, rc_lwr, rc_lwr_penalty,
                                          rc_mean, rc_mean_half_width, rc_mean_rows, spearman,
                                          window_mean)
@@ -19,7 +20,7 @@ from prefjax.rewards.scores_io import BadRow, Scores, ScoresError, read_scores, 
 __all__ = [
     "RewardModel", "RewardScorer", "ImplicitRewardScorer", "last_completion_index",
     "BadRow", "Calibrated", "RCMean", "Scores", "ScoresError", "calibrate", "char_length",
-    "features", "length_penalty", "lowess", "markdown_counts", "markdown_elements",
+    "features", "frac_for_ties", "length_penalty", "lowess", "markdown_counts", "markdown_elements",
     "num_neighbours", "pairwise_accuracy", "rankdata", "rc_lwr", "rc_lwr_penalty", "rc_mean",
     "rc_mean_half_width", "rc_mean_rows", "read_scores", "spearman", "token_length",
     "window_mean", "write_jsonl",

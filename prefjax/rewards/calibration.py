@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prefjax.rewards.lowess import lowess
 
@@ -152,6 +153,23 @@ def rc_mean(rewards_1, rewards_2, features_1, features_2, *, ratio=4.0, min_coun
 
 
 # ----------------------------------------------------------------------- RC-LWR, penalty
+
+
+def frac_for_ties(features, frac=0.3) -> float:
+  """The smallest LOWESS window fraction >= ``frac`` whose windows all reach past their own
+  tie group: k = int(frac * n) > the largest number of equal feature values.
+
+  Where more than k points share one value (short answers: most have the same token
+  count), that value's k-point window has radius 0 and LOWESS (statsmodels' rule, kept by
+  ``lowess``) falls back to the reward of ONE of the tied points, the first in sort order:
+  the bias of the whole group is then a single sample's reward, not a local mean. With this
+  fraction every window holds the whole tie group and its nearest other value."""
+  f = np.asarray(features)             # host-side, on concrete features
+  n = f.size
+  if n < 2:
+    return float(frac)
+  largest = int(np.unique(f, return_counts=True)[1].max())
+  return float(min(1.0, max(frac, (largest + 1.5) / n)))
 
 
 def rc_lwr(rewards, features, *, frac=0.3, it=3, delta=0.0, alpha=1.0):

@@ -174,3 +174,32 @@ def test_markdown_counts():
   assert rw.markdown_counts(text) == {"headers": 2, "list_items": 3, "bold": 3,
                                       "code_blocks": 1}
   np.testing.assert_array_equal(rw.markdown_elements([text, "plain"]), [9, 0])
+
+
+def test_frac_for_ties_gives_every_tie_group_a_local_mean_not_one_sample():
+  # 70% of the points share one length: at frac 0.3 that length's window has radius 0 and
+  # LOWESS falls back to the reward of one tied point (the first in sort order), so the bias
+  # of the whole group changes when the tied points are reordered.
+  rng = np.random.default_rng(0)
+  n = 200
+  x = np.where(rng.random(n) < 0.7, 5.0, rng.integers(6, 40, n).astype(np.float64))
+  y = (0.1 * x + rng.normal(size=n)).astype(np.float64)
+  tied = np.flatnonzero(x == 5.0)
+  largest = tied.size
+  frac = rw.frac_for_ties(x, 0.3)
+  assert rw.num_neighbours(n, frac) == largest + 1
+  assert rw.frac_for_ties(x, 0.9) == 0.9             # never lowers the caller's fraction
+  assert rw.frac_for_ties(np.arange(10.0), 0.3) == 0.3   # no ties: unchanged
+  perm = rng.permutation(n)
+  for f, order_free in ((0.3, False), (frac, True)):
+    b = np.asarray(rw.rc_lwr(y, x, frac=f, it=0).bias)[tied]
+    b_perm = np.asarray(rw.rc_lwr(y[perm], x[perm], frac=f, it=0).bias)
+    b_perm = b_perm[np.argsort(perm)][tied]
+    assert np.allclose(b, b[0])                        # one value per tie group either way
+    if order_free:
+      np.testing.assert_allclose(b_perm, b, rtol=1e-5)
+      # the local fit at the tie group is close to the group's mean reward
+      assert abs(b[0] - y[tied].mean()) < 0.1
+    else:                                              # one sample's reward, order-dependent
+      assert np.any(np.isclose(b[0], y[tied]))
+      assert not np.allclose(b_perm, b)

@@ -13,7 +13,8 @@ Per seed, from the start model's K samples of each training prompt (scored by th
    1/2, independent of correctness): pairwise accuracy against the verifier and Spearman
    correlation of the reward with length, for the raw reward, RC-Mean and RC-LWR
    (``prefjax.rewards.calibration``; the bias is estimated on the judged responses
-   themselves, post hoc, as in the paper).
+   themselves, post hoc, as in the paper; the LOWESS window fraction is 0.3, widened by
+   ``frac_for_ties`` where more answers share one length than a window holds).
 4. The reward model driving a policy update: each training prompt's samples (preamble at
    random, probability 1/2) ranked by the raw or the RC-LWR-calibrated reward (the LOWESS
    bias fitted on those samples of the start model), DPO on the (best, worst) pair; held-out
@@ -110,8 +111,11 @@ def verbosity(env, params, split: str = "test") -> float:
 
 def calibrated(rewards, lengths, pairs_idx=None) -> dict:
   """{"raw", "rc_mean", "rc_lwr"}: rewards [N] with the length bias removed post hoc."""
+  # frac 0.3 (the paper's), widened where one length holds more points than a window: most
+  # answers here have the same token count, and a zero-width window's "fit" is one sample.
+  frac = cal.frac_for_ties(lengths, 0.3)
   out = {"raw": np.asarray(rewards, np.float64),
-         "rc_lwr": np.asarray(cal.rc_lwr(rewards, lengths, frac=0.3).rewards, np.float64)}
+         "rc_lwr": np.asarray(cal.rc_lwr(rewards, lengths, frac=frac).rewards, np.float64)}
   if pairs_idx is not None:
     i, j = pairs_idx
     if not len(i):                  # no pair to calibrate: nothing to compare either

@@ -1,13 +1,17 @@
-"""Runs one registered study end to end: load the model once, run, write the results."""
+"""Runs registered studies end to end: load the model once, run, write the results."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
+from typing import Sequence
 
 from prefjax import assets, extras
+from prefjax.errors import ConfigError
 from prefjax.studies.real import report
 from prefjax.studies.real.common import load_env
+from prefjax.studies.real.frame import STUDIES
 from prefjax.studies.real.registry import get_study
 
 
@@ -24,20 +28,55 @@ def missing_requirements() -> str | None:
 
 
 def run_study(name: str, out: str, *, quick: bool = False, seeds: int | None = None,
-              samples_dir: str | None = None, overrides: dict | None = None) -> dict:
+              samples_dir: str | None = None, overrides: dict | None = None,
+              env=None) -> dict:
   """``results.json`` / ``.csv`` / ``.md`` / ``.png`` of study ``name`` under ``out``;
   returns the results document. ``overrides``: {budget key: value} (e.g. more steps or the
-  full variants grid on an accelerator)."""
+  full variants grid on an accelerator). ``env``: an already loaded ``Env`` of the study's
+  sizes (``run_studies`` shares one); by default the model is loaded here."""
   study = get_study(name)
   settings = study.settings(out, seeds=seeds, quick=quick, samples_dir=samples_dir,
                             overrides=overrides)
   t0 = time.perf_counter()
-  env = load_env(settings.sizes, out)
+  if env is None:
+    env = load_env(settings.sizes, out)
+  elif env.sizes != settings.sizes:
+    raise ValueError(f"study {name!r} needs sizes {settings.sizes}, the env has {env.sizes}")
   rows = study.run(env, settings)
   kw = study.report(rows, settings)
   doc_settings = dict(dataclasses.asdict(settings), paper=study.paper,
                       wall_seconds=time.perf_counter() - t0)
   return report.write(out, study=name, rows=rows, settings=doc_settings, **kw)
+
+
+def study_names(spec: str) -> list[str]:
+  """``"all"`` or a comma-separated list of registered study names, checked."""
+  names = sorted(STUDIES) if spec.strip() == "all" else [
+      x.strip() for x in spec.split(",") if x.strip()]
+  if not names:
+    raise ConfigError(f"--study {spec!r}: no study named")
+  for n in names:
+    get_study(n)                     # a one-line error naming the registered studies
+  return names
+
+
+def run_studies(names: Sequence[str], out: str, *, quick: bool = False,
+                seeds: int | None = None, samples_dir: str | None = None,
+                overrides: dict | None = None) -> dict[str, dict]:
+  """Several studies in one process, each written under ``out/NAME``: the model is loaded
+  once and its compiled programs, the start model's greedy answers and its samples
+  (``samples_dir``, default ``out/samples``) are shared, which saves minutes per study.
+  Returns {name: results document}."""
+  samples_dir = samples_dir or os.path.join(out, "samples")
+  envs, docs = {}, {}
+  for name in names:
+    sizes = get_study(name).settings(out, quick=quick).sizes
+    if sizes not in envs:
+      envs[sizes] = load_env(sizes, out)
+    docs[name] = run_study(name, os.path.join(out, name), quick=quick, seeds=seeds,
+                           samples_dir=samples_dir, overrides=overrides, env=envs[sizes])
+    gc.collect()
+  return docs
 
 
 def show_study(name: str, root: str | None, *, run: bool) -> dict | None:

@@ -1,11 +1,11 @@
-"""Runs a real-model study's ``--quick`` mode through ``scripts/study_real.py`` and checks the
-files every study writes (results.json rows with their fields, CSV, markdown, plot)."""
+"""Runs the real-model studies' ``--quick`` modes through ``scripts/study_real.py`` (all five
+in one process, as ``--study all`` does for a user) and checks the files every study writes
+(results.json rows with their fields, CSV, markdown, plot)."""
 import csv
 import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -23,24 +23,25 @@ def needs_real_model():
     pytest.skip(missing)
 
 
-def run_quick(tmp_path, study: str, fields) -> dict:
-  """The study's quick mode; returns results.json after checking the common outputs."""
+def run_quick(out, study: str = "all", timeout: int = 3600) -> subprocess.CompletedProcess:
+  """``study_real.py --study STUDY --quick --out OUT`` in a subprocess; fails the test with
+  the lines that say what went wrong when it exits non-zero."""
   needs_real_model()
-  out = tmp_path / study
-  # The start model's samples are the same for every study of one size: drawn by the first
-  # study of the test run, read from the cache by the others.
-  run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-  samples = (os.path.join(tempfile.gettempdir(), f"prefjax-quick-samples-{run}") if run
-             else tmp_path / "samples")
   cmd = [sys.executable, os.path.join(REPO, "scripts", "study_real.py"), f"--study={study}",
-         "--quick", f"--out={out}", f"--samples_dir={samples}"]
-  # Marked ``alone`` (tests/conftest.py): the study peaks at ~9.5 GB RSS.
-  r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200,
+         "--quick", f"--out={out}"]
+  # Marked ``alone`` (tests/conftest.py): the studies peak at ~9.5 GB RSS.
+  r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
                      env=full_opt_env())
   # Progress bars fill stderr; keep the lines that say what went wrong.
   log = [x for x in r.stderr.splitlines() if x.strip() and "it/s]" not in x
          and "s/it]" not in x]
   assert r.returncode == 0, f"exit code {r.returncode}:\n" + "\n".join(log[-30:])
+  return r
+
+
+def check_outputs(out, study: str, fields) -> dict:
+  """``out``'s results.json after checking the files every study writes; every row has
+  ``fields`` (finite where they are floats)."""
   doc = json.load(open(out / "results.json"))
   assert doc["study"] == study and doc["rows"], doc
   for row in doc["rows"]:

@@ -1,11 +1,9 @@
 """The calibration study (arXiv 2409.17407): the length-biased pair set, the post-hoc
-calibrations it compares, and its quick mode end to end on SmolLM2."""
+calibrations it compares. (Its quick mode: tests/studies/real/test_quick_modes.py.)"""
 import numpy as np
-import pytest
 
 from prefjax.studies.real.calibration import (PREAMBLE, biased_pairs, calibrated, mixed_pairs,
                                               randomly_verbose)
-from tests.studies.real.quick import run_quick
 from tests.studies.real.test_mdpo import _pool
 
 
@@ -38,14 +36,3 @@ def test_rc_lwr_removes_a_reward_that_is_a_function_of_length():
   assert np.corrcoef(out["raw"], lengths)[0, 1] > 0.8
   assert abs(np.corrcoef(out["rc_lwr"], lengths)[0, 1]) < 0.15
   assert np.corrcoef(out["rc_lwr"], quality)[0, 1] > 0.95
-
-
-@pytest.mark.slow
-@pytest.mark.alone
-def test_quick_mode_writes_rm_accuracy_and_policy_length(tmp_path):
-  doc = run_quick(tmp_path, "calibration", ("reward", "seed", "rm_accuracy",
-                                            "length_spearman"))
-  assert {r["reward"] for r in doc["rows"]} == {"raw", "rc_mean", "rc_lwr"}
-  for r in doc["rows"]:
-    if r["reward"] != "rc_mean":
-      assert {"accuracy", "length", "preamble_margin", "win_rate", "kl", "lr"} <= set(r)

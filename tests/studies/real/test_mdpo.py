@@ -1,12 +1,10 @@
-"""The mdpo study (arXiv 2410.12138): its quick mode end to end on SmolLM2, and the pieces it
-builds its examples from."""
+"""The mdpo study (arXiv 2410.12138): the pieces it builds its examples from. (Its quick mode:
+tests/studies/real/test_quick_modes.py.)"""
 import numpy as np
-import pytest
 
 from prefjax.data.prompts import PromptItem
 from prefjax.studies.real.common import Pool, noisy_scores
 from prefjax.studies.real.frame import examples_from_pool
-from tests.studies.real.quick import run_quick
 
 
 def _pool():
@@ -39,16 +37,3 @@ def test_examples_from_pool_pairs_groups_and_singles():
   assert (flipped[0]["chosen"], flipped[0]["rejected"]) == ("r01", "r00")
   singles = examples_from_pool("unpaired", pool)
   assert sum(e["label"] for e in singles) == 4 and len(singles) == 8
-
-
-@pytest.mark.slow
-@pytest.mark.alone
-def test_quick_mode_writes_accuracy_by_method_and_noise(tmp_path):
-  doc = run_quick(tmp_path, "mdpo", ("method", "noise", "seed", "accuracy",
-                                     "reference_accuracy", "win_rate", "kl", "length", "lr",
-                                     "val_accuracy"))
-  assert {r["method"] for r in doc["rows"]} == {"dpo", "mdpo"}
-  assert {r["noise"] for r in doc["rows"]} == {0.0, 0.4}
-  assert all(0 <= r["accuracy"] <= 1 for r in doc["rows"])
-  assert doc["claims"] and doc["claims"][0]["verdict"] in ("confirmed", "not confirmed",
-                                                            "reversed")

@@ -1,7 +1,11 @@
-"""The runner's helpers that need no model: what is missing, and a notebook's results view."""
+"""The runner's helpers that need no model: what is missing, which studies a --study names,
+and a notebook's results view."""
 import sys
 
-from prefjax.studies.real import missing_requirements, report, show_study
+import pytest
+
+from prefjax.errors import ConfigError
+from prefjax.studies.real import STUDIES, missing_requirements, report, show_study, study_names
 
 
 def test_show_study_without_run_reads_the_committed_results(tmp_path, capsys):
@@ -19,3 +23,12 @@ def test_missing_requirements_names_what_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "reasoning_gym", None)     # import raises ImportError
   assert missing_requirements() == ("a real-model study needs the 'reasoning_gym' "
                                     "package: pip install -e '.[tasks]'")
+
+
+def test_study_names_reads_all_or_a_list_and_rejects_unknown_names():
+  assert study_names("all") == sorted(STUDIES) and len(STUDIES) == 5
+  assert study_names("mdpo, ranking") == ["mdpo", "ranking"]
+  with pytest.raises(ConfigError, match="unknown study 'nope'; registered: calibration"):
+    study_names("mdpo,nope")
+  with pytest.raises(ConfigError, match="no study named"):
+    study_names(" , ")

@@ -1,12 +1,11 @@
-"""The token_rm study (arXiv 2406.02756): the verifier's minimal edits, and its quick mode
-end to end on SmolLM2."""
+"""The token_rm study (arXiv 2406.02756): the verifier's minimal edits. (Its quick mode:
+tests/studies/real/test_quick_modes.py.)"""
 from types import SimpleNamespace
 
 import pytest
 
 from prefjax.studies.real.common import Sizes
 from prefjax.studies.real.token_rm import minimal_edit, row_len
-from tests.studies.real.quick import run_quick
 
 
 @pytest.mark.parametrize("response,want", [
@@ -16,15 +15,6 @@ from tests.studies.real.quick import run_quick
 ])
 def test_minimal_edit_replaces_only_the_answer(response, want):
   assert minimal_edit(response, "7") == want
-
-
-@pytest.mark.slow
-@pytest.mark.alone
-def test_quick_mode_writes_accuracy_of_each_rl_method_and_flag_precision(tmp_path):
-  doc = run_quick(tmp_path, "token_rm", ("method", "seed", "accuracy", "win_rate", "kl",
-                                         "precision", "recall", "edits"))
-  assert {r["method"] for r in doc["rows"]} == {"fine_grained_ppo", "sequence_rm_ppo",
-                                                "grpo_verifier"}
 
 
 class _CharTokenizer:
