@@ -62,6 +62,13 @@ def _calibrate(scores):
     out = rw.length_penalty(r, c, lam=_LAM.value)
     return np.asarray(out.rewards), np.asarray(out.bias), np.ones(r.size, bool), {}
   if _METHOD.value == "lwr":
+    wide = rw.frac_for_ties(c, _FRAC.value)
+    if wide > _FRAC.value:
+      values, counts = np.unique(c, return_counts=True)
+      print(f"warning: {scores.path}: {counts.max()} of {c.size} rows have feature "
+            f"{values[counts.argmax()]:g}, more than a LOWESS window of --frac {_FRAC.value:g} "
+            f"holds: that value's bias is one row's reward (statsmodels' rule); --frac "
+            f"{wide:.3f} fits it by the group's mean", file=sys.stderr)
     kw = dict(frac=_FRAC.value, it=_IT.value, delta=_DELTA.value, alpha=_ALPHA.value)
     out = (rw.rc_lwr_penalty(r, c, lam=_LAM.value, **kw) if _LAM.value
            else rw.rc_lwr(r, c, **kw))

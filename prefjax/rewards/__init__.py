@@ -5,10 +5,9 @@ arXiv 2409.17407.
 """
 from prefjax.rewards import features
 from prefjax.rewards.calibration import (Calibrated, RCMean, calibrate, frac_for_ties,
-                                         length_penalty,
-                                         pairwise_accuracy, rankdata, rc_lwr, rc_lwr_penalty,
-                                         rc_mean, rc_mean_half_width, rc_mean_rows, spearman,
-                                         window_mean)
+                                         length_penalty, pairwise_accuracy, rankdata, rc_lwr,
+                                         rc_lwr_penalty, rc_mean, rc_mean_half_width,
+                                         rc_mean_rows, spearman, window_mean)
 from prefjax.rewards.features import (char_length, markdown_counts, markdown_elements,
                                       token_length)
 from prefjax.rewards.lowess import lowess, num_neighbours
@@ -20,8 +19,8 @@ from prefjax.rewards.scores_io import BadRow, Scores, ScoresError, read_scores, 
 __all__ = [
     "RewardModel", "RewardScorer", "ImplicitRewardScorer", "last_completion_index",
     "BadRow", "Calibrated", "RCMean", "Scores", "ScoresError", "calibrate", "char_length",
-    "features", "frac_for_ties", "length_penalty", "lowess", "markdown_counts", "markdown_elements",
-    "num_neighbours", "pairwise_accuracy", "rankdata", "rc_lwr", "rc_lwr_penalty", "rc_mean",
-    "rc_mean_half_width", "rc_mean_rows", "read_scores", "spearman", "token_length",
-    "window_mean", "write_jsonl",
+    "features", "frac_for_ties", "length_penalty", "lowess", "markdown_counts",
+    "markdown_elements", "num_neighbours", "pairwise_accuracy", "rankdata", "rc_lwr",
+    "rc_lwr_penalty", "rc_mean", "rc_mean_half_width", "rc_mean_rows", "read_scores",
+    "spearman", "token_length", "window_mean", "write_jsonl",
 ]

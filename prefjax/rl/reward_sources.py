@@ -387,8 +387,9 @@ def calibrated_source(env, arg, *, method: str = "rc_lwr", n: int = 64, frac: fl
                       inner_kwargs: dict | None = None) -> RewardSource:
   """``arg``'s scores minus a length bias b(length), fitted once on ``n`` samples of the
   reference policy: RC-Mean (window mean of width d = mean |l_i - l_j| / ratio) or RC-LWR
-  (LOWESS with ``frac``); r_hat = r - alpha * b(l) (arXiv 2409.17407). ``inner_kwargs``
-  are the inner source's keyword arguments."""
+  (LOWESS with ``frac``, widened past the largest group of equal lengths); r_hat = r -
+  alpha * b(l) (arXiv 2409.17407). ``inner_kwargs`` are the inner source's keyword
+  arguments."""
   if method not in ("rc_mean", "rc_lwr"):
     raise ConfigError(f"config.rl.reward_kwargs.calibrated:{arg}.method: unknown {method!r}; "
                       "valid: rc_mean, rc_lwr")
@@ -402,6 +403,10 @@ def calibrated_source(env, arg, *, method: str = "rc_lwr", n: int = 64, frac: fl
   r0 = np.asarray(inner.fn(ref), np.float64)
   l0 = ref.lengths.astype(np.float64)
   if method == "rc_lwr":
+    # Short answers often share one length: widen the window past that tie group, or the
+    # group's "fit" is a single sample's reward (``calibration.frac_for_ties``).
+    frac = calibration.frac_for_ties(l0, frac)
+    env.summary[f"calibrated:{arg}/lowess_frac"] = frac
     fit = np.asarray(lowess(r0, l0, frac=frac), np.float64)
     order = np.argsort(l0)
     xs, ys = l0[order], fit[order]

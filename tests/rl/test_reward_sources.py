@@ -180,3 +180,29 @@ def test_calibrated_source_removes_a_pure_length_bias(method):
     assert env.summary["calibrated:_lengthy_test/reference_length_spearman"] > 0.99
   finally:
     del rw.REWARD_SOURCES["_lengthy_test"]
+
+
+def test_calibrated_rc_lwr_fits_a_tied_length_by_its_mean_not_one_sample():
+  """Most of the reference sample has one length (short answers): the bias there is the
+  tied group's (robust) mean reward, not the reward of whichever tied sample sorts first."""
+  lengths = [5] * 48 + list(range(6, 22))
+  rows = [pack(TOK.encode_prompt("sort:1"), TOK.encode("1" * (n - 1)) + [TOK.eos_id], 32)[0]
+          for n in lengths]
+  ref = rw.RolloutView(batch=stack(rows), prompts=[""] * 64, completions=[""] * 64,
+                       eos_emitted=np.ones(64, bool))
+  noise = np.random.default_rng(0).normal(size=64)
+  inner = rw.RewardSource("noisy", "sequence",
+                          lambda v: v.lengths / 10.0 + (noise if len(v.lengths) == 64 else 0))
+  rw.REWARD_SOURCES["_noisy_test"] = rw.SourceSpec("_noisy_test", lambda env, arg: inner)
+  try:
+    env = rw.SourceEnv(reference_sample=lambda n: ref)
+    cal = rw.make_source("calibrated:_noisy_test", env, method="rc_lwr")
+    assert env.summary["calibrated:_noisy_test/lowess_frac"] == pytest.approx(49.5 / 64)
+    one = rw.RolloutView(batch=stack(rows[:1]), prompts=[""], completions=[""],
+                         eos_emitted=np.ones(1, bool))
+    bias = 0.5 - float(cal.fn(one)[0])           # the view's raw reward is 5 / 10
+    tied = 0.5 + noise[:48]
+    # (at frac 0.3 the bias here is one tied sample's reward: 0.056 from the group's mean)
+    assert abs(bias - tied.mean()) < 0.02
+  finally:
+    del rw.REWARD_SOURCES["_noisy_test"]

@@ -119,3 +119,19 @@ def test_read_scores_too_few_and_missing_file(tmp_path):
   assert proc.returncode == 1
   assert proc.stderr.strip().startswith(f"error: {scores}: too few valid rows to calibrate: 2")
   assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_lwr_warns_when_one_feature_value_outnumbers_the_window(tmp_path):
+  rows = [{"id": i, "text": "ab" if i < 60 else "x" * (3 + i), "reward": float(i % 7)}
+          for i in range(100)]
+  scores = tmp_path / "scores.jsonl"
+  _write_jsonl(scores, rows)
+  proc = _run("--scores", str(scores), "--method", "lwr", "--out", str(tmp_path / "out"))
+  assert proc.returncode == 0, proc.stderr
+  warning = [x for x in proc.stderr.splitlines() if "LOWESS window" in x]
+  assert warning == [f"warning: {scores}: 60 of 100 rows have feature 2, more than a LOWESS "
+                     "window of --frac 0.3 holds: that value's bias is one row's reward "
+                     "(statsmodels' rule); --frac 0.615 fits it by the group's mean"]
+  proc = _run("--scores", str(scores), "--method", "lwr", "--frac", "0.62",
+              "--out", str(tmp_path / "out2"))
+  assert proc.returncode == 0 and "LOWESS window" not in proc.stderr, proc.stderr

@@ -111,7 +111,7 @@ def verbosity(env, params, split: str = "test") -> float:
 
 def calibrated(rewards, lengths, pairs_idx=None) -> dict:
   """{"raw", "rc_mean", "rc_lwr"}: rewards [N] with the length bias removed post hoc."""
-  # frac 0.3 (the paper's), widened where one length holds more points than a window: most
+  # frac 0.3 (rc_lwr's default), widened where one length holds more points than a window: most
   # answers here have the same token count, and a zero-width window's "fit" is one sample.
   frac = cal.frac_for_ties(lengths, 0.3)
   out = {"raw": np.asarray(rewards, np.float64),
