@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import time
 from typing import Sequence
 
-from prefjax import assets, extras
+from prefjax import assets, extras, hostmem
 from prefjax.errors import ConfigError
 from prefjax.studies.real import report
 from prefjax.studies.real.common import load_env
@@ -75,7 +74,7 @@ def run_studies(names: Sequence[str], out: str, *, quick: bool = False,
       envs[sizes] = load_env(sizes, out)
     docs[name] = run_study(name, os.path.join(out, name), quick=quick, seeds=seeds,
                            samples_dir=samples_dir, overrides=overrides, env=envs[sizes])
-    gc.collect()
+    hostmem.trim()                   # what the study freed goes back before the next one
   return docs
 
 

@@ -1,6 +1,7 @@
 """The runner's helpers that need no model: what is missing, which studies a --study names,
 and a notebook's results view."""
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,3 +33,34 @@ def test_study_names_reads_all_or_a_list_and_rejects_unknown_names():
     study_names("mdpo,nope")
   with pytest.raises(ConfigError, match="no study named"):
     study_names(" , ")
+
+
+def test_run_studies_loads_the_model_once_per_size_and_writes_each_under_its_name(
+    tmp_path, monkeypatch):
+  from prefjax.studies.real import runner
+  from prefjax.studies.real.common import QUICK_SIZES, Sizes
+  from prefjax.studies.real.frame import StudyDef
+  other = Sizes(n_train=8)
+  loads, seen = [], []
+
+  def fake_env(sizes, out):
+    loads.append(sizes)
+    return SimpleNamespace(sizes=sizes)
+
+  def study(name, sizes):
+    def run(env, settings):
+      seen.append((name, id(env), settings.samples_dir))
+      return [dict(method="m", seed=0, accuracy=0.5)]
+    report_kw = lambda rows, settings: dict(title=name, keys=("method",), metrics=("accuracy",))
+    return StudyDef(name, "0000.00000", run, report_kw, sizes, sizes, {}, {})
+
+  monkeypatch.setattr(runner, "load_env", fake_env)
+  for name, sizes in (("_a", QUICK_SIZES), ("_b", QUICK_SIZES), ("_c", other)):
+    monkeypatch.setitem(STUDIES, name, study(name, sizes))
+  docs = runner.run_studies(["_a", "_b", "_c"], str(tmp_path), quick=True)
+  assert loads == [QUICK_SIZES, other]             # _a and _b share one env
+  assert seen[0][1] == seen[1][1] != seen[2][1]
+  assert {s for _, _, s in seen} == {str(tmp_path / "samples")}
+  assert sorted(docs) == ["_a", "_b", "_c"]
+  for name in docs:
+    assert (tmp_path / name / "results.json").exists()
