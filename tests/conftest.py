@@ -94,7 +94,7 @@ def pytest_runtest_protocol(item, nextitem):
     yield
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(items):
   """Files with an ``alone`` test first, then files of quick tests only, then the rest
   (stable within each): pytest-xdist hands out files in this order, so the long alone test
   starts at once and the other worker runs the quick files beside it; a ``slow`` test there

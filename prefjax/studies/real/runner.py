@@ -69,7 +69,8 @@ def run_studies(names: Sequence[str], out: str, *, quick: bool = False,
   samples_dir = samples_dir or os.path.join(out, "samples")
   envs, docs = {}, {}
   for name in names:
-    sizes = get_study(name).settings(out, quick=quick).sizes
+    study = get_study(name)
+    sizes = study.quick_sizes if quick else study.sizes
     if sizes not in envs:
       envs[sizes] = load_env(sizes, out)
     docs[name] = run_study(name, os.path.join(out, name), quick=quick, seeds=seeds,
