@@ -34,7 +34,7 @@ def get_config(arg=None):
   for opt in opts:
     if opt == "quick":
       rl_quick(c)
-      o.rounds, o.prompts_per_round, o.steps_per_round = 2, 8, 2
+      o.rounds, o.prompts_per_round, o.steps_per_round = 1, 8, 2
       o.n_prompts = 64
     elif opt == "mdpo":
       o.loss = "mdpo"

@@ -81,10 +81,10 @@ def real_rl_config(stages=("ppo", "eval")):
 
 
 def rl_quick(c):
-  """A CPU smoke run of a few minutes: 2 iterations, 16 held-out prompts, short answers."""
-  c.rl.iterations = 2
-  c.eval.n_prompts = 16
-  c.tasks.n_train, c.tasks.n_eval = 64, 16
+  """A CPU smoke run of about two minutes: 1 iteration, 8 held-out prompts, short answers."""
+  c.rl.iterations = 1
+  c.eval.n_prompts = 8
+  c.tasks.n_train, c.tasks.n_eval = 64, 8
   c.rl.n_prompts = 64
   return c
 

@@ -58,7 +58,7 @@ class Sizes:
 # --samples_dir) are drawn once and shared by all studies of one size.
 FULL_SIZES = Sizes(n_train=96, n_val=32, n_test=64, k=4, temperature=0.7, max_new_tokens=16,
                    batch_rows=32)
-QUICK_SIZES = Sizes(n_train=32, n_val=16, n_test=16, k=4, temperature=0.7, max_new_tokens=12,
+QUICK_SIZES = Sizes(n_train=32, n_val=16, n_test=8, k=4, temperature=0.7, max_new_tokens=12,
                     batch_rows=16)
 
 
