@@ -94,20 +94,6 @@ def pytest_runtest_protocol(item, nextitem):
     yield
 
 
-def pytest_collection_modifyitems(items):
-  """Files with an ``alone`` test first, then files of quick tests only, then the rest
-  (stable within each): pytest-xdist hands out files in this order, so the long alone test
-  starts at once and the other worker runs the quick files beside it; a ``slow`` test there
-  would wait for it (see ``pytest_runtest_protocol``)."""
-  alone, slow = set(), set()
-  for item in items:
-    if item.get_closest_marker("alone"):
-      alone.add(item.path)
-    elif item.get_closest_marker("slow"):
-      slow.add(item.path)
-  items.sort(key=lambda item: 0 if item.path in alone else 2 if item.path in slow else 1)
-
-
 @pytest.fixture(scope="session")
 def tiny_cfg():
   return make_config(None, vocab_size=13, overrides=dict(

@@ -54,7 +54,7 @@ from prefjax.rl.rollout import (RolloutConfig, check_prompts, fixed_width, rollo
                                 sample_view)
 from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.sections import train_section
-from prefjax.train.loop import run_stage
+from prefjax.train.loop import NoCheckpoints, run_stage
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.rounds import RoundBatches
@@ -101,7 +101,8 @@ def rl_config() -> ml_collections.ConfigDict:
                          (``prefjax.rl.reward_sources``); reward_kwargs: {source: {kwarg: value}}
     missing_eos          penalty | mask | none, for completions without the end token;
     missing_eos_penalty  added to their last token's reward under "penalty"
-    checkpoint_every     iterations between checkpoints (resume is exact)
+    checkpoint_every     iterations between checkpoints (resume is exact); 0 writes none
+                         (a short in-memory run that is not resumed, e.g. a study's arm)
     reward_model         sub-stage training the sequence RM (when rewards has sequence_rm
                          and no reward stage ran): steps, batch_size, lr, ..., n_pairs
     token_rm             sub-stage training the token RM: steps, batch_size, lr, ...,
@@ -342,8 +343,9 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
     return batches, metrics
 
   src = RoundBatches(build, steps_per_round, rounds_dir)
-  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", r.name),
-                      every=steps_per_round * r.checkpoint_every, keep=c.checkpoint.keep)
+  ckpt = (Checkpointer(os.path.join(ctx.workdir, "checkpoints", r.name),
+                       every=steps_per_round * r.checkpoint_every, keep=c.checkpoint.keep)
+          if r.checkpoint_every > 0 else NoCheckpoints())
   state = run_stage(r.name, train_step=train_step, state=state, state_shardings=state_sh,
                     ref_params=None, batches=src, batch_sharding=batch_sh,
                     num_steps=r.iterations * steps_per_round, checkpointer=ckpt,

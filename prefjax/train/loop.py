@@ -101,6 +101,9 @@ class NoCheckpoints:
   def wait(self):
     pass
 
+  def close(self):
+    pass
+
 
 class LastValues:
   """A ``MetricsWriter`` stand-in that keeps only the last metrics line (``.values``)."""

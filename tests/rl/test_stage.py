@@ -47,8 +47,9 @@ class InterruptingWriter(MetricsWriter):
     super().write(stage, step, values)
 
 
-def _run(workdir, writer=None):
+def _run(workdir, writer=None, checkpoint_every=1):
   c = _config()
+  c.rl.checkpoint_every = checkpoint_every
   model = Transformer(CFG, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
@@ -85,6 +86,15 @@ def test_interrupted_run_resumes_exactly(tmp_path):
   assert la == lb                                    # rollouts, rewards, KL coefficient, losses
   coefs = [d["kl/coef"] for d in la]
   assert coefs[0] == 0.05 and coefs[1] != coefs[0]   # the adaptive controller acted
+
+
+def test_checkpoint_every_0_writes_no_checkpoint_and_trains_the_same(tmp_path):
+  a = _run(tmp_path / "a")
+  b = _run(tmp_path / "b", checkpoint_every=0)
+  assert (tmp_path / "a" / "checkpoints" / "ppo").is_dir()
+  assert not (tmp_path / "b" / "checkpoints").exists()
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert _lines(tmp_path / "a") == _lines(tmp_path / "b")
 
 
 @pytest.mark.slow

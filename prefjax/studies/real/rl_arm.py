@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import os
-import shutil
 
 from prefjax import cli
 from prefjax.errors import ConfigError
@@ -59,8 +58,8 @@ class Arm:
 
 def rl_section(arm: Arm, budget: dict, *, lr: float, kl_coef: float | None = None):
   """The recipe's ``rl`` section (experiments/real/), shortened to the study's ``budget``
-  (iterations, rollout_batch_size, minibatch_size, group_size, n_prompts); one checkpoint,
-  at the end."""
+  (iterations, rollout_batch_size, minibatch_size, group_size, n_prompts); no checkpoints
+  (an arm is a short in-memory run)."""
   c = cli._load_config(os.path.join(REPO, "experiments", "real", RECIPES[arm.recipe]))
   r = c.rl
   r.name = arm.name
@@ -73,14 +72,14 @@ def rl_section(arm: Arm, budget: dict, *, lr: float, kl_coef: float | None = Non
   r.lr = lr
   if kl_coef is not None:
     r.kl.coef = kl_coef
-  r.checkpoint_every = r.iterations
+  r.checkpoint_every = 0
   return r
 
 
 def run_rl(env, arm: Arm, budget: dict, *, seed: int, out: str, lr: float,
            kl_coef: float | None = None):
   """The policy params after ``arm``'s RL run from the start model (metrics under
-  ``out/rl/<arm>_seed<seed>_lr<lr>[_kl<coef>]``; its checkpoint is removed afterwards)."""
+  ``out/rl/<arm>_seed<seed>_lr<lr>[_kl<coef>]``)."""
   c = copy.deepcopy(env.ctx.config)
   c.seed = seed
   c.rl = rl_section(arm, budget, lr=lr, kl_coef=kl_coef)
@@ -90,6 +89,4 @@ def run_rl(env, arm: Arm, budget: dict, *, seed: int, out: str, lr: float,
   os.makedirs(work, exist_ok=True)
   with MetricsWriter(work, tensorboard=False) as writer:
     ctx = dataclasses.replace(env.ctx, config=c, workdir=work, writer=writer, summary={})
-    params = run_rl_stage(ctx, c.rl, env.start, env.start)
-  shutil.rmtree(os.path.join(work, "checkpoints"), ignore_errors=True)
-  return params
+    return run_rl_stage(ctx, c.rl, env.start, env.start)
