@@ -15,7 +15,7 @@ def test_rl_section_is_the_recipe_at_the_study_budget(recipe, group):
   assert (r.name, dict(r.rewards), r.lr, r.kl.coef) == ("arm", {"verifier": 1.0}, 2e-6, 0.07)
   assert (r.iterations, r.rollout_batch_size, r.minibatch_size, r.n_prompts) == (3, 12, 4, 20)
   assert r.group_size == group           # PPO keeps one sample per prompt
-  assert r.checkpoint_every == r.iterations
+  assert r.checkpoint_every == 0         # an arm writes no checkpoint
   assert r.advantage.estimator == {"ppo": "gae", "grpo": "grpo"}[recipe]
 
 
