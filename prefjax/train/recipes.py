@@ -81,7 +81,7 @@ def real_rl_config(stages=("ppo", "eval")):
 
 
 def rl_quick(c):
-  """A CPU smoke run of about two minutes: 1 iteration, 8 held-out prompts, short answers."""
+  """A CPU smoke run of about three minutes: 1 iteration, 8 held-out prompts, short answers."""
   c.rl.iterations = 1
   c.eval.n_prompts = 8
   c.tasks.n_train, c.tasks.n_eval = 64, 8
