@@ -130,12 +130,14 @@ def judge(policy, reference, tokenizer, items: Sequence, *, source, taskset=None
         k += 1
   p, r = scores["policy"], scores["reference"]
   out["win_rate_vs_reference"] = float(np.mean((p > r) + 0.5 * (p == r)))
-  # KL(policy || reference) on the policy's own samples.
+  # KL(policy || reference) on the policy's own samples: the policy's log-probs are the
+  # sampler's (the unmodified logits at each drawn token), the reference's one forward.
   kls = []
   for v in sides["policy"]:
-    lp, _, ref_lp = score(policy[0], policy[1], reference[0], reference[1],
-                          jax.tree.map(np.asarray, v.batch), chunk_size=s.logps_chunk)
-    kls.append(np.asarray(lp - ref_lp).sum(-1))
+    _, _, ref_lp = score(policy[0], policy[1], reference[0], reference[1],
+                         jax.tree.map(np.asarray, v.batch), chunk_size=s.logps_chunk,
+                         policy=False)
+    kls.append((v.cache["sampler_logps"] - np.asarray(ref_lp)).sum(-1))
   out["kl_to_reference"] = float(np.concatenate(kls).mean())
   return out, rows
 

@@ -32,7 +32,7 @@ from prefjax.data.collate import pack, stack
 from prefjax.errors import ConfigError, DataError
 from prefjax.models.logprobs import model_token_logps
 from prefjax.rl.reward_sources import RolloutView, compute_rewards
-from prefjax.sampling.sampler import sample_batch
+from prefjax.sampling.sampler import left_pad, prompt_copies, sample_batch, shared_prefix_len
 
 
 @struct.dataclass
@@ -74,6 +74,9 @@ class RolloutConfig:
   bucket: int = 16                # prompt widths and row lengths are rounded up to this
   prompt_len: int = 0             # > 0: every batch left-pads prompts to this width and rows
                                   # are prompt_len + max_new_tokens long (one compiled shape)
+  share_prefix: bool = True       # prefill the prompts' shared prefix and each run of
+                                  # identical prompts once (sampler only)
+  prefix_len: int = 0             # > 0: the shared prefix of every batch (set by fixed_width)
 
   @classmethod
   def for_tokenizer(cls, tokenizer, **kw) -> "RolloutConfig":
@@ -92,14 +95,15 @@ class RolloutConfig:
 
 
 def sample(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens, temperature, top_p,
-           eos_id, pad_id, top_k=0, stop_ids=()):
+           eos_id, pad_id, top_k=0, stop_ids=(), prefix_len=0, copies=1):
   """(tokens [B, N], sampler log-probs [B, N], stopped [B]) from
   ``prefjax.sampling.sampler.sample_batch``, stopping at ``eos_id`` or any of ``stop_ids``;
   pad / 0 after the stop token."""
   stops = tuple(sorted(set(stop_ids) | ({eos_id} if eos_id is not None else set())))
   return sample_batch(graphdef, params, tokens_bp, segment_bp, rng,
                       max_new_tokens=max_new_tokens, temperature=float(temperature),
-                      top_p=float(top_p), top_k=int(top_k), stop_ids=stops, pad_id=pad_id)
+                      top_p=float(top_p), top_k=int(top_k), stop_ids=stops, pad_id=pad_id,
+                      prefix_len=int(prefix_len), copies=int(copies))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "ref_graphdef", "chunk_size",
@@ -134,20 +138,24 @@ def on_rows(samp_lp, prompts, completions, t: int) -> np.ndarray:
   return out
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int):
-  tokens = np.full((len(prompts), width), pad_id, np.int32)
-  seg = np.zeros((len(prompts), width), np.int32)
-  for i, ids in enumerate(prompts):
-    tokens[i, width - len(ids):] = ids
-    seg[i, width - len(ids):] = 1
-  return tokens, seg
-
-
 def fixed_width(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> RolloutConfig:
   """``cfg`` with ``prompt_len`` set to the longest of ``prompts`` (rounded up to a bucket,
-  at most ``prompt_width``): every batch of these prompts then compiles one shape."""
+  at most ``prompt_width``) and, with ``share_prefix``, ``prefix_len`` to the prefix they
+  all share (``shared_prefix_len``): every batch of these prompts then compiles one shape."""
   width = min(cfg.prompt_width, _round_up(max(len(p) for p in prompts), cfg.bucket))
-  return dataclasses.replace(cfg, prompt_len=width)
+  prefix = shared_prefix_len(prompts, cfg.bucket) if cfg.share_prefix else 0
+  return dataclasses.replace(cfg, prompt_len=width, prefix_len=prefix)
+
+
+def _prefix_for(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> int:
+  """The shared prefix a batch is laid out with: ``cfg.prefix_len`` when the batch shares
+  it (one compiled shape for a pool's batches), else the batch's own."""
+  if not cfg.share_prefix:
+    return 0
+  n = cfg.prefix_len
+  if n and all(len(p) > n and list(p[:n]) == list(prompts[0][:n]) for p in prompts):
+    return n
+  return shared_prefix_len(prompts, cfg.bucket)
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
@@ -170,18 +178,21 @@ def _round_up(n: int, k: int) -> int:
 
 def _sample_completions(lm, prompts, rng, cfg: RolloutConfig):
   """(completions (token lists, the stop token kept when emitted), sampler log-probs [B, N],
-  stopped [B]) for prompts left-padded to the batch's longest (rounded up to ``cfg.bucket``)."""
+  stopped [B]) for prompts left-padded to the batch's longest (rounded up to ``cfg.bucket``),
+  their shared prefix and each run of identical prompts prefilled once."""
   lm_graphdef, lm_params = lm
   width = cfg.prompt_len or min(cfg.prompt_width,
                                 _round_up(max(len(p) for p in prompts), cfg.bucket))
-  tokens, seg = _left_pad(prompts, width, cfg.pad_id)
+  prefix = _prefix_for(prompts, cfg)
+  tokens, seg = left_pad(prompts, width, cfg.pad_id, prefix)
   kw = {}
   if cfg.top_k or len(cfg.stops) > 1:
     kw = dict(top_k=int(cfg.top_k), stop_ids=cfg.stops)
   out, samp_lp, eos = sample(lm_graphdef, lm_params, jnp.asarray(tokens), jnp.asarray(seg), rng,
                              max_new_tokens=cfg.max_new_tokens,
                              temperature=float(cfg.temperature), top_p=float(cfg.top_p),
-                             eos_id=cfg.eos_id, pad_id=cfg.pad_id, **kw)
+                             eos_id=cfg.eos_id, pad_id=cfg.pad_id, prefix_len=prefix,
+                             copies=prompt_copies(prompts) if cfg.share_prefix else 1, **kw)
   out, samp_lp, eos = np.asarray(out), np.asarray(samp_lp), np.asarray(eos)
   stops = set(cfg.stops)
   completions = []
@@ -216,13 +227,17 @@ def _policy_lm(graphdef, params):
 def sample_view(lm, items, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutConfig,
                 tokenizer) -> RolloutView:
   """Samples one completion per prompt from ``lm`` = (graphdef, params) of a Transformer:
-  the rows and decoded text a reward source reads (no scoring)."""
+  the rows and decoded text a reward source reads (no scoring); ``cache["sampler_logps"]``
+  holds the sampler's log-probs of the drawn tokens on the rows' action grid [B, T]."""
   check_prompts(prompts, cfg)
-  completions, _, eos = _sample_completions(lm, prompts, rng, cfg)
-  return RolloutView(batch=_rows(prompts, completions, cfg),
-                     prompts=[getattr(x, "text", x) for x in items],
+  completions, samp_lp, eos = _sample_completions(lm, prompts, rng, cfg)
+  rows = _rows(prompts, completions, cfg)
+  view = RolloutView(batch=rows, prompts=[getattr(x, "text", x) for x in items],
                      completions=[tokenizer.decode(c) for c in completions], eos_emitted=eos,
                      tasks=[getattr(x, "task", None) for x in items], items=list(items))
+  view.cache["sampler_logps"] = on_rows(np.asarray(samp_lp), prompts, completions,
+                                        rows["loss_mask"].shape[1])
+  return view
 
 
 def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutConfig,

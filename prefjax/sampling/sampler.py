@@ -14,6 +14,15 @@ a ``lax.while_loop`` feeds one token per row (first the prompt's last token) and
 next, until every row has drawn a stop id or ``max_new_tokens`` were drawn. A row that
 stopped keeps its stop token and is padded after it.
 
+Shared prefixes: prompts that start with the same tokens (a system prompt, few-shot examples,
+k samples of one prompt) are laid out as [prefix | padding | rest] (``left_pad(...,
+prefix_len=L)``, L from ``shared_prefix_len``) and ``sample_batch(..., prefix_len=L)``
+prefills the prefix once, for one row, and copies its cache to every row: the prefill costs
+one prefix plus each row's rest instead of every row's whole prompt. Positions count real
+tokens only, so a row reads the same as when left-padded. Copies: when the rows come in
+consecutive runs of ``copies`` identical prompts (k samples of each prompt;
+``prompt_copies``), one row of each run is prefilled and its cache copied to the others.
+
 Each drawn token also comes with its log-probability under the policy,
 ``log_softmax(logits)[token]`` of the unmodified float32 logits (not the temperature / top-k /
 top-p distribution it was drawn from): the value a trainer recomputes with one full forward
@@ -28,6 +37,7 @@ would sort the vocabulary.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -164,16 +174,19 @@ PREFILL_ROWS = 8
 PREFILL_CHUNK = 32
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
                                              "top_p", "top_k", "stop_ids", "pad_id",
-                                             "prefill_rows", "prefill_chunk"))
+                                             "prefill_rows", "prefill_chunk", "prefix_len",
+                                             "copies"))
 def sample_batch(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  stop_ids: tuple = (), pad_id: int = 0, prefill_rows: int = PREFILL_ROWS,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int = PREFILL_CHUNK, prefix_len: int = 0, copies: int = 1):
   """Draws up to ``max_new_tokens`` tokens per left-padded prompt row, with a KV cache.
 
   Args:
     graphdef, params: a prefjax ``Transformer`` (``nnx.split``; params as a pure dict).
     tokens_bp: [B, P] int prompt ids, left-padded (``left_pad``); every row holds >= 1 token.
+      With ``prefix_len`` = L > 0, columns [0, L) hold a prefix every row shares (all real
+      tokens) and the rest of each prompt (>= 1 token) is left-padded in columns [L, P).
     segment_bp: [B, P] int, 1 on prompt tokens and 0 on padding.
     rng: a PRNG key; step i draws with ``fold_in(rng, i)``, so results depend on rng only.
     max_new_tokens: N, the most tokens drawn per row.
@@ -181,6 +194,9 @@ def sample_batch(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens
     stop_ids: a row stops after drawing any of these (the stop token is kept).
     pad_id: written after a row's stop token.
     prefill_rows, prefill_chunk: the prefill's tile (see ``_prefill``).
+    prefix_len: L, the shared prefix's width (0: none); it is prefilled once, for one row.
+    copies: rows [c * copies, (c + 1) * copies) hold the same prompt, for every c (B is a
+      multiple of it); each prompt is prefilled once.
   Returns:
     tokens [B, N] int32 (pad_id after the stop), logps [B, N] float32 (log_softmax of the
     unmodified logits at each drawn token; 0 after the stop), stopped [B] bool (the row drew
@@ -190,16 +206,33 @@ def sample_batch(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens
   b, p = tokens_bp.shape
   n = max_new_tokens
   segment_bp = segment_bp.astype(jnp.int32)
+  if copies < 1 or b % copies:
+    raise ValueError(f"sample_batch: copies={copies} must divide the batch of {b} rows")
+  if not 0 <= prefix_len < p:
+    raise ValueError(f"sample_batch: prefix_len={prefix_len} must be in [0, {p}) (the prompt "
+                     f"width): every row needs a token after the shared prefix")
+  window = model.cfg.sliding_window
+  if prefix_len and window and p + prefill_chunk + n > window:
+    # Sliding-window attention measures distance in cache slots: the padding between the
+    # prefix and the rest would widen it, so the prefix moves back next to its row's rest.
+    tokens_bp, segment_bp = _join_prefix(tokens_bp, segment_bp, prefix_len, pad_id)
+    prefix_len = 0
   positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0)
   # Rows longest first, so that the prefill's row groups hold prompts of similar lengths;
-  # the outputs are put back in the caller's order at the end.
+  # the outputs are put back in the caller's order at the end. The sort is stable, so runs
+  # of copies stay together and start at multiples of ``copies``.
   order_b = jnp.argsort(-jnp.sum(segment_bp, axis=1), stable=True)
   tokens_bp, segment_bp, positions_bp = (x[order_b] for x in (tokens_bp, segment_bp,
                                                               positions_bp))
   # Slots: the prompt but its last token, then the n tokens the loop feeds (the prompt's last
   # token and every drawn token but the last, which is never fed back).
-  cache = _prefill(model, tokens_bp[:, :-1], positions_bp[:, :-1], segment_bp[:, :-1],
-                   extra_slots=n, rows=prefill_rows, chunk=prefill_chunk)
+  cache = _prefill(model, tokens_bp[::copies, :-1], positions_bp[::copies, :-1],
+                   segment_bp[::copies, :-1], extra_slots=n, rows=prefill_rows,
+                   chunk=prefill_chunk, prefix=prefix_len)
+  if copies > 1:
+    rep = lambda x: jnp.repeat(x, copies, axis=0)
+    cache = {"k": tuple(map(rep, cache["k"])), "v": tuple(map(rep, cache["v"])),
+             "segment_ids": rep(cache["segment_ids"]), "index": cache["index"]}
   stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
   ones_b1 = jnp.ones((b, 1), jnp.int32)
 
@@ -228,8 +261,20 @@ def sample_batch(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens
   return out_bn[back_b], logp_bn[back_b], stopped_b[back_b]
 
 
+def _join_prefix(tokens_bp, segment_bp, prefix_len: int, pad_id: int):
+  """[prefix | padding | rest] rows back to plain left padding [padding | prefix | rest]."""
+  p = tokens_bp.shape[1]
+  gap_b1 = p - prefix_len - jnp.sum(segment_bp[:, prefix_len:], axis=1, keepdims=True)
+  col = jnp.arange(p)[None, :]
+  src = jnp.where(col >= prefix_len + gap_b1, col, col - gap_b1)
+  keep = src >= 0
+  src = jnp.maximum(src, 0)
+  tokens = jnp.where(keep, jnp.take_along_axis(tokens_bp, src, axis=1), pad_id)
+  return tokens, jnp.where(keep, jnp.take_along_axis(segment_bp, src, axis=1), 0)
+
+
 def _prefill(model, tokens_bt, positions_bt, segment_bt, *, extra_slots: int, rows: int,
-             chunk: int):
+             chunk: int, prefix: int = 0):
   """A per-layer KV cache holding the given (left-padded) tokens, then ``extra_slots`` free
   slots; its write index points at the first free slot.
 
@@ -239,15 +284,30 @@ def _prefill(model, tokens_bt, positions_bt, segment_bt, *, extra_slots: int, ro
   holds a real token: each row group fills its cache chunk by chunk, left to right, every
   chunk attending to the group's earlier slots (the model's cached path). When T is not a
   multiple of the chunk width, the cache starts with up to chunk - 1 empty (masked) slots.
+
+  ``prefix`` > 0: columns [0, prefix) are the same real tokens in every row. They are run
+  once, for the first row, into slots [0, prefix) of every row's cache; the tiles then cover
+  the remaining columns, after up to chunk - 1 empty slots.
   """
   b, t = tokens_bt.shape
-  chunk = max(1, min(chunk, t))
-  lead = -t % chunk                         # empty slots in front: whole chunks of columns
-  width = lead + t
+  rest = t - prefix
+  chunk = max(1, min(chunk, rest))
+  lead = -rest % chunk                      # empty slots before the tiles: whole chunks
+  width = prefix + lead + rest
   cache = init_cache(model.cfg, b, width + extra_slots, per_layer=True)
-  if t == 0:
-    return cache
-  pad = lambda x: jnp.pad(x, ((0, 0), (lead, 0)))
+  if prefix:
+    one = init_cache(model.cfg, 1, prefix, per_layer=True)
+    _, one = model(tokens_bt[:1, :prefix], positions_bt[:1, :prefix], segment_bt[:1, :prefix],
+                   cache=one)
+    copy = lambda x, y: jax.lax.dynamic_update_slice_in_dim(
+        x, jnp.broadcast_to(y, (b,) + y.shape[1:]).astype(x.dtype), 0, axis=1)
+    cache = {"k": tuple(map(copy, cache["k"], one["k"])),
+             "v": tuple(map(copy, cache["v"], one["v"])),
+             "segment_ids": copy(cache["segment_ids"], one["segment_ids"]),
+             "index": cache["index"]}
+  if rest == 0:
+    return dict(cache, index=jnp.int32(width))
+  pad = lambda x: jnp.pad(x[:, prefix:], ((0, 0), (lead, 0)))
   tokens_bt, positions_bt, segment_bt = pad(tokens_bt), pad(positions_bt), pad(segment_bt)
   rows = max(1, min(rows, b))
   rows_slice = lambda x, r: jax.lax.dynamic_slice_in_dim(x, r, rows, axis=0)
@@ -267,11 +327,11 @@ def _prefill(model, tokens_bt, positions_bt, segment_bt, *, extra_slots: int, ro
 
       def run(sub):
         _, sub = model(cols_slice(tok, c), cols_slice(pos, c), cols_slice(seg, c),
-                       cache=dict(sub, index=c))
+                       cache=dict(sub, index=prefix + c))
         return sub
       return jax.lax.cond(jnp.any(cols_slice(seg, c) != 0), run, lambda sub: sub, sub)
 
-    sub = jax.lax.fori_loop(0, width // chunk, tile, dict(sub, index=jnp.int32(0)))
+    sub = jax.lax.fori_loop(0, (lead + rest) // chunk, tile, dict(sub, index=jnp.int32(0)))
     put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, r, axis=0)
     return {"k": tuple(map(put, cache["k"], sub["k"])),
             "v": tuple(map(put, cache["v"], sub["v"])),
@@ -293,17 +353,56 @@ def bucket_width(n: int, bucket: int = 16) -> int:
   return -(-n // step) * step
 
 
-def left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int):
+def shared_prefix_len(prompts: Sequence[Sequence[int]], multiple: int = 16) -> int:
+  """The longest prefix every prompt starts with and that leaves each prompt >= 1 more
+  token, rounded down to a multiple of ``multiple`` (few compiled shapes); 0 for fewer than
+  two prompts or a prefix shorter than ``multiple``."""
+  if len(prompts) < 2:
+    return 0
+  first = np.asarray(prompts[0])
+  n = min(len(x) for x in prompts) - 1
+  for ids in prompts[1:]:
+    if n <= 0:
+      break
+    same = np.asarray(ids[:n]) == first[:n]
+    n = int(n if same.all() else np.argmin(same))
+  multiple = max(multiple, 1)
+  return max(n, 0) // multiple * multiple
+
+
+def prompt_copies(prompts: Sequence[Sequence[int]]) -> int:
+  """The largest c such that the prompts come in consecutive runs of c identical ones (k
+  samples of each prompt: k, or a divisor of it), the ``copies`` of ``sample_batch``."""
+  runs, start = [], 0
+  for i in range(1, len(prompts) + 1):
+    if i == len(prompts) or list(prompts[i]) != list(prompts[start]):
+      runs.append(i - start)
+      start = i
+  return functools.reduce(math.gcd, runs, 0) or 1
+
+
+def left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int, prefix_len: int = 0):
   """(tokens [B, W], segment ids [B, W]) as np.int32: each prompt right-aligned in ``width``
-  columns, pad_id / segment 0 before it."""
+  columns, pad_id / segment 0 before it.
+
+  ``prefix_len`` = L > 0 (every prompt starts with the same L tokens and has more): the
+  prefix fills columns [0, L) and the rest of each prompt is right-aligned after it, the
+  layout ``sample_batch(..., prefix_len=L)`` reads."""
   tokens = np.full((len(prompts), width), pad_id, np.int32)
   seg = np.zeros((len(prompts), width), np.int32)
+  head = list(prompts[0][:prefix_len]) if prefix_len else []
   for i, ids in enumerate(prompts):
     if len(ids) > width:
       raise ValueError(f"left_pad: prompt {i} has {len(ids)} tokens, more than width {width}")
-    if len(ids):
-      tokens[i, width - len(ids):] = ids
-      seg[i, width - len(ids):] = 1
+    if prefix_len:
+      if len(ids) <= prefix_len or list(ids[:prefix_len]) != head:
+        raise ValueError(f"left_pad: prompt {i} does not start with the shared prefix of "
+                         f"{prefix_len} tokens and continue after it")
+      tokens[i, :prefix_len] = head
+      seg[i, :prefix_len] = 1
+    if len(ids) > prefix_len:
+      tokens[i, width - len(ids) + prefix_len:] = ids[prefix_len:]
+      seg[i, width - len(ids) + prefix_len:] = 1
   return tokens, seg
 
 
@@ -321,14 +420,17 @@ def cut_at_stop(row: Sequence[int], stopped: bool, stop_ids) -> list[int]:
 def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              rng, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_id: int | None = None, stop_ids: Sequence[int] = (), pad_id: int = 0,
-             batch_size: int = 64, bucket: int = 16) -> list[list[int]]:
+             batch_size: int = 64, bucket: int = 16,
+             share_prefix: bool = True) -> list[list[int]]:
   """Completions (token ids, the stop token included when drawn), one per prompt, in order.
 
   Prompts run in batches of ``batch_size`` in the given order (the last batch is filled up
   with copies so every batch has one shape); each batch's width is its longest prompt
   rounded up by ``bucket_width``. Generation stops at any of ``stop_ids`` or ``eos_id``
   (e.g. ``tokenizer.stop_ids``: the chat template's end of turn and EOS). Batch j draws with
-  ``fold_in(rng, j)``.
+  ``fold_in(rng, j)``. With ``share_prefix``, a batch's shared prefix (``shared_prefix_len``,
+  a multiple of ``bucket``) and each run of identical prompts (``prompt_copies``) are
+  prefilled once.
   """
   if not len(prompts):
     return []
@@ -342,11 +444,13 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_toke
     n = len(chunk)
     chunk += [chunk[-1]] * (batch_size - n)          # fixed batch shape: one compile
     width = bucket_width(max(len(x) for x in chunk), bucket)
-    tokens, seg = left_pad(chunk, width, pad_id)
+    prefix = shared_prefix_len(chunk, bucket) if share_prefix else 0
+    copies = prompt_copies(chunk) if share_prefix else 1
+    tokens, seg = left_pad(chunk, width, pad_id, prefix)
     res, _, stopped = sample_batch(
         graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), jax.random.fold_in(rng, j),
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
-        top_k=int(top_k), stop_ids=stops, pad_id=pad_id)
+        top_k=int(top_k), stop_ids=stops, pad_id=pad_id, prefix_len=prefix, copies=copies)
     res, stopped = np.asarray(res), np.asarray(stopped)
     out += [cut_at_stop(row, s, stops) for row, s in zip(res[:n].tolist(), stopped[:n])]
   return out

@@ -77,3 +77,23 @@ def test_win_rate_counts_ties_half_and_kl_is_positive_for_a_different_policy():
   r = np.array([r["score"] for r in rows if r["model"] == "reference"])
   assert metrics["win_rate_vs_reference"] == np.mean((p > r) + 0.5 * (p == r))
   assert metrics["kl_to_reference"] > 0
+
+
+def test_kl_uses_the_sampler_log_probs_and_equals_two_full_forwards():
+  """The policy's side of the KL is the sampler's log-probs; it matches the KL from full
+  forwards of both models (the trainer's log-probs) up to cache-vs-forward rounding."""
+  from prefjax.rl.rollout import score
+  pol, ref = _model(0, 0.05), _model(1, 0.05)
+  s = judge.JudgeSettings(n_samples=2, max_new_tokens=8, max_len=32, batch_size=4,
+                          temperature=1.0, logps_chunk=None)
+  metrics, _ = judge.judge(pol, ref, TOK, _items(4), source=_verifier(), taskset=_TaskSet(),
+                           settings=s)
+  side = judge.judge_side(pol, TOK, _items(4), source=_verifier(), taskset=_TaskSet(),
+                          settings=s)
+  kls = []
+  for v in side.views:
+    lp, _, ref_lp = score(pol[0], pol[1], ref[0], ref[1], jax.tree.map(np.asarray, v.batch))
+    kls.append(np.asarray(lp - ref_lp).sum(-1))
+  want = float(np.concatenate(kls).mean())
+  assert abs(want) > 1e-2
+  assert abs(metrics["kl_to_reference"] - want) < 1e-4

@@ -11,8 +11,9 @@ from flax import nnx
 
 from prefjax.models import Transformer, init_cache, make_config
 from prefjax.models.logprobs import token_logprobs
-from prefjax.sampling.sampler import (bucket_width, generate, left_pad, sample_batch,
-                                      sample_token)
+from prefjax.sampling.sampler import (_join_prefix, bucket_width, generate, left_pad,
+                                      prompt_copies, sample_batch, sample_token,
+                                      shared_prefix_len)
 
 V = 64
 N = 12
@@ -147,6 +148,125 @@ def test_per_layer_cache_decodes_like_the_stacked_cache_and_the_scan():
     assert isinstance(cache["k"], tuple) == per_layer
     np.testing.assert_allclose(np.asarray(got)[seg == 1], np.asarray(full)[seg == 1],
                                atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- shared prefix
+HEAD = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+# A shared head, then rests of 1 to 7 tokens; the second prompt twice (k samples of a prompt).
+PREFIXED = [HEAD + [30], HEAD + [31, 32, 33], HEAD + [31, 32, 33], HEAD + [40, 41, 42, 43, 44,
+                                                                          45, 46],
+            HEAD + [50, 51]]
+
+
+def _sample_prefixed(graphdef, params, prompts, prefix_len, width=24, seed=0, **kw):
+  tokens, seg = left_pad(prompts, width, 0, prefix_len)
+  out = sample_batch(graphdef, params, jnp.asarray(tokens), jnp.asarray(seg),
+                     jax.random.key(seed), max_new_tokens=N, prefix_len=prefix_len, **kw)
+  return tuple(np.asarray(x) for x in out)
+
+
+@pytest.mark.parametrize("tiles", TILES, ids=["default", "1x4", "3x7"])
+def test_a_shared_prefix_prefilled_once_decodes_like_each_whole_prompt(llama, tiles):
+  _, graphdef, params = llama
+  want = [_full_greedy(graphdef, params, p) for p in PREFIXED]
+  plain = _sample_prefixed(graphdef, params, PREFIXED, 0, temperature=0.0, **tiles)
+  for prefix in (8, 10):
+    out, logps, stopped = _sample_prefixed(graphdef, params, PREFIXED, prefix, temperature=0.0,
+                                           **tiles)
+    assert out.tolist() == want
+    np.testing.assert_allclose(logps, plain[1], atol=2e-5)
+  # Drawn (temperature 1): the same tokens from the same rng, the same log-probs.
+  a = _sample_prefixed(graphdef, params, PREFIXED, 0, seed=5, temperature=1.0, **tiles)
+  b = _sample_prefixed(graphdef, params, PREFIXED, 10, seed=5, temperature=1.0, **tiles)
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_allclose(a[1], b[1], atol=2e-5)
+
+
+@pytest.mark.parametrize("prefix", [0, 8])
+def test_copies_of_a_prompt_are_prefilled_once_and_drawn_independently(llama, prefix):
+  _, graphdef, params = llama
+  rows = [p for p in PREFIXED[1:] for _ in range(3)]          # 4 prompts x 3 samples each
+  assert prompt_copies(rows) == 3
+
+  def draw(copies, temperature):
+    tokens, seg = left_pad(rows, 24, 0, prefix)
+    return tuple(np.asarray(x) for x in sample_batch(
+        graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), jax.random.key(2),
+        max_new_tokens=N, temperature=temperature, prefix_len=prefix, copies=copies,
+        prefill_rows=3, prefill_chunk=7))
+
+  greedy = draw(3, 0.0)
+  assert greedy[0].tolist() == [_full_greedy(graphdef, params, p) for p in rows]
+  a, b = draw(1, 1.0), draw(3, 1.0)
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_allclose(a[1], b[1], atol=2e-5)
+  assert len({tuple(r) for r in b[0][:3].tolist()}) > 1      # copies draw their own tokens
+  with pytest.raises(ValueError, match="copies=5 must divide the batch of 12 rows"):
+    draw(5, 1.0)
+
+
+def test_prompt_copies():
+  assert prompt_copies([[1], [1], [2], [2]]) == 2
+  assert prompt_copies([[1], [1], [1], [1], [2], [2]]) == 2
+  assert prompt_copies([[1], [2], [2]]) == 1
+  assert prompt_copies([[1, 2], [1, 2], [1, 2]]) == 3
+  assert prompt_copies([[1], [2], [1], [2]]) == 1             # not consecutive
+  assert prompt_copies([]) == 1
+
+
+def test_generate_shares_a_prefix_and_decodes_the_same(llama):
+  _, graphdef, params = llama
+  kw = dict(max_new_tokens=N, rng=jax.random.key(0), temperature=0.0, bucket=4)
+  shared = generate(graphdef, params, PREFIXED, **kw)
+  assert shared == generate(graphdef, params, PREFIXED, share_prefix=False, **kw)
+  assert shared == [_full_greedy(graphdef, params, p) for p in PREFIXED]
+
+
+def test_a_sliding_window_model_reads_the_prefix_next_to_its_rest():
+  """Sliding-window attention counts cache slots, so the padding between a shared prefix and
+  a row's rest would move keys out of the window: such a model decodes left-padded rows."""
+  cfg = make_config(None, vocab_size=V, overrides=dict(
+      dim=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=4, mlp_dim=24, max_len=64,
+      sliding_window=6))
+  graphdef, state = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  params = nnx.to_pure_dict(state)
+  plain = _sample_prefixed(graphdef, params, PREFIXED, 0, temperature=0.0)
+  shared = _sample_prefixed(graphdef, params, PREFIXED, 10, temperature=0.0)
+  np.testing.assert_array_equal(plain[0], shared[0])
+  np.testing.assert_allclose(plain[1], shared[1], atol=2e-5)
+  tokens, seg = left_pad(PREFIXED, 20, 0, 10)
+  joined = _join_prefix(jnp.asarray(tokens), jnp.asarray(seg), 10, 0)
+  want = left_pad(PREFIXED, 20, 0)
+  np.testing.assert_array_equal(np.asarray(joined[0]), want[0])
+  np.testing.assert_array_equal(np.asarray(joined[1]), want[1])
+
+
+def test_shared_prefix_len_and_the_prefix_layout():
+  assert shared_prefix_len(PREFIXED, 1) == 10
+  assert shared_prefix_len(PREFIXED, 4) == 8
+  assert shared_prefix_len(PREFIXED, 16) == 0                 # shorter than one multiple
+  assert shared_prefix_len([HEAD + [1]], 1) == 0              # one prompt: nothing to share
+  assert shared_prefix_len([HEAD, HEAD], 1) == 9              # a prompt keeps >= 1 token
+  assert shared_prefix_len([[1, 2, 3], [1, 5, 3]], 1) == 1
+  assert shared_prefix_len([[1, 2, 3], [2, 2, 3]], 1) == 0
+  tokens, seg = left_pad([[1, 2, 3, 4], [1, 2, 5]], 6, 9, prefix_len=2)
+  np.testing.assert_array_equal(tokens, [[1, 2, 9, 9, 3, 4], [1, 2, 9, 9, 9, 5]])
+  np.testing.assert_array_equal(seg, [[1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 0, 1]])
+  with pytest.raises(ValueError, match="prompt 1 does not start with the shared prefix"):
+    left_pad([[1, 2, 3], [1, 4, 3]], 4, 0, prefix_len=2)
+  with pytest.raises(ValueError, match="prompt 1 does not start"):
+    left_pad([[1, 2, 3], [1, 2]], 4, 0, prefix_len=2)          # nothing after the prefix
+
+
+def test_rollouts_share_their_pool_prefix(llama):
+  from prefjax.rl.rollout import RolloutConfig, _prefix_for, fixed_width
+  cfg = fixed_width(PREFIXED, RolloutConfig(max_len=40, max_new_tokens=8, bucket=4))
+  assert (cfg.prompt_len, cfg.prefix_len) == (20, 8)
+  assert _prefix_for(PREFIXED[:2], cfg) == 8                  # the pool's: one shape
+  assert _prefix_for([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], cfg) == 4     # the batch's own
+  off = fixed_width(PREFIXED, RolloutConfig(max_len=40, max_new_tokens=8, bucket=4,
+                                            share_prefix=False))
+  assert off.prefix_len == 0 and _prefix_for(PREFIXED, off) == 0
 
 
 # ----------------------------------------------------------------------------- stopping
