@@ -51,7 +51,9 @@ def test_ranking_writes_ranking_accuracy_and_win_rate_by_checkpoint(out):
       "R_train", "accuracy", "win_rate", "kl"))
   steps = [r["step"] for r in doc["rows"]]
   assert steps == sorted(steps) and steps[0] == 0 and len(steps) == 3
-  assert doc["rows"][0]["kl"] == 0.0 and doc["rows"][0]["win_rate"] == 0.5
+  # The start judged against itself: the same answers, and a KL of zero up to the rounding
+  # of the sampler's log-probs against the reference's forward.
+  assert abs(doc["rows"][0]["kl"]) < 1e-4 and doc["rows"][0]["win_rate"] == 0.5
   assert "flips_wrong_to_right_by_quartile" in doc["rows"][-1]
 
 
