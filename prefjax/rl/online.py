@@ -37,8 +37,7 @@ from prefjax.rl import reward_sources as rw
 from prefjax.rl.rollout import RolloutConfig, check_prompts, fixed_width, sample_view
 from prefjax.rl.stage import judge_metrics
 from prefjax.train import ref_cache
-from prefjax.train.checkpoint import Checkpointer
-from prefjax.train.loop import run_stage
+from prefjax.train.loop import run_stage, stage_checkpointer
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.rounds import RoundBatches
@@ -69,7 +68,7 @@ def online_config() -> ml_collections.ConfigDict:
   o.n_prompts = 2000               # training-prompt pool
   o.rewards = ml_collections.ConfigDict({"verifier": 1.0})
   o.reward_kwargs = ml_collections.ConfigDict()
-  o.checkpoint_every = 1           # rounds between checkpoints
+  o.checkpoint_every = 1           # rounds between checkpoints; 0 writes none
   return o
 
 
@@ -227,8 +226,8 @@ def run_online_stage(ctx, o, policy_params):
     return batches, metrics
 
   src = RoundBatches(build, o.steps_per_round, os.path.join(ctx.workdir, "rounds", o.name))
-  ckpt = Checkpointer(os.path.join(ctx.workdir, "checkpoints", o.name),
-                      every=o.steps_per_round * o.checkpoint_every, keep=c.checkpoint.keep)
+  ckpt = stage_checkpointer(os.path.join(ctx.workdir, "checkpoints", o.name),
+                            every=o.steps_per_round * o.checkpoint_every, keep=c.checkpoint.keep)
   state = run_stage(o.name, train_step=step, state=state, state_shardings=state_sh,
                     ref_params=None, batches=src, batch_sharding=batch_sh,
                     num_steps=o.rounds * o.steps_per_round, checkpointer=ckpt,

@@ -52,9 +52,8 @@ from prefjax.rl import reward_sources as rw
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_policy
 from prefjax.rl.rollout import (RolloutConfig, check_prompts, fixed_width, rollout,
                                 sample_view)
-from prefjax.train.checkpoint import Checkpointer
 from prefjax.train.sections import train_section
-from prefjax.train.loop import NoCheckpoints, run_stage
+from prefjax.train.loop import run_stage, stage_checkpointer
 from prefjax.train.objective import make_objective
 from prefjax.train.optimizer import make_optimizer
 from prefjax.train.rounds import RoundBatches
@@ -343,9 +342,8 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
     return batches, metrics
 
   src = RoundBatches(build, steps_per_round, rounds_dir)
-  ckpt = (Checkpointer(os.path.join(ctx.workdir, "checkpoints", r.name),
-                       every=steps_per_round * r.checkpoint_every, keep=c.checkpoint.keep)
-          if r.checkpoint_every > 0 else NoCheckpoints())
+  ckpt = stage_checkpointer(os.path.join(ctx.workdir, "checkpoints", r.name),
+                            every=steps_per_round * r.checkpoint_every, keep=c.checkpoint.keep)
   state = run_stage(r.name, train_step=train_step, state=state, state_shardings=state_sh,
                     ref_params=None, batches=src, batch_sharding=batch_sh,
                     num_steps=r.iterations * steps_per_round, checkpointer=ckpt,

@@ -105,6 +105,14 @@ class NoCheckpoints:
     pass
 
 
+def stage_checkpointer(directory: str, *, every: int, keep: int):
+  """A ``Checkpointer`` saving every ``every`` steps under ``directory``, or
+  ``NoCheckpoints`` for ``every`` <= 0 (nothing written: a short in-memory run)."""
+  if every <= 0:
+    return NoCheckpoints()
+  return Checkpointer(directory, every=every, keep=keep)
+
+
 class LastValues:
   """A ``MetricsWriter`` stand-in that keeps only the last metrics line (``.values``)."""
 

@@ -85,6 +85,18 @@ def test_online_rounds_train_through_the_shared_step(tmp_path, loss, over):
   assert max(moved) > 0
 
 
+def test_checkpoint_every_0_writes_no_checkpoint_and_trains_the_same(tmp_path):
+  _, a, la = _run(_config(), tmp_path / "a")
+  _, b, lb = _run(_config(checkpoint_every=0), tmp_path / "b")
+  assert (tmp_path / "a" / "checkpoints" / "online").is_dir()
+  assert not (tmp_path / "b" / "checkpoints").exists()
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  untimed = lambda lines: [{k: v for k, v in d.items()
+                            if "seconds" not in k and "per_s" not in k and k != "time"}
+                           for d in lines]
+  assert untimed(la) == untimed(lb)
+
+
 def test_online_config_errors_are_one_line():
   for over, match in [({"loss": "sft"}, "is a 'sft' loss"), ({"loss": "dpoo"}, "unknown loss"),
                       ({"k": 1}, "k must be >= 2"), ({"pairs": "best"}, "unknown 'best'"),
