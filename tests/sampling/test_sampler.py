@@ -158,6 +158,19 @@ PREFIXED = [HEAD + [30], HEAD + [31, 32, 33], HEAD + [31, 32, 33], HEAD + [40, 4
             HEAD + [50, 51]]
 
 
+@pytest.fixture(scope="module")
+def native():
+  """(graphdef, params) of a random prefjax Transformer (no torch needed), GQA 4/2 heads."""
+  return _native_model()
+
+
+def _native_model(**over):
+  cfg = make_config(None, vocab_size=V, overrides=dict(
+      dim=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=4, mlp_dim=24, max_len=64, **over))
+  graphdef, state = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  return graphdef, nnx.to_pure_dict(state)
+
+
 def _sample_prefixed(graphdef, params, prompts, prefix_len, width=24, seed=0, **kw):
   tokens, seg = left_pad(prompts, width, 0, prefix_len)
   out = sample_batch(graphdef, params, jnp.asarray(tokens), jnp.asarray(seg),
@@ -166,8 +179,8 @@ def _sample_prefixed(graphdef, params, prompts, prefix_len, width=24, seed=0, **
 
 
 @pytest.mark.parametrize("tiles", TILES, ids=["default", "1x4", "3x7"])
-def test_a_shared_prefix_prefilled_once_decodes_like_each_whole_prompt(llama, tiles):
-  _, graphdef, params = llama
+def test_a_shared_prefix_prefilled_once_decodes_like_each_whole_prompt(native, tiles):
+  graphdef, params = native
   want = [_full_greedy(graphdef, params, p) for p in PREFIXED]
   plain = _sample_prefixed(graphdef, params, PREFIXED, 0, temperature=0.0, **tiles)
   for prefix in (8, 10):
@@ -183,8 +196,8 @@ def test_a_shared_prefix_prefilled_once_decodes_like_each_whole_prompt(llama, ti
 
 
 @pytest.mark.parametrize("prefix", [0, 8])
-def test_copies_of_a_prompt_are_prefilled_once_and_drawn_independently(llama, prefix):
-  _, graphdef, params = llama
+def test_copies_of_a_prompt_are_prefilled_once_and_drawn_independently(native, prefix):
+  graphdef, params = native
   rows = [p for p in PREFIXED[1:] for _ in range(3)]          # 4 prompts x 3 samples each
   assert prompt_copies(rows) == 3
 
@@ -214,8 +227,8 @@ def test_prompt_copies():
   assert prompt_copies([]) == 1
 
 
-def test_generate_shares_a_prefix_and_decodes_the_same(llama):
-  _, graphdef, params = llama
+def test_generate_shares_a_prefix_and_decodes_the_same(native):
+  graphdef, params = native
   kw = dict(max_new_tokens=N, rng=jax.random.key(0), temperature=0.0, bucket=4)
   shared = generate(graphdef, params, PREFIXED, **kw)
   assert shared == generate(graphdef, params, PREFIXED, share_prefix=False, **kw)
@@ -225,11 +238,7 @@ def test_generate_shares_a_prefix_and_decodes_the_same(llama):
 def test_a_sliding_window_model_reads_the_prefix_next_to_its_rest():
   """Sliding-window attention counts cache slots, so the padding between a shared prefix and
   a row's rest would move keys out of the window: such a model decodes left-padded rows."""
-  cfg = make_config(None, vocab_size=V, overrides=dict(
-      dim=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=4, mlp_dim=24, max_len=64,
-      sliding_window=6))
-  graphdef, state = nnx.split(Transformer(cfg, nnx.Rngs(0)))
-  params = nnx.to_pure_dict(state)
+  graphdef, params = _native_model(sliding_window=6)
   plain = _sample_prefixed(graphdef, params, PREFIXED, 0, temperature=0.0)
   shared = _sample_prefixed(graphdef, params, PREFIXED, 10, temperature=0.0)
   np.testing.assert_array_equal(plain[0], shared[0])
@@ -258,7 +267,7 @@ def test_shared_prefix_len_and_the_prefix_layout():
     left_pad([[1, 2, 3], [1, 2]], 4, 0, prefix_len=2)          # nothing after the prefix
 
 
-def test_rollouts_share_their_pool_prefix(llama):
+def test_rollouts_share_their_pool_prefix():
   from prefjax.rl.rollout import RolloutConfig, _prefix_for, fixed_width
   cfg = fixed_width(PREFIXED, RolloutConfig(max_len=40, max_new_tokens=8, bucket=4))
   assert (cfg.prompt_len, cfg.prefix_len) == (20, 8)
