@@ -152,10 +152,10 @@ def _prefix_for(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> int:
   it (one compiled shape for a pool's batches), else the batch's own."""
   if not cfg.share_prefix:
     return 0
-  n = cfg.prefix_len
-  if n and all(len(p) > n and list(p[:n]) == list(prompts[0][:n]) for p in prompts):
-    return n
-  return shared_prefix_len(prompts, cfg.bucket)
+  common = shared_prefix_len(prompts, 1)
+  if cfg.prefix_len and common >= cfg.prefix_len:
+    return cfg.prefix_len
+  return common // cfg.bucket * cfg.bucket
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: RolloutConfig) -> None:
