@@ -335,8 +335,14 @@ def _flash_bwd(scale, softcap, causal, bq, bk, res, dout_bthk):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def sliding_window_mask(mask_b1ts, window: int, index=0):
-  """Restricts a (B, 1, T, S) mask to keys within ``window`` of the query's slot."""
+def sliding_window_mask(mask_b1ts, window: int, index=0, positions_bt=None):
+  """Restricts a (B, 1, T, S) mask to keys within ``window`` of the query's slot, or, with
+  ``positions_bt`` (no cache: T == S), within ``window`` positions: prefix-shared rows
+  (prefjax/data/layout.py) place a branch's tokens further from the prompt in slots than in
+  positions, and positions are what the plain row sees."""
+  if positions_bt is not None:
+    near = positions_bt[:, :, None] - positions_bt[:, None, :] < window             # (B, T, S)
+    return mask_b1ts & near[:, None]
   t, s = mask_b1ts.shape[-2:]
   q_slot = index + jnp.arange(t)[:, None]                                           # (T, 1)
   near = q_slot - jnp.arange(s)[None, :] < window                                   # (T, S)

@@ -188,7 +188,8 @@ class Transformer(nnx.Module):
       mask = cache_mask(seg, index, tokens_bt.shape[1])
     local_mask = None
     if cfg.sliding_window:
-      local_mask = sliding_window_mask(mask, cfg.sliding_window, 0 if index is None else index)
+      local_mask = (sliding_window_mask(mask, cfg.sliding_window, positions_bt=positions_bt)
+                    if index is None else sliding_window_mask(mask, cfg.sliding_window, index))
     x, new_kv = self._blocks(x, positions_bt, mask, local_mask, cache, index)
     # The final norm, the output projection and the logits are float32 (bf16 logits would
     # round log-probs of long completions by ~1e-2 per token).

@@ -39,34 +39,39 @@ class ActorCritic(nnx.Module):
       self.value_head = param(rngs, (cfg.dim,), ("embed",), init="zeros", dtype=pd)
       self.value_bias = param(rngs, (), (), init="zeros", dtype=pd)
 
-  def _values(self, h_btd, tokens_bt, positions_bt, segment_ids_bt):
+  def _values(self, h_btd, tokens_bt, positions_bt, segment_ids_bt, branch_ids_bt=None):
     """[B, T] float32 values from the policy's hidden states (shared) or the critic's."""
     if self.critic == "none":
       return jnp.zeros(tokens_bt.shape, jnp.float32)
     if self.critic == "separate":
       h_btd, _ = self.critic_backbone(tokens_bt, positions_bt, segment_ids_bt,
-                                      return_hidden=True)
+                                      return_hidden=True, branch_ids_bt=branch_ids_bt)
     values = (h_btd.astype(jnp.float32) * self.value_head[...].astype(jnp.float32)).sum(-1)
     return values + self.value_bias[...].astype(jnp.float32)
 
-  def __call__(self, tokens_bt, positions_bt, segment_ids_bt):
-    """(logits [B, T, V] float32, values [B, T] float32)."""
-    h, _ = self.lm(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True)
+  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, branch_ids_bt=None):
+    """(logits [B, T, V] float32, values [B, T] float32); ``branch_ids_bt``: prefix-shared
+    rows (prefjax/data/layout.py)."""
+    h, _ = self.lm(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True,
+                   branch_ids_bt=branch_ids_bt)
     return (self.lm.head(h),
-            self._values(h, tokens_bt, positions_bt, segment_ids_bt))
+            self._values(h, tokens_bt, positions_bt, segment_ids_bt, branch_ids_bt))
 
   def logps_and_values(self, batch, chunk_size=None):
     """Per-token log-probs of ``target_ids`` and values, [B, T] float32; with ``chunk_size``
-    the vocabulary head runs in chunks on the ``loss_mask`` tokens only (no [B, T, V])."""
+    the vocabulary head runs in chunks on the ``loss_mask`` tokens only (no [B, T, V]).
+    A ``branch_ids`` field marks prefix-shared rows."""
     args = (batch["input_ids"], batch["positions"], batch["segment_ids"])
-    h, _ = self.lm(*args, return_hidden=True)
+    branch = batch.get("branch_ids")
+    h, _ = self.lm(*args, return_hidden=True, branch_ids_bt=branch)
     lp = hidden_token_logps(self.lm, h, batch["target_ids"], chunk_size=chunk_size,
                             mask_bt=batch["loss_mask"].astype(jnp.float32))
-    return lp, self._values(h, *args)
+    return lp, self._values(h, *args, branch)
 
   def evaluate(self, batch):
     """Per-token log-probs of ``target_ids``, entropies and values, each [B, T] float32."""
-    logits, values = self(batch["input_ids"], batch["positions"], batch["segment_ids"])
+    logits, values = self(batch["input_ids"], batch["positions"], batch["segment_ids"],
+                          batch.get("branch_ids"))
     return (token_logprobs(logits, batch["target_ids"]), entropy_from_logits(logits), values)
 
 

@@ -31,6 +31,7 @@ from flax import nnx, struct
 from prefjax.data.collate import pack, stack
 from prefjax.errors import ConfigError, DataError
 from prefjax.models.logprobs import model_token_logps
+from prefjax.rl import shared_rows
 from prefjax.rl.reward_sources import RolloutView, compute_rewards
 from prefjax.sampling.sampler import left_pad, prompt_copies, sample_batch, shared_prefix_len
 
@@ -111,21 +112,32 @@ def sample(graphdef, params, tokens_bp, segment_bp, rng, *, max_new_tokens, temp
 def score(graphdef, params, ref_graphdef, ref_params, rows, chunk_size=None, policy=True):
   """Train-side forward: policy log-probs, values [B, T] and reference log-probs [B, T].
 
+  ``rows`` may carry group rows (``prefjax.rl.shared_rows``, each prompt once) beside its
+  ``loss_mask`` [B, T]: the models run on those and their outputs land on the [B, T] grid.
+
   ``policy=False`` skips the policy's forward (log-probs and values read 0): the sampler's
   log-probs stand in for the trainer's (``RolloutConfig.old_logps="sampler"``).
   """
   m = rows["loss_mask"].astype(jnp.float32)
-  lp = values = jnp.zeros(m.shape, jnp.float32)
+  grouped = shared_rows.is_grouped(rows)
+  x = shared_rows.unit_view(rows) if grouped else rows
+  xm = x["loss_mask"].astype(jnp.float32)
+  lp = values = jnp.zeros(xm.shape, jnp.float32)
   if policy:
     model = nnx.merge(graphdef, params)
     if hasattr(model, "logps_and_values"):
-      lp, values = model.logps_and_values(rows, chunk_size=chunk_size)
+      lp, values = model.logps_and_values(x, chunk_size=chunk_size)
     else:
-      lp = model_token_logps(model, rows["input_ids"], rows["positions"], rows["segment_ids"],
-                             rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
+      lp = model_token_logps(model, x["input_ids"], x["positions"], x["segment_ids"],
+                             x["target_ids"], chunk_size=chunk_size, mask_bt=xm,
+                             branch_ids_bt=x.get("branch_ids"))
   ref = nnx.merge(ref_graphdef, ref_params)
-  ref_lp = model_token_logps(ref, rows["input_ids"], rows["positions"], rows["segment_ids"],
-                             rows["target_ids"], chunk_size=chunk_size, mask_bt=m)
+  ref_lp = model_token_logps(ref, x["input_ids"], x["positions"], x["segment_ids"],
+                             x["target_ids"], chunk_size=chunk_size, mask_bt=xm,
+                             branch_ids_bt=x.get("branch_ids"))
+  if grouped:
+    lp, values, ref_lp = (shared_rows.to_plain(y, rows["rows_gather"])
+                          for y in (lp, values, ref_lp))
   return lp * m, values * m, jax.lax.stop_gradient(ref_lp) * m
 
 
@@ -216,6 +228,20 @@ def _rows(prompts, completions, cfg: RolloutConfig) -> dict:
   return {k: v[:, :t] if np.ndim(v) == 2 else v for k, v in rows.items()}
 
 
+def _scored_rows(rows: dict, prompts, cfg: RolloutConfig) -> dict:
+  """What ``score`` runs on: with ``share_prefix`` and runs of c > 1 copies of each prompt
+  (groups), one group row per run (``shared_rows.group_rows``: each prompt computed once)
+  plus the plain ``loss_mask``; else the plain rows."""
+  c = prompt_copies(prompts) if cfg.share_prefix else 1
+  if c < 2:
+    return rows
+  width = cfg.prompt_len or max(len(p) for p in prompts)
+  out = shared_rows.group_rows(rows["input_ids"], rows["target_ids"], rows["loss_mask"], c,
+                               max_len=shared_rows.max_row_len(width, c, cfg.max_new_tokens))
+  out["loss_mask"] = rows["loss_mask"]
+  return out
+
+
 def _policy_lm(graphdef, params):
   """The Transformer that samples: ``params["lm"]`` of an ActorCritic, else the model."""
   model = nnx.merge(graphdef, params)
@@ -262,8 +288,9 @@ def rollout(policy, ref, prompts: Sequence[Sequence[int]], *, rng, cfg: RolloutC
                                                   cfg)
   rows = _rows(prompts, completions, cfg)
   recompute = cfg.old_logps == "trainer" or "value_head" in params
-  lp, values, ref_lp = score(graphdef, params, ref_graphdef, ref_params, rows,
-                             chunk_size=cfg.logps_chunk, policy=recompute)
+  lp, values, ref_lp = score(graphdef, params, ref_graphdef, ref_params,
+                             _scored_rows(rows, prompts, cfg), chunk_size=cfg.logps_chunk,
+                             policy=recompute)
   samp_rows = on_rows(samp_lp, prompts, completions, rows["loss_mask"].shape[1])
   mask_np = np.asarray(rows["loss_mask"], np.float32) > 0
   if recompute:

@@ -49,6 +49,7 @@ from prefjax.rl import advantages as adv_lib
 from prefjax.rl import kl as kl_lib
 from prefjax.rl import reward_models  # noqa: F401  (registers sequence_rm, token_rm)
 from prefjax.rl import reward_sources as rw
+from prefjax.rl import shared_rows
 from prefjax.rl.actor_critic import ActorCritic, with_critic_backbone, with_policy
 from prefjax.rl.rollout import (RolloutConfig, check_prompts, fixed_width, rollout,
                                 sample_view)
@@ -59,6 +60,37 @@ from prefjax.train.optimizer import make_optimizer
 from prefjax.train.rounds import RoundBatches
 from prefjax.train.stages import logps_chunk
 from prefjax.train.step import init_state, make_train_step
+
+
+UPDATE_ROWS = ("auto", "grouped", "plain")
+PLAIN_ROWS = ("input_ids", "target_ids", "positions", "segment_ids")
+
+
+def _batch_shards(batch_sh) -> int:
+  """How many devices a batch's leading axis is split over."""
+  spec = batch_sh.spec[0] if len(batch_sh.spec) else None
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  return int(np.prod([batch_sh.mesh.shape[a] for a in axes])) if axes else 1
+
+
+def grouped_updates(r, batch_sh) -> bool:
+  """Whether the update minibatches are group rows (``config.rl.update_rows``)."""
+  mode = r.get("update_rows", "auto")
+  if mode == "plain":
+    return False
+  groups, rest = divmod(r.minibatch_size, r.group_size)
+  shards = _batch_shards(batch_sh)
+  why = None
+  if r.group_size < 2:
+    why = "group_size is 1 (no groups)"
+  elif rest:
+    why = f"minibatch_size={r.minibatch_size} is not a multiple of group_size={r.group_size}"
+  elif groups % shards:
+    why = (f"{groups} groups per minibatch do not split over the {shards} data-parallel "
+           f"devices")
+  if why and mode == "grouped":
+    raise ConfigError(f"config.rl.update_rows='grouped': {why}")
+  return why is None
 
 
 def _sub_stage(steps, batch_size, lr, warmup=10):
@@ -81,6 +113,12 @@ def rl_config() -> ml_collections.ConfigDict:
                          logged) or "sampler" (the decode's own; saves that forward; critic-
                          free estimators only)
     ppo_epochs, minibatch_size              passes over each rollout, rows per update step
+    update_rows          "auto" | "grouped" | "plain": grouped minibatches hold whole groups
+                         and compute each group's prompt once (one prefix-shared row per
+                         group, ``prefjax.rl.shared_rows``; the same log-probs as plain rows).
+                         Needs group_size > 1 and minibatch_size a multiple of group_size
+                         whose groups split evenly over the data-parallel devices; "auto"
+                         groups when it can, "grouped" raises when it cannot
     lr, warmup_steps, weight_decay, b1, b2, clip_norm, final_lr_fraction, lr_multipliers
                          AdamW + schedule (lr_multipliers: {top-level group: factor})
                          over iterations * ppo_epochs * rollout_batch_size / minibatch_size
@@ -118,6 +156,7 @@ def rl_config() -> ml_collections.ConfigDict:
   r.old_logps = "trainer"         # trainer (a full forward; mismatch logged) | sampler
   r.ppo_epochs = 2
   r.minibatch_size = 32
+  r.update_rows = "auto"          # auto | grouped (each group's prompt once) | plain
   r.lr, r.warmup_steps, r.weight_decay = 1e-4, 0, 0.0
   r.b1, r.b2, r.clip_norm, r.final_lr_fraction = 0.9, 0.95, 1.0, 1.0
   r.lr_multipliers = ml_collections.ConfigDict()   # e.g. {"value_head": 100.0}
@@ -164,6 +203,9 @@ def validate(r) -> None:
                       f"config.rl.group_size >= 2, got {r.group_size}")
   if r.old_logps not in ("trainer", "sampler"):
     raise ConfigError(f"config.rl.old_logps must be trainer or sampler, got {r.old_logps!r}")
+  if r.get("update_rows", "auto") not in UPDATE_ROWS:
+    raise ConfigError(f"config.rl.update_rows must be one of {', '.join(UPDATE_ROWS)}, got "
+                      f"{r.update_rows!r}")
   kl_lib.check_placement(r.kl.placement)
   kl_lib.kl_estimate(jnp.zeros(()), jnp.zeros(()), r.kl.estimator)
   per_token_objective(r.loss_kwargs.aggregation)
@@ -298,6 +340,9 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
   rounds_dir = os.path.join(ctx.workdir, "rounds", r.name)
   kl_hist = _KLHistory(rounds_dir, r)
   n_prompts = r.rollout_batch_size // r.group_size
+  grouped = grouped_updates(r, batch_sh)
+  group_len = shared_rows.max_row_len(rcfg.prompt_len or rcfg.prompt_width, r.group_size,
+                                      r.max_new_tokens)
   in_reward, in_loss = kl_lib.in_reward(r.kl.placement), kl_lib.in_loss(r.kl.placement)
   adv_kw = dict(estimator=r.advantage.estimator, group_size=r.group_size,
                 whiten_rewards=r.advantage.whiten_rewards,
@@ -328,11 +373,24 @@ def run_rl_stage(ctx, stage_cfg, policy_params, ref_params):
         returns=ret, kl_coefs=jnp.full(exp.valid.shape, coef if in_loss else 0.0, jnp.float32),
         example_mask=exp.valid, truncated=jnp.zeros_like(exp.valid)))
     batches = []
-    for epoch in range(r.ppo_epochs):
-      perm = np.random.default_rng([c.seed, it, epoch]).permutation(r.rollout_batch_size)
-      for s in range(0, r.rollout_batch_size, r.minibatch_size):
-        sel = perm[s:s + r.minibatch_size]
-        batches.append({k: v[sel] for k, v in data.items()})
+    if grouped:                  # whole groups, each group's prompt once
+      completions = np.asarray(exp.completion_mask)
+      per_batch = r.minibatch_size // r.group_size
+      for epoch in range(r.ppo_epochs):
+        perm = np.random.default_rng([c.seed, it, epoch]).permutation(n_prompts)
+        for s in range(0, n_prompts, per_batch):
+          sel = (perm[s:s + per_batch, None] * r.group_size
+                 + np.arange(r.group_size)).reshape(-1)
+          b = {k: v[sel] for k, v in data.items() if k not in PLAIN_ROWS}
+          b.update(shared_rows.group_rows(data["input_ids"][sel], data["target_ids"][sel],
+                                          completions[sel], r.group_size, max_len=group_len))
+          batches.append(b)
+    else:
+      for epoch in range(r.ppo_epochs):
+        perm = np.random.default_rng([c.seed, it, epoch]).permutation(r.rollout_batch_size)
+        for s in range(0, r.rollout_batch_size, r.minibatch_size):
+          sel = perm[s:s + r.minibatch_size]
+          batches.append({k: v[sel] for k, v in data.items()})
     mask_np = np.asarray(mask)
     metrics.update({
         "rl/iteration": it + 1, "kl/observed": observed_kl, "kl/coef": coef,

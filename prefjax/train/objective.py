@@ -23,6 +23,7 @@ from flax import nnx
 from prefjax import losses
 from prefjax.errors import ConfigError
 from prefjax.models.logprobs import entropy_from_logits, forward_logps, slot_logps, token_logprobs
+from prefjax.rl import shared_rows
 
 _FORWARDS: dict[str, Callable] = {}
 
@@ -214,16 +215,24 @@ def forward_ppo(model, batch, chunk_size=None):
   ``advantages``, ``returns``; ``kl_coefs`` [B] is the KL-in-loss coefficient.
   ``chunk_size`` (an objective built with ``logps_chunk``, only without an entropy bonus):
   completion-only chunked log-probs, no [B, T, V] logits; the entropy then reads 0.
+  A minibatch of whole groups may carry its tokens as group rows (``rows_*``, each prompt
+  once, ``prefjax.rl.shared_rows``): the model runs on those and its outputs are gathered
+  back onto the [B, T] grid of the rollout fields.
   """
+  rows = shared_rows.unit_view(batch) if shared_rows.is_grouped(batch) else batch
   if chunk_size and hasattr(model, "logps_and_values"):
-    logps, values = model.logps_and_values(batch, chunk_size=chunk_size)
+    logps, values = model.logps_and_values(rows, chunk_size=chunk_size)
     entropy = jnp.zeros(logps.shape, jnp.float32)
   elif hasattr(model, "evaluate"):
-    logps, entropy, values = model.evaluate(batch)
+    logps, entropy, values = model.evaluate(rows)
   else:
-    logits, _ = model(batch["input_ids"], batch["positions"], batch["segment_ids"])
-    logps, entropy = token_logprobs(logits, batch["target_ids"]), entropy_from_logits(logits)
+    kw = {"branch_ids_bt": rows["branch_ids"]} if "branch_ids" in rows else {}
+    logits, _ = model(rows["input_ids"], rows["positions"], rows["segment_ids"], **kw)
+    logps, entropy = token_logprobs(logits, rows["target_ids"]), entropy_from_logits(logits)
     values = jnp.zeros(logps.shape, jnp.float32)
+  if rows is not batch:        # group rows (prefjax/rl/shared_rows.py) -> the plain rows' grid
+    logps, entropy, values = (shared_rows.to_plain(x, batch["rows_gather"])
+                              for x in (logps, entropy, values))
   mask = batch["loss_mask"].astype(jnp.float32)
   return {"policy_token_logps": logps * mask, "policy_values": values * mask,
           "policy_entropy": entropy * mask, "old_token_logps": batch["old_token_logps"],

@@ -165,11 +165,9 @@ def test_critic_with_a_mismatched_backbone_is_one_line():
     with_critic_backbone(params, wrong)
 
 
-@pytest.mark.parametrize("estimator,aggregation", [("grpo", "seq_mean"), ("dr_grpo", "seq_sum"),
-                                                   ("rloo", "token_mean")])
-def test_critic_free_estimators_train_through_the_shared_loop(tmp_path, estimator, aggregation):
-  """GRPO-style runs: groups of 4 per prompt, no critic, KL in the loss, the sampler's
-  log-probs as the behaviour policy's; one metrics line per iteration from the shared loop."""
+def _grpo_run(workdir, estimator="grpo", aggregation="seq_mean", **rl):
+  """(start params, final params) of a GRPO-style run: groups of 4 per prompt, no critic,
+  KL in the loss, the sampler's log-probs as the behaviour policy's; ``rl``: overrides."""
   c = _config()
   r = c.rl
   r.critic, r.group_size, r.advantage.estimator = "none", 4, estimator
@@ -178,18 +176,55 @@ def test_critic_free_estimators_train_through_the_shared_loop(tmp_path, estimato
   r.loss_kwargs.vf_coef, r.loss_kwargs.aggregation = 0.0, aggregation
   r.old_logps = "sampler"
   r.rewards = {"length_penalty": 1.0}                 # varied scores within each group
+  r.update(rl)
   model = Transformer(CFG, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   params["embed"] = params["embed"] * 0.05
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   ctx = RunContext(config=c, graphdef=graphdef, model_cfg=CFG, tokenizer=TOK, mesh=mesh,
-                   param_shardings=sharding.param_shardings(model, mesh), workdir=str(tmp_path),
-                   writer=MetricsWriter(str(tmp_path), tensorboard=False), data=DataSource(c, TOK))
-  out = stage_lib.run_rl_stage(ctx, r, params, jax.tree.map(np.copy, params))
+                   param_shardings=sharding.param_shardings(model, mesh), workdir=str(workdir),
+                   writer=MetricsWriter(str(workdir), tensorboard=False), data=DataSource(c, TOK))
+  return params, stage_lib.run_rl_stage(ctx, r, params, jax.tree.map(np.copy, params))
+
+
+@pytest.mark.parametrize("estimator,aggregation", [("grpo", "seq_mean"), ("dr_grpo", "seq_sum"),
+                                                   ("rloo", "token_mean")])
+def test_critic_free_estimators_train_through_the_shared_loop(tmp_path, estimator, aggregation):
+  """GRPO-style runs through the shared loop: one metrics line per iteration."""
+  params, out = _grpo_run(tmp_path, estimator, aggregation)
   lines = _lines(tmp_path)
   assert [d["rl/iteration"] for d in lines] == [1, 2] and all(np.isfinite(d["loss"]) for d in lines)
   assert "rollout/logprob_mismatch_max" not in lines[0]          # no re-forward with "sampler"
   assert lines[0]["ppo/ratio"] == pytest.approx(1.0, abs=1e-5)   # one update per iteration
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params, out))
   assert max(moved) > 0
+
+
+def test_grouped_updates_train_as_plain_rows_do(tmp_path):
+  """One minibatch of every row: the group rows (each prompt once) and the plain rows make
+  the same update, so the runs end at the same params and log the same losses."""
+  runs = {}
+  for mode in ("plain", "grouped"):
+    runs[mode] = _grpo_run(tmp_path / mode, update_rows=mode)[1], _lines(tmp_path / mode)
+  (plain, plain_lines), (grouped, grouped_lines) = runs["plain"], runs["grouped"]
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(grouped)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+  for a, b in zip(plain_lines, grouped_lines):
+    assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+  assert grouped_lines[0]["data/padding_fraction"] < plain_lines[0]["data/padding_fraction"]
+
+
+def test_grouped_updates_need_whole_groups():
+  r = stage_lib.rl_config()
+  r.group_size, r.minibatch_size, r.update_rows = 4, 6, "grouped"
+  sh = sharding.batch_sharding(sharding.make_mesh(devices=jax.devices()[:1]))
+  with pytest.raises(ConfigError, match="minibatch_size=6 is not a multiple of group_size=4"):
+    stage_lib.grouped_updates(r, sh)
+  r.update_rows = "auto"
+  assert not stage_lib.grouped_updates(r, sh)
+  r.minibatch_size = 8
+  assert stage_lib.grouped_updates(r, sh)
+  r.update_rows = "rows"
+  with pytest.raises(ConfigError, match="update_rows must be one of auto, grouped, plain"):
+    stage_lib.validate(r)

@@ -15,17 +15,19 @@ Per seed, from the start model's K samples of each training prompt (scored by th
    (``prefjax.rewards.calibration``; the bias is estimated on the judged responses
    themselves, post hoc, as in the paper; the LOWESS window fraction is 0.3, widened by
    ``frac_for_ties`` where more answers share one length than a window holds).
-4. The reward model driving a policy update: each training prompt's samples (preamble at
-   random, probability 1/2) ranked by the raw or the RC-LWR-calibrated reward (the LOWESS
-   bias fitted on those samples of the start model), DPO on the (best, worst) pair; held-out
-   greedy verified accuracy and mean length of the policy, and how far the policy moved
-   toward the verbose form: ``preamble_margin``, the mean over held-out prompts of
-   log pi(PREAMBLE + y | x) - log pi(y | x) for the start model's greedy answer y, minus the
-   start model's (greedy answers never write the preamble in this budget, so their length
-   alone cannot show the bias being learned).
+4. RL with the reward model as the reward: GRPO from the start model (the recipe of
+   experiments/real/smollm2_grpo.py, shortened; ``rl_arm``) with the raw reward or the
+   RC-LWR-calibrated one (the ``calibrated:`` reward source: the LOWESS bias fitted once on
+   the start model's samples of the training prompts, then subtracted from every rollout's
+   reward). Held-out greedy verified accuracy and mean length of the policy, and how far the
+   policy moved toward the verbose form: ``preamble_margin``, the mean over held-out prompts
+   of log pi(PREAMBLE + y | x) - log pi(y | x) for the start model's greedy answer y, minus
+   the start model's (greedy answers rarely write the preamble, so their length alone cannot
+   show the bias being learned).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 
@@ -37,9 +39,11 @@ from prefjax.eval.completion_scoring import score_completions
 from prefjax.rewards import calibration as cal
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.scorer import RewardScorer
+from prefjax.rl import reward_sources as rw
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
 from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
+from prefjax.studies.real.rl_arm import Arm, hold, run_rl
 from prefjax.train.objective import make_objective
 
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
@@ -158,8 +162,10 @@ def _report(rows, settings):
               "2409.17407), SmolLM2-135M-Instruct, chain_sum",
               keys=KEYS, metrics=METRICS + ("abs_length_spearman",), claims=claims,
               notes=["rm_accuracy / length_spearman: validation prompts' samples, preamble at "
-                     "random; accuracy / length / win_rate / kl: the policy trained with that "
-                     "reward (rc_mean: no policy, the RM-side numbers only); preamble_margin: "
+                     "random; accuracy / length / win_rate / kl: the GRPO policy trained with "
+                     "that reward (rc_mean: no policy, the RM-side numbers only); "
+                     f"lr chosen from {settings.budget['space']} on the validation prompts "
+                     "(first seed; val_accuracy); preamble_margin: "
                      "the policy's log-prob gain of the verbose form of the start model's "
                      "greedy test answers over the plain form, minus the start model's"],
               plot=lambda table, path: report.bar_plot(
@@ -168,11 +174,15 @@ def _report(rows, settings):
                   ylabel="RM pairwise accuracy vs verifier"))
 
 
+# The RL arms: GRPO (experiments/real/smollm2_grpo.py) shortened to 6 iterations of 4 prompts x
+# 8 samples; each arm's lr chosen from ``space`` on the validation prompts with the first seed.
 BUDGET = dict(seeds=3, bias=0.8, rm=dict(steps=24, batch_size=8, lr=1e-5),
-              steps=8, batch_size=4, space={"lr": [3e-6, 1e-5]}, beta=0.1,
-              policies=("raw", "rc_lwr"))
-QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(steps=2, batch_size=4, lr=1e-5), steps=2,
-                    batch_size=4, space={"lr": [3e-6]})
+              iterations=6, rollout_batch_size=32, minibatch_size=8, group_size=8,
+              n_prompts=96, space={"lr": [3e-6, 1e-5]}, policies=("raw", "rc_lwr"))
+QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(steps=2, batch_size=4, lr=1e-5), iterations=1,
+                    rollout_batch_size=8, minibatch_size=8, group_size=4, n_prompts=16,
+                    space={"lr": [3e-6]})
+SOURCES = {"raw": "{}", "rc_lwr": "calibrated:{}"}   # policy -> reward source of the held RM
 
 
 @register_study("calibration", paper="2409.17407", report=_report, sizes=FULL_SIZES,
@@ -197,39 +207,25 @@ def run(env, settings):
     pi, pj = mixed_pairs(correct, index)
     val_scores = calibrated(rewards, lengths, (pi, pj))
     rm_seconds = time.perf_counter() - t0
-    # -- the reward model ranking the start model's samples of the training prompts
-    tp, tr, tc, ti = randomly_verbose(pool, seed + 100)
-    t_rewards = scorer.score(tp, tr)
-    train_scores = calibrated(t_rewards, np.asarray(scorer.last_tokens, np.float64))
-    for name in ("raw", "rc_mean", "rc_lwr"):
-      v = val_scores[name]
-      acc = float(np.mean(v[pi] > v[pj])) if len(pi) else float("nan")
-      rho = float(cal.spearman(v, lengths))
-      row = dict(reward=name, seed=seed, rm_pairs=len(pairs), rm_accuracy=acc,
-                 length_spearman=rho, abs_length_spearman=abs(rho),
-                 rm_seconds=rm_seconds)
-      if name in b["policies"]:
-        s = train_scores[name]
-        examples = []
-        for i, item in enumerate(pool.items):
-          idx = np.flatnonzero(ti == i)
-          best, worst = idx[np.argmax(s[idx])], idx[np.argmin(s[idx])]
-          if s[best] > s[worst]:
-            examples.append({"id": item.id, "prompt": item.prompt, "chosen": tr[best],
-                             "rejected": tr[worst]})
-
-        def train(lr, examples=examples):
-          return env.train(env.start, "dpo", {"beta": b["beta"]}, examples, steps=b["steps"],
-                           batch_size=b["batch_size"], lr=lr, seed=seed)[0]
-        params, hp, val_accuracy = tune_once(env, chosen, name, train, b["space"])
-        j = env.judge(params, "test")
-        row.update(hp, val_accuracy=val_accuracy, examples=len(examples),
-                   preamble_margin=verbosity(env, params) - start_margin,
-                   chosen_preamble=float(np.mean([e["chosen"].startswith(PREAMBLE)
-                                                  for e in examples])) if examples else 0.0,
-                   **judge_fields(j))
-        del params
-      rows.append(row)
-    del rm_params, scorer
+    del scorer
+    with hold(f"rm{seed}", rw.sequence_rm_source(rm_graphdef, rm_params)) as rm:
+      for name in ("raw", "rc_mean", "rc_lwr"):
+        v = val_scores[name]
+        acc = float(np.mean(v[pi] > v[pj])) if len(pi) else float("nan")
+        rho = float(cal.spearman(v, lengths))
+        row = dict(reward=name, seed=seed, rm_pairs=len(pairs), rm_accuracy=acc,
+                   length_spearman=rho, abs_length_spearman=abs(rho), rm_seconds=rm_seconds)
+        if name in b["policies"]:
+          t1 = time.perf_counter()
+          train = functools.partial(run_rl, env, Arm(f"grpo_{name}", "grpo",
+                                                     SOURCES[name].format(rm)),
+                                    b, seed=seed, out=settings.out)
+          params, hp, val_accuracy = tune_once(env, chosen, name, train, b["space"])
+          j = env.judge(params, "test")
+          row.update(hp, val_accuracy=val_accuracy,
+                     preamble_margin=verbosity(env, params) - start_margin,
+                     **judge_fields(j), seconds=time.perf_counter() - t1)
+          del params
+        rows.append(row)
+    del rm_params
   return rows
-
