@@ -3,6 +3,7 @@
   python scripts/benchmark_grpo.py                                  # 4 iterations, 4 x 8
   python scripts/benchmark_grpo.py --iterations=6 --group_size=4 --out=/tmp/grpo.json
   python scripts/benchmark_grpo.py --sides=prefjax                  # one side only
+  python scripts/benchmark_grpo.py --sides=prefjax --prefjax_update_rows=plain   # no group rows
 
 One GRPO iteration = sample ``group_size`` completions for each of ``prompts_per_iteration``
 prompts, score them with the task's verifier, and take one optimizer step on all of them
@@ -89,6 +90,10 @@ _REMAT = flags.DEFINE_enum(
     "prefjax_remat", "block", ["none", "block", "save_matmuls"],
     "prefjax: model.overrides.remat. 'block' recomputes each block's activations in the "
     "backward pass, as TRL's GRPOConfig does by default (gradient_checkpointing=True).")
+_UPDATE_ROWS = flags.DEFINE_enum(
+    "prefjax_update_rows", "auto", ["auto", "grouped", "plain"],
+    "prefjax: config.rl.update_rows. 'auto' (grouped here) computes each group's prompt once "
+    "in the update and the reference forward; 'plain' runs one row per completion, as TRL does.")
 _OMP_WAIT = flags.DEFINE_enum(
     "omp_wait_policy", "auto", ["auto", "passive", "active", "unset"],
     "OMP_WAIT_POLICY for both processes (torch's OpenMP threads). With other work on the "
@@ -215,6 +220,7 @@ def worker_prefjax(a):
   r.checkpoint_every = a["iterations"]   # one checkpoint, after the last iteration (untimed)
   c.export.enabled, c.progress, c.tensorboard = False, False, False
   c.model.overrides.remat = a["remat"]
+  r.update_rows = a.get("update_rows", "auto")
 
   # Per-iteration bookkeeping: where each iteration ends (its metrics line) and which XLA
   # compilations / persistent-cache hits fell inside it.
@@ -275,6 +281,7 @@ def worker_prefjax(a):
           sum(e[1] == "compile" for e in setup),
           "total_seconds": total, "rss_after_imports_mb": imports_rss,
           "compile_cache": str(cache) if cache else None, "remat": a["remat"],
+          "update_rows": r.update_rows,
           "old_logps": r.get("old_logps", "trainer"),
           "prompts_digest": prompts_digest(pool, a["order"]),
           "torch_imported": "torch" in sys.modules,
@@ -443,7 +450,7 @@ def main(argv):
       args = dict(gguf=gguf, task=_TASK.value, seed=_SEED.value, iterations=_ITERATIONS.value,
                   prompts=_PROMPTS.value, group_size=_GROUP.value, max_new=_MAX_NEW.value,
                   threads=_THREADS.value, order=order, remat=_REMAT.value,
-                  answer_format=answer_format, shots=shots,
+                  update_rows=_UPDATE_ROWS.value, answer_format=answer_format, shots=shots,
                   workdir=os.path.join(tmp, side))
       load_before, t0 = os.getloadavg(), time.perf_counter()
       res = bench.run_worker(__file__, side, args, threads=_THREADS.value,
@@ -484,7 +491,9 @@ def main(argv):
       json.dump({"settings": dict(iterations=_ITERATIONS.value, prompts=_PROMPTS.value,
                                   group_size=_GROUP.value, max_new_tokens=_MAX_NEW.value,
                                   threads=_THREADS.value, task=_TASK.value, seed=_SEED.value,
-                                  prefjax_remat=_REMAT.value, answer_format=answer_format,
+                                  prefjax_remat=_REMAT.value,
+                                  prefjax_update_rows=_UPDATE_ROWS.value,
+                                  answer_format=answer_format,
                                   shots=shots,
                                   prompts_per_iteration=order, cpus=os.cpu_count(),
                                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY")),
