@@ -228,3 +228,13 @@ def test_grouped_updates_need_whole_groups():
   r.update_rows = "rows"
   with pytest.raises(ConfigError, match="update_rows must be one of auto, grouped, plain"):
     stage_lib.validate(r)
+
+
+def test_grouped_updates_with_several_minibatches_and_epochs(tmp_path):
+  """Two groups of 4 per minibatch, two minibatches and two epochs per iteration."""
+  params, out = _grpo_run(tmp_path, iterations=1, rollout_batch_size=16, minibatch_size=8,
+                          ppo_epochs=2, update_rows="grouped")
+  lines = _lines(tmp_path)
+  assert len(lines) == 1 and np.isfinite(lines[0]["loss"])
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params, out))
+  assert max(moved) > 0
