@@ -177,10 +177,10 @@ class DataSource:
 
   # ------------------------------------------------------------------ encoders
   def encoder(self, kind: str, tokenizer=None, max_len: int | None = None,
-              batch_size: int | None = None):
+              batch_size: int | None = None, row_len: int | None = None):
     """The row encoder of ``kind`` in ``config.data.layout`` ("plain" | "prefix" | "packed",
     ``prefjax.data.layout``); reward models read pairwise rows. Without ``batch_size``,
-    plain rows."""
+    plain rows. ``row_len`` overrides ``config.data.row_len`` (the shared rows' length)."""
     c, tok = self.c, tokenizer or self.tokenizer
     max_len = max_len or c.data.max_len
     lay = c.data.layout
@@ -193,7 +193,7 @@ class DataSource:
                                truncate=c.data.truncate,
                                completion=c.data.completion,
                                batch_size=batch_size, rows=c.data.get("rows") or None,
-                               row_len=c.data.get("row_len") or None,
+                               row_len=row_len or c.data.get("row_len") or None,
                                bucket=(int(c.data.bucket_per_octave)
                                        if c.data.bucket else 0))
 

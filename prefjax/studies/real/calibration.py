@@ -34,17 +34,15 @@ import time
 import numpy as np
 from flax import nnx
 
-from prefjax.data import pipeline
 from prefjax.eval.completion_scoring import score_completions
 from prefjax.rewards import calibration as cal
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
 from prefjax.rewards.scorer import RewardScorer
 from prefjax.rl import reward_sources as rw
 from prefjax.studies.real import report
-from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
+from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, reward_grid
 from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
 from prefjax.studies.real.rl_arm import Arm, hold, run_rl
-from prefjax.train.objective import make_objective
 
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
             "again before I give the final answer.\n")
@@ -87,13 +85,12 @@ def randomly_verbose(pool, seed: int):
 
 
 def train_reward_model(env, pairs, rm, seed):
-  """(graphdef, params) of a Bradley-Terry reward model on the start model's backbone."""
+  """(graphdef, params) of a Bradley-Terry reward model on the start model's backbone,
+  trained on prefix-shared pair rows ([prompt | chosen | rejected], ``env.train``)."""
   graphdef, params, g = reward_grid(env, RewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
                                     reward_params_from_backbone, max_len=env.sizes.max_len + 32)
-  enc = pipeline.encode_pair(env.tokenizer, g.max_len)
-  pairs = fill_batch(pairs, rm["batch_size"])
-  params, _ = g.train(params, make_objective("bradley_terry"), pairs, enc, steps=rm["steps"],
-                      batch_size=rm["batch_size"], lr=rm["lr"], seed=seed)
+  params, _ = env.train(params, "bradley_terry", {}, pairs, steps=rm["steps"],
+                        batch_size=rm["batch_size"], lr=rm["lr"], seed=seed, grid=g)
   return graphdef, params
 
 
@@ -174,11 +171,11 @@ def _report(rows, settings):
                   ylabel="RM pairwise accuracy vs verifier"))
 
 
-# The RL arms: GRPO (experiments/real/smollm2_grpo.py) shortened to 6 iterations of 4 prompts x
+# The RL arms: GRPO (experiments/real/smollm2_grpo.py) shortened to 4 iterations of 4 prompts x
 # 8 samples; each arm's lr chosen from ``space`` on the validation prompts with the first seed.
 BUDGET = dict(seeds=3, bias=0.8, rm=dict(steps=24, batch_size=8, lr=1e-5),
-              iterations=6, rollout_batch_size=32, minibatch_size=8, group_size=8,
-              n_prompts=96, space={"lr": [3e-6, 1e-5]}, policies=("raw", "rc_lwr"))
+              iterations=4, rollout_batch_size=32, minibatch_size=8, group_size=8,
+              n_prompts=96, space={"lr": [1e-6, 3e-6]}, policies=("raw", "rc_lwr"))
 QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(steps=2, batch_size=4, lr=1e-5), iterations=1,
                     rollout_batch_size=8, minibatch_size=8, group_size=4, n_prompts=16,
                     space={"lr": [3e-6]})
