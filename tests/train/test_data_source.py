@@ -21,3 +21,14 @@ def test_packed_rows_default_and_configured():
 
 def test_plain_layout_ignores_rows():
   assert not isinstance(_encoder(layout="plain", rows=6), layout.RowsEncoder)
+
+
+def test_row_len_argument_overrides_the_configs():
+  """A longer model (a reward model's rows, prompt + two verbose answers) asks for longer
+  shared rows than config.data.row_len."""
+  c = base_config()
+  c.data.update(layout="prefix", max_len=32, row_len=48)
+  src = DataSource(c, TestbedTokenizer())
+  assert src.encoder("pairwise", batch_size=4).row_len == 48
+  assert src.encoder("pairwise", batch_size=4, max_len=64, row_len=96).row_len == 96
+  assert src.encoder("reward", batch_size=4, row_len=80).row_len == 80
