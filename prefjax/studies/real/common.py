@@ -177,8 +177,7 @@ class Env:
   # ------------------------------------------------------------------ training
   def train(self, params, loss: str, loss_kwargs: dict, examples: list, *, steps: int,
             batch_size: int, lr: float, seed: int, reference=None, kind: str | None = None,
-            log_every: int | None = None, on_log=None, grid: Grid | None = None,
-            lr_multipliers: dict | None = None):
+            log_every: int | None = None, on_log=None, grid: Grid | None = None):
     """``steps`` updates of a registered loss from ``params`` (reference: ``reference`` or
     ``params``) through the shared step; returns (params, final loss). ``on_log(state,
     step)`` sees the state every ``log_every`` steps. ``grid``: another model's compiled
@@ -193,10 +192,9 @@ class Env:
     examples = fill_batch(examples, batch_size)
     # Preference rows share their prompt ([prompt | y_1 .. y_K], config.data.layout):
     # the prompt is ~120 tokens and an answer ~6, so this is most of the saving.
-    longer = grid.max_len if grid.max_len != self.sizes.max_len else None
-    encode = self.ctx.data.encoder(kind, max_len=longer,
+    encode = self.ctx.data.encoder(kind, max_len=grid.max_len,
                                    batch_size=None if kind == "sft" else batch_size,
-                                   row_len=longer)
+                                   row_len=grid.max_len)
     batches = None
     if isinstance(encode, layout_lib.RowsEncoder):
       examples = pipeline.filter_examples(examples, encode, source=f"{loss} examples")[0]
@@ -204,8 +202,7 @@ class Env:
     return grid.train(params, objective, examples, encode, steps=steps,
                       batch_size=batch_size, lr=lr,
                       ref_params=params if reference is None else reference, seed=seed,
-                      batches=batches, log_every=log_every, on_log=on_log,
-                      lr_multipliers=lr_multipliers)
+                      batches=batches, log_every=log_every, on_log=on_log)
 
   # ------------------------------------------------------------------ judging
   def _settings(self) -> judge_lib.JudgeSettings:
