@@ -58,8 +58,8 @@ class Arm:
 
 def rl_section(arm: Arm, budget: dict, *, lr: float, kl_coef: float | None = None):
   """The recipe's ``rl`` section (experiments/real/), shortened to the study's ``budget``
-  (iterations, rollout_batch_size, minibatch_size, group_size, n_prompts); no checkpoints
-  (an arm is a short in-memory run)."""
+  (iterations, rollout_batch_size, minibatch_size, group_size, n_prompts, and optionally the
+  rollout ``temperature``); no checkpoints (an arm is a short in-memory run)."""
   c = cli._load_config(os.path.join(REPO, "experiments", "real", RECIPES[arm.recipe]))
   r = c.rl
   r.name = arm.name
@@ -69,6 +69,7 @@ def rl_section(arm: Arm, budget: dict, *, lr: float, kl_coef: float | None = Non
   if r.group_size > 1:
     r.group_size = budget["group_size"]
   r.n_prompts = budget["n_prompts"]
+  r.temperature = budget.get("temperature", r.temperature)
   r.lr = lr
   if kl_coef is not None:
     r.kl.coef = kl_coef

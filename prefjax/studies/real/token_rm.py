@@ -23,6 +23,7 @@ import functools
 import re
 import time
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -39,7 +40,8 @@ from prefjax.studies.real.rl_arm import Arm, hold, run_rl
 from prefjax.train.objective import make_objective
 
 KEYS = ("method",)
-METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall")
+METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall",
+           "token_rm_accuracy", "sequence_rm_accuracy")
 
 
 def minimal_edit(response: str, answer: str) -> str:
@@ -117,6 +119,29 @@ def flaw_metrics(graphdef, params, examples, enc, threshold) -> dict:
           "flagged_fraction": out["token_rm/flagged_fraction"]}
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "prefix"))
+def _sequence_scores(graphdef, params, batch, prefix):
+  return nnx.merge(graphdef, params).rewards(batch, prefix=prefix)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "prefix"))
+def _summed_token_scores(graphdef, params, batch, prefix):
+  return nnx.merge(graphdef, params).token_rewards(batch, prefix=prefix).sum(-1)
+
+
+def pair_accuracy(score, graphdef, params, examples, enc) -> float:
+  """Fraction of edit pairs whose edited (correct) answer ``score``s above the original
+  (wrong) one: how well a reward model tells the verifier's right from wrong answers.
+  ``score``: ``_sequence_scores`` or ``_summed_token_scores``."""
+  wins, n = 0.0, 0.0
+  for b in pipeline.eval_batches(examples, enc, 16, bucket=False):
+    m = np.asarray(b["example_mask"])
+    up = np.asarray(score(graphdef, params, b, "chosen_")) > np.asarray(
+        score(graphdef, params, b, "rejected_"))
+    wins, n = wins + float((up * m).sum()), n + float(m.sum())
+  return wins / n if n else float("nan")
+
+
 def _report(rows, settings):
   claims = [report.claim_line("fine-grained PPO above PPO with a sequence RM (win rate vs "
                               "the start)", rows, "win_rate", {"method": "fine_grained_ppo"},
@@ -145,21 +170,25 @@ def _report(rows, settings):
 # The reward heads start at zero; at the backbone's lr they barely move in a few steps (the
 # token RM's r_t stay far inside the flagging threshold), so they learn at 100x, as in
 # experiments/real/smollm2_reward.py. Every RL method gets the same lr grid (``space``),
-# chosen on the validation prompts with the first seed and kept for the others: at lr 3e-6
-# untuned, both PPO arms ended 0.135 below their start.
+# chosen on the validation prompts with the first seed and kept for the others. Rollouts at
+# temperature 0.5 and lr up to 1e-5: at the recipes' 0.8 and lr <= 3e-6, four iterations left
+# every arm, GRPO with the verifier included, at or below its start. PPO with the verifier
+# is the control that separates the reward models from PPO itself.
 _RM = dict(steps=8, batch_size=8, lr=1e-5, head_lr_multiplier=100.0)
-BUDGET = dict(seeds=3, methods=("fine_grained_ppo", "sequence_rm_ppo", "grpo_verifier"),
+BUDGET = dict(seeds=3, methods=("fine_grained_ppo", "sequence_rm_ppo", "ppo_verifier",
+                                "grpo_verifier"),
               token_rm=dict(_RM, label_coef=1.0, threshold=0.5), sequence_rm=dict(_RM),
               iterations=4, rollout_batch_size=16, minibatch_size=8, group_size=4,
-              n_prompts=96, space={"lr": [1e-6, 3e-6]})
+              n_prompts=96, temperature=0.5, space={"lr": [3e-6, 1e-5]})
 QUICK_BUDGET = dict(BUDGET, seeds=1,
+                    methods=("fine_grained_ppo", "sequence_rm_ppo", "grpo_verifier"),
                     token_rm=dict(BUDGET["token_rm"], steps=2, batch_size=4),
                     sequence_rm=dict(BUDGET["sequence_rm"], steps=2, batch_size=4),
                     iterations=1, rollout_batch_size=8, minibatch_size=8, group_size=4,
                     n_prompts=16, space={"lr": [3e-6]})
 # row name -> (recipe, reward source: a held reward model's prefix, or a registered source)
 ARMS = {"fine_grained_ppo": ("ppo", "token"), "sequence_rm_ppo": ("ppo", "sequence"),
-        "grpo_verifier": ("grpo", "verifier")}
+        "ppo_verifier": ("ppo", "verifier"), "grpo_verifier": ("grpo", "verifier")}
 
 
 @register_study("token_rm", paper="2406.02756", report=_report, sizes=FULL_SIZES,
@@ -177,6 +206,9 @@ def run(env, settings):
                                  row_len(env, train_edits + val_edits))
     flaws = flaw_metrics(tg, tp, val_edits or train_edits, enc, b["token_rm"]["threshold"])
     sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
+    held_out = val_edits or train_edits
+    flaws.update(token_rm_accuracy=pair_accuracy(_summed_token_scores, tg, tp, held_out, enc),
+                 sequence_rm_accuracy=pair_accuracy(_sequence_scores, sg, sp, held_out, enc))
     rm_seconds = time.perf_counter() - t0
     with hold(f"token{seed}", rw.token_rm_source(tg, tp)) as token, \
          hold(f"sequence{seed}", rw.sequence_rm_source(sg, sp)) as sequence:
