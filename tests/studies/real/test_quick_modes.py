@@ -68,9 +68,11 @@ def test_ranking_writes_ranking_accuracy_and_win_rate_by_checkpoint(out):
 
 def test_token_rm_writes_accuracy_of_each_rl_method_and_flag_precision(out):
   doc = check_outputs(out / "token_rm", "token_rm", (
-      "method", "seed", "accuracy", "win_rate", "kl", "precision", "recall", "edits"))
+      "method", "seed", "accuracy", "win_rate", "kl", "precision", "recall", "edits",
+      "token_rm_accuracy", "sequence_rm_accuracy"))
   assert {r["method"] for r in doc["rows"]} == {"fine_grained_ppo", "sequence_rm_ppo",
                                                 "grpo_verifier"}
+  assert all(0.0 <= r["token_rm_accuracy"] <= 1.0 for r in doc["rows"])
 
 
 def test_variants_writes_gain_over_each_start(out):

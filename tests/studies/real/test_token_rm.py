@@ -5,7 +5,9 @@ from types import SimpleNamespace
 import pytest
 
 from prefjax.studies.real.common import Sizes
-from prefjax.studies.real.token_rm import minimal_edit, row_len
+import numpy as np
+
+from prefjax.studies.real.token_rm import minimal_edit, pair_accuracy, row_len
 
 
 @pytest.mark.parametrize("response,want", [
@@ -33,3 +35,22 @@ def test_row_len_fits_the_longest_edit_row_up_to_max_len(prompt_len, resp_len, w
   # longest row: the prompt + the longer response + its end token, rounded up to 32
   assert row_len(env, examples) == want
   assert row_len(env, []) == 192
+
+
+def _length_encoder(ex):
+  """Rows whose only content is each side's length (a stand-in for real token rows)."""
+  return {"chosen_len": np.float32(len(ex["edited"])),
+          "rejected_len": np.float32(len(ex["original"])), "example_mask": np.float32(1.0)}
+
+
+def test_pair_accuracy_counts_edits_scored_above_their_originals():
+  # a "reward model" that prefers longer answers ranks 2 of each 4 edits above their
+  # original, 1 below, and ties 1 (not a win); 20 edits span two eval batches of 16, the
+  # second padded (example_mask 0 rows do not count).
+  examples = [{"id": str(i), "original": "a" * o, "edited": "b" * e}
+              for i, (o, e) in enumerate([(1, 2), (1, 3), (2, 1), (2, 2)] * 5)]
+  longer = lambda graphdef, params, b, prefix: b[prefix + "len"]
+  assert pair_accuracy(longer, None, None, examples, _length_encoder) == pytest.approx(0.5)
+  shorter = lambda graphdef, params, b, prefix: -b[prefix + "len"]
+  assert pair_accuracy(shorter, None, None, examples, _length_encoder) == pytest.approx(0.25)
+  assert np.isnan(pair_accuracy(longer, None, None, [], _length_encoder))
