@@ -172,11 +172,11 @@ def _report(rows, settings):
 
 
 # The RL arms: GRPO (experiments/real/smollm2_grpo.py) shortened to 4 iterations of 4 prompts x
-# 8 samples at temperature 0.5; each arm's lr chosen from ``space`` on the validation prompts
-# with the first seed (the rollout settings of the token_rm study's RL arms).
+# 8 samples (the recipe's temperature 0.8); each arm's lr chosen from ``space`` on the
+# validation prompts with the first seed.
 BUDGET = dict(seeds=3, bias=0.8, rm=dict(steps=24, batch_size=8, lr=1e-5),
               iterations=4, rollout_batch_size=32, minibatch_size=8, group_size=8,
-              n_prompts=96, temperature=0.5, space={"lr": [3e-6, 1e-5]},
+              n_prompts=96, temperature=0.8, space={"lr": [1e-6, 3e-6]},
               policies=("raw", "rc_lwr"))
 QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(steps=2, batch_size=4, lr=1e-5), iterations=1,
                     rollout_batch_size=8, minibatch_size=8, group_size=4, n_prompts=16,
