@@ -24,6 +24,12 @@ def test_rl_section_keeps_the_recipe_kl_coef_unless_given():
   assert a.kl.coef == 0.02
 
 
+def test_rl_section_takes_the_budgets_rollout_temperature_else_the_recipes():
+  assert rl_section(Arm("a", "grpo", "verifier"), BUDGET, lr=1e-6).temperature == 0.8
+  hot = rl_section(Arm("a", "ppo", "verifier"), dict(BUDGET, temperature=0.5), lr=1e-6)
+  assert hot.temperature == 0.5
+
+
 def test_held_source_is_registered_only_inside_hold():
   src = rw.RewardSource(name="constant", level="sequence", fn=lambda view: [1.0])
   with hold("x", src) as key:

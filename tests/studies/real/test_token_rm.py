@@ -2,11 +2,10 @@
 tests/studies/real/test_quick_modes.py.)"""
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from prefjax.studies.real.common import Sizes
-import numpy as np
-
 from prefjax.studies.real.token_rm import minimal_edit, pair_accuracy, row_len
 
 
