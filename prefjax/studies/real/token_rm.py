@@ -206,9 +206,9 @@ def run(env, settings):
     val_edits = edits(env.pool(seed, settings.samples_dir, split="val"), env.taskset)
     tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed,
                                  row_len(env, train_edits + val_edits))
-    flaws = flaw_metrics(tg, tp, val_edits or train_edits, enc, b["token_rm"]["threshold"])
-    sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
     held_out = val_edits or train_edits
+    flaws = flaw_metrics(tg, tp, held_out, enc, b["token_rm"]["threshold"])
+    sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
     flaws.update(token_rm_accuracy=pair_accuracy(_summed_token_scores, tg, tp, held_out, enc),
                  sequence_rm_accuracy=pair_accuracy(_sequence_scores, sg, sp, held_out, enc))
     rm_seconds = time.perf_counter() - t0
