@@ -53,12 +53,16 @@ class TokenRewardModel(nnx.Module):
     self.w = param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), init="zeros", dtype=pd)
     self.b = param(rngs, (cfg.vocab_size,), ("vocab",), init="zeros", dtype=pd)
 
-  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, actions_bt):
-    """Per-token rewards [B, T] (float32) of the actions ``actions_bt`` (the targets)."""
-    h_btd, _ = self.backbone(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True)
-    q_btv = h_btd.astype(jnp.float32) @ self.w[...].astype(jnp.float32)           # (B, T, V)
-    q_btv = q_btv + self.b[...].astype(jnp.float32)
-    return jnp.take_along_axis(q_btv, actions_bt[..., None], axis=-1)[..., 0]
+  def __call__(self, tokens_bt, positions_bt, segment_ids_bt, actions_bt, branch_ids_bt=None):
+    """Per-token rewards [B, T] (float32) of the actions ``actions_bt`` (the targets);
+    ``branch_ids_bt``: prefix-shared rows (``edit_pair_rows``)."""
+    kw = {} if branch_ids_bt is None else {"branch_ids_bt": branch_ids_bt}
+    h_btd, _ = self.backbone(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True, **kw)
+    # (h_t W)[a_t] = h_t . W[:, a_t]: gather the actions' columns instead of scoring all V
+    # (the [B, T, V] product would cost as much as an LM head, forward and backward).
+    w_btd = jnp.take(self.w[...].T, actions_bt, axis=0).astype(jnp.float32)
+    b_bt = jnp.take(self.b[...], actions_bt, axis=0).astype(jnp.float32)
+    return jnp.einsum("btd,btd->bt", h_btd.astype(jnp.float32), w_btd) + b_bt
 
   def token_rewards(self, batch, prefix: str = ""):
     """Rewards [..., T] of a packed batch ``{prefix}input_ids, ...`` of shape [..., T], 0
@@ -68,6 +72,32 @@ class TokenRewardModel(nnx.Module):
     flat = lambda k: batch[prefix + k].reshape(-1, t)
     r = self(flat("input_ids"), flat("positions"), flat("segment_ids"), flat("target_ids"))
     return (r * flat("loss_mask")).reshape(*lead, t)
+
+
+def edit_pair_rows(batch: dict, width: int | None = None) -> dict:
+  """``batch`` (``encode_edit_pair`` rows, numpy) plus each pair as one prefix-shared row
+  ``[prompt | edited | original]`` (``prefjax.rl.shared_rows.group_rows``, groups of 2): the
+  prompt is computed once, and the "token" forward reads both sides' token rewards from it,
+  equal to the plain rows'. ``width``: the rows' length (default: a bucket of the longest);
+  a fixed width keeps one compiled shape."""
+  from prefjax.rl import shared_rows   # here: prefjax.rl imports this module
+  n, t = batch["chosen_input_ids"].shape
+  joint = {k: np.stack([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], 1).reshape(2 * n, t)
+           for k in ("input_ids", "target_ids", "loss_mask")}
+  live = np.asarray(batch["example_mask"]) > 0
+  if not live.all():              # padding examples of a last batch: copies of a live one
+    src = np.repeat(np.where(live, np.arange(n), int(np.argmax(live))), 2) * 2 \
+        + np.tile([0, 1], n)
+    joint = {k: v[src] for k, v in joint.items()}
+  rows = shared_rows.group_rows(joint["input_ids"], joint["target_ids"], joint["loss_mask"], 2,
+                                max_len=width)
+  if width is not None and rows["rows_input_ids"].shape[1] != width:
+    w = rows["rows_input_ids"].shape[1]
+    if w > width:
+      raise DataError(f"edit_pair_rows: a pair needs {w} tokens, more than width={width}")
+    rows = {k: (np.pad(v, ((0, 0), (0, width - w))) if k != "rows_gather" else v)
+            for k, v in rows.items()}
+  return dict(batch, **rows)
 
 
 def token_reward_params_from_backbone(params: dict, backbone_params: dict) -> dict:

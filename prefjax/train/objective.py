@@ -245,11 +245,19 @@ def forward_ppo(model, batch, chunk_size=None):
 def forward_token(model, batch):
   """Token-level reward model (``TokenRewardModel``) on edited (chosen_*) and original
   (rejected_*) rows, one call over both; ``rejected_flaw_labels`` [B, T] (zeros if absent)."""
-  keys = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids")
-  joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
-           for k in keys}
-  r = model.token_rewards(joint)
   n = batch["chosen_input_ids"].shape[0]
+  if shared_rows.is_grouped(batch):     # each pair as one prefix-shared row (edit_pair_rows)
+    rows = shared_rows.unit_view(batch)
+    r_rt = model(rows["input_ids"], rows["positions"], rows["segment_ids"], rows["target_ids"],
+                 rows["branch_ids"])
+    r = shared_rows.to_plain(r_rt, batch["rows_gather"])          # [c_0, o_0, c_1, o_1, ...]
+    r = jnp.concatenate([r[0::2] * batch["chosen_loss_mask"],
+                         r[1::2] * batch["rejected_loss_mask"]], axis=0)
+  else:
+    keys = ("input_ids", "target_ids", "loss_mask", "positions", "segment_ids")
+    joint = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+             for k in keys}
+    r = model.token_rewards(joint)
   labels = batch.get("rejected_flaw_labels")
   if labels is None:
     labels = jnp.zeros_like(r[n:])

@@ -177,11 +177,13 @@ class Env:
   # ------------------------------------------------------------------ training
   def train(self, params, loss: str, loss_kwargs: dict, examples: list, *, steps: int,
             batch_size: int, lr: float, seed: int, reference=None, kind: str | None = None,
-            log_every: int | None = None, on_log=None, grid: Grid | None = None):
+            log_every: int | None = None, on_log=None, grid: Grid | None = None,
+            lr_multipliers: dict | None = None):
     """``steps`` updates of a registered loss from ``params`` (reference: ``reference`` or
     ``params``) through the shared step; returns (params, final loss). ``on_log(state,
     step)`` sees the state every ``log_every`` steps. ``grid``: another model's compiled
-    steps (a reward model's, ``reward_grid``; its rows are ``grid.max_len`` long)."""
+    steps (a reward model's, ``reward_grid``; its rows are ``grid.max_len`` long);
+    ``lr_multipliers``: per top-level parameter group (``Grid.train``)."""
     objective = make_objective(loss, dict(loss_kwargs), logps_chunk=128)
     kind = kind or objective.spec.kind
     grid = grid or self.grid
@@ -202,7 +204,8 @@ class Env:
     return grid.train(params, objective, examples, encode, steps=steps,
                       batch_size=batch_size, lr=lr,
                       ref_params=params if reference is None else reference, seed=seed,
-                      batches=batches, log_every=log_every, on_log=on_log)
+                      batches=batches, log_every=log_every, on_log=on_log,
+                      lr_multipliers=lr_multipliers)
 
   # ------------------------------------------------------------------ judging
   def _settings(self) -> judge_lib.JudgeSettings:
