@@ -55,7 +55,7 @@ class TokenRewardModel(nnx.Module):
 
   def __call__(self, tokens_bt, positions_bt, segment_ids_bt, actions_bt, branch_ids_bt=None):
     """Per-token rewards [B, T] (float32) of the actions ``actions_bt`` (the targets);
-    ``branch_ids_bt``: prefix-shared rows (``edit_pair_rows``)."""
+    ``branch_ids_bt``: prefix-shared rows (``prefjax.rl.shared_rows.edit_pair_rows``)."""
     kw = {} if branch_ids_bt is None else {"branch_ids_bt": branch_ids_bt}
     h_btd, _ = self.backbone(tokens_bt, positions_bt, segment_ids_bt, return_hidden=True, **kw)
     # (h_t W)[a_t] = h_t . W[:, a_t]: gather the actions' columns instead of scoring all V
@@ -72,32 +72,6 @@ class TokenRewardModel(nnx.Module):
     flat = lambda k: batch[prefix + k].reshape(-1, t)
     r = self(flat("input_ids"), flat("positions"), flat("segment_ids"), flat("target_ids"))
     return (r * flat("loss_mask")).reshape(*lead, t)
-
-
-def edit_pair_rows(batch: dict, width: int | None = None) -> dict:
-  """``batch`` (``encode_edit_pair`` rows, numpy) plus each pair as one prefix-shared row
-  ``[prompt | edited | original]`` (``prefjax.rl.shared_rows.group_rows``, groups of 2): the
-  prompt is computed once, and the "token" forward reads both sides' token rewards from it,
-  equal to the plain rows'. ``width``: the rows' length (default: a bucket of the longest);
-  a fixed width keeps one compiled shape."""
-  from prefjax.rl import shared_rows   # here: prefjax.rl imports this module
-  n, t = batch["chosen_input_ids"].shape
-  joint = {k: np.stack([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], 1).reshape(2 * n, t)
-           for k in ("input_ids", "target_ids", "loss_mask")}
-  live = np.asarray(batch["example_mask"]) > 0
-  if not live.all():              # padding examples of a last batch: copies of a live one
-    src = np.repeat(np.where(live, np.arange(n), int(np.argmax(live))), 2) * 2 \
-        + np.tile([0, 1], n)
-    joint = {k: v[src] for k, v in joint.items()}
-  rows = shared_rows.group_rows(joint["input_ids"], joint["target_ids"], joint["loss_mask"], 2,
-                                max_len=width)
-  if width is not None and rows["rows_input_ids"].shape[1] != width:
-    w = rows["rows_input_ids"].shape[1]
-    if w > width:
-      raise DataError(f"edit_pair_rows: a pair needs {w} tokens, more than width={width}")
-    rows = {k: (np.pad(v, ((0, 0), (0, width - w))) if k != "rows_gather" else v)
-            for k, v in rows.items()}
-  return dict(batch, **rows)
 
 
 def token_reward_params_from_backbone(params: dict, backbone_params: dict) -> dict:

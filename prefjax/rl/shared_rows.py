@@ -88,6 +88,31 @@ def group_rows(input_ids, target_ids, completion_mask, group_size: int, *,
   return out
 
 
+def edit_pair_rows(batch: dict, width: int | None = None) -> dict:
+  """``batch`` (``prefjax.rewards.token_model.encode_edit_pair`` rows, numpy) plus each pair
+  as one prefix-shared row ``[prompt | edited | original]`` (``group_rows``, groups of 2):
+  the prompt is computed once, and the "token" forward (``prefjax/train/objective.py``)
+  reads both sides' token rewards from it, equal to the plain rows'. ``width``: the rows'
+  length (default: a bucket of the longest); a fixed width keeps one compiled shape."""
+  n, t = batch["chosen_input_ids"].shape
+  joint = {k: np.stack([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], 1).reshape(2 * n, t)
+           for k in ("input_ids", "target_ids", "loss_mask")}
+  live = np.asarray(batch["example_mask"]) > 0
+  if not live.all():              # padding examples of a last batch: copies of a live one
+    src = np.repeat(np.where(live, np.arange(n), int(np.argmax(live))), 2) * 2 \
+        + np.tile([0, 1], n)
+    joint = {k: v[src] for k, v in joint.items()}
+  rows = group_rows(joint["input_ids"], joint["target_ids"], joint["loss_mask"], 2,
+                    max_len=width)
+  if width is not None and rows["rows_input_ids"].shape[1] != width:
+    w = rows["rows_input_ids"].shape[1]
+    if w > width:
+      raise ValueError(f"edit_pair_rows: a pair needs {w} tokens, more than width={width}")
+    rows = {k: (np.pad(v, ((0, 0), (0, width - w))) if k != "rows_gather" else v)
+            for k, v in rows.items()}
+  return dict(batch, **rows)
+
+
 def is_grouped(batch) -> bool:
   """True for a minibatch laid out by ``group_rows``."""
   return "rows_gather" in batch

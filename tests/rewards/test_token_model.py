@@ -29,7 +29,8 @@ def test_token_rewards_are_the_actions_entries_of_the_full_head():
 
 def test_prefix_shared_edit_rows_give_the_plain_rows_token_rewards():
   from prefjax.data import pipeline
-  from prefjax.rewards.token_model import edit_pair_rows, encode_edit_pair
+  from prefjax.rewards.token_model import encode_edit_pair
+  from prefjax.rl.shared_rows import edit_pair_rows
   from prefjax.testbed.tokenizer import TestbedTokenizer
   from prefjax.train.objective import forward_token, make_objective
 
@@ -56,3 +57,17 @@ def test_prefix_shared_edit_rows_give_the_plain_rows_token_rewards():
   la, _ = obj.loss(plain, {})
   lb, _ = obj.loss(shared, {})
   np.testing.assert_allclose(np.asarray(la)[:3], np.asarray(lb)[:3], rtol=1e-4, atol=1e-5)
+
+
+def test_edit_pair_rows_name_a_width_too_short_for_a_pair():
+  import pytest
+  from prefjax.data import pipeline
+  from prefjax.rewards.token_model import encode_edit_pair
+  from prefjax.rl.shared_rows import edit_pair_rows
+  from prefjax.testbed.tokenizer import TestbedTokenizer
+
+  ex = [{"id": "0", "prompt": "abcabc", "original": "dddd", "edited": "ddde", "flawed_mask": []}]
+  batch = next(iter(pipeline.eval_batches(ex, encode_edit_pair(TestbedTokenizer(), 24), 1,
+                                          bucket=False)))
+  with pytest.raises(ValueError, match="more than width=8"):
+    edit_pair_rows(batch, width=8)

@@ -31,10 +31,11 @@ from flax import nnx
 
 from prefjax.data import pipeline
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
-from prefjax.rewards.token_model import (TokenRewardModel, edit_pair_rows, encode_edit_pair,
-                                         flaw_detection, token_reward_params_from_backbone)
+from prefjax.rewards.token_model import (TokenRewardModel, encode_edit_pair, flaw_detection,
+                                         token_reward_params_from_backbone)
 from prefjax.rl import reward_sources as rw
 from prefjax.rl.reward_models import _token_rewards
+from prefjax.rl.shared_rows import edit_pair_rows
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
 from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
