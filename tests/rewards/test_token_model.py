@@ -1,11 +1,16 @@
 """TokenRewardModel: r_t = (h_t W)[a_t] + b[a_t], checked against a plain-numpy read-out of
-the backbone's hidden states."""
+the backbone's hidden states; prefix-shared edit rows give the plain rows' token rewards."""
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
+from prefjax.data import pipeline
 from prefjax.models import make_config
-from prefjax.rewards.token_model import TokenRewardModel
+from prefjax.rewards.token_model import TokenRewardModel, encode_edit_pair
+from prefjax.rl.shared_rows import edit_pair_rows
+from prefjax.testbed.tokenizer import TestbedTokenizer
+from prefjax.train.objective import forward_token, make_objective
 
 
 def test_token_rewards_are_the_actions_entries_of_the_full_head():
@@ -28,11 +33,6 @@ def test_token_rewards_are_the_actions_entries_of_the_full_head():
 
 
 def test_prefix_shared_edit_rows_give_the_plain_rows_token_rewards():
-  from prefjax.data import pipeline
-  from prefjax.rewards.token_model import encode_edit_pair
-  from prefjax.rl.shared_rows import edit_pair_rows
-  from prefjax.testbed.tokenizer import TestbedTokenizer
-  from prefjax.train.objective import forward_token, make_objective
 
   cfg = make_config("testbed-tiny", vocab_size=64, overrides=dict(n_layers=2, dim=32,
                                                                   head_dim=8, mlp_dim=64))
@@ -60,11 +60,6 @@ def test_prefix_shared_edit_rows_give_the_plain_rows_token_rewards():
 
 
 def test_edit_pair_rows_name_a_width_too_short_for_a_pair():
-  import pytest
-  from prefjax.data import pipeline
-  from prefjax.rewards.token_model import encode_edit_pair
-  from prefjax.rl.shared_rows import edit_pair_rows
-  from prefjax.testbed.tokenizer import TestbedTokenizer
 
   ex = [{"id": "0", "prompt": "abcabc", "original": "dddd", "edited": "ddde", "flawed_mask": []}]
   batch = next(iter(pipeline.eval_batches(ex, encode_edit_pair(TestbedTokenizer(), 24), 1,
