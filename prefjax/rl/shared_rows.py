@@ -99,8 +99,8 @@ def edit_pair_rows(batch: dict, width: int | None = None) -> dict:
            for k in ("input_ids", "target_ids", "loss_mask")}
   live = np.asarray(batch["example_mask"]) > 0
   if not live.all():              # padding examples of a last batch: copies of a live one
-    src = np.repeat(np.where(live, np.arange(n), int(np.argmax(live))), 2) * 2 \
-        + np.tile([0, 1], n)
+    pair = np.where(live, np.arange(n), int(np.argmax(live)))
+    src = (2 * pair[:, None] + np.array([0, 1])).reshape(-1)    # its (edited, original) rows
     joint = {k: v[src] for k, v in joint.items()}
   rows = group_rows(joint["input_ids"], joint["target_ids"], joint["loss_mask"], 2,
                     max_len=width)

@@ -246,7 +246,7 @@ def forward_token(model, batch):
   """Token-level reward model (``TokenRewardModel``) on edited (chosen_*) and original
   (rejected_*) rows, one call over both; ``rejected_flaw_labels`` [B, T] (zeros if absent)."""
   n = batch["chosen_input_ids"].shape[0]
-  if shared_rows.is_grouped(batch):     # each pair as one prefix-shared row (shared_rows.edit_pair_rows)
+  if shared_rows.is_grouped(batch):     # each pair one prefix-shared row (edit_pair_rows)
     rows = shared_rows.unit_view(batch)
     r_rt = model(rows["input_ids"], rows["positions"], rows["segment_ids"], rows["target_ids"],
                  rows["branch_ids"])
