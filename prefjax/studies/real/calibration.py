@@ -15,11 +15,11 @@ Per seed, from the start model's K samples of each training prompt (scored by th
    (``prefjax.rewards.calibration``; the bias is estimated on the judged responses
    themselves, post hoc, as in the paper; the LOWESS window fraction is 0.3, widened by
    ``frac_for_ties`` where more answers share one length than a window holds).
-4. RL with the reward model as the reward: GRPO from the start model (the recipe of
-   experiments/real/smollm2_grpo.py, shortened; ``rl_arm``) with the raw reward or the
-   RC-LWR-calibrated one (the ``calibrated:`` reward source: the LOWESS bias fitted once on
+4. RL with the reward model as the reward: PPO with a critic from the start model (the
+   recipe of experiments/real/smollm2_ppo.py, shortened; ``rl_arm``; ``recipe="grpo"`` for
+   GRPO) with the raw reward, the RC-LWR-calibrated one (the ``calibrated:`` reward source: the LOWESS bias fitted once on
    the start model's samples of the training prompts, then subtracted from every rollout's
-   reward). Held-out greedy verified accuracy and mean length of the policy, and how far the
+   reward) or, as a control, the verifier's exact reward. Held-out greedy verified accuracy and mean length of the policy, and how far the
    policy moved toward the verbose form: ``preamble_margin``, the mean over held-out prompts
    of log pi(PREAMBLE + y | x) - log pi(y | x) for the start model's greedy answer y, minus
    the start model's (greedy answers rarely write the preamble, so their length alone cannot
@@ -34,6 +34,7 @@ import time
 import numpy as np
 from flax import nnx
 
+from prefjax.errors import ConfigError
 from prefjax.eval.completion_scoring import score_completions
 from prefjax.rewards import calibration as cal
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
@@ -90,7 +91,8 @@ def train_reward_model(env, pairs, rm, seed):
   graphdef, params, g = reward_grid(env, RewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
                                     reward_params_from_backbone, max_len=env.sizes.max_len + 32)
   params, _ = env.train(params, "bradley_terry", {}, pairs, steps=rm["steps"],
-                        batch_size=rm["batch_size"], lr=rm["lr"], seed=seed, grid=g)
+                        batch_size=rm["batch_size"], lr=rm["lr"], seed=seed, grid=g,
+                        lr_multipliers={"head": rm.get("head_lr_multiplier", 1.0)})
   return graphdef, params
 
 
@@ -150,45 +152,83 @@ def _report(rows, settings):
                               claim_sign=-1),
             report.claim_line("policy of the RC-LWR reward: higher verified accuracy", rows,
                               "accuracy", {"reward": "rc_lwr"}, {"reward": "raw"}),
+            report.claim_line("policy of the RC-LWR reward: higher win rate vs the start", rows,
+                              "win_rate", {"reward": "rc_lwr"}, {"reward": "raw"}),
             report.claim_line("policy of the RC-LWR reward: shorter answers", rows, "length",
                               {"reward": "rc_lwr"}, {"reward": "raw"}, claim_sign=-1),
             report.claim_line("policy of the RC-LWR reward: moves less toward the verbose "
                               "form (preamble_margin)", rows, "preamble_margin",
                               {"reward": "rc_lwr"}, {"reward": "raw"}, claim_sign=-1)]
+  b = settings.budget
   return dict(title="Post-hoc reward calibration on a length-biased reward model (arXiv "
               "2409.17407), SmolLM2-135M-Instruct, chain_sum",
               keys=KEYS, metrics=METRICS + ("abs_length_spearman",), claims=claims,
               notes=["rm_accuracy / length_spearman: validation prompts' samples, preamble at "
-                     "random; accuracy / length / win_rate / kl: the GRPO policy trained with "
-                     "that reward (rc_mean: no policy, the RM-side numbers only); "
-                     f"lr chosen from {settings.budget['space']} on the validation prompts "
+                     f"random; accuracy / length / win_rate / kl: the {b['recipe']} policy "
+                     "trained with that reward (rc_mean: no policy, the RM-side numbers only; "
+                     "verifier: the exact reward, a control without a reward model); "
+                     f"lr chosen from {b['space']} on the validation prompts "
                      "(first seed; val_accuracy); preamble_margin: "
                      "the policy's log-prob gain of the verbose form of the start model's "
                      "greedy test answers over the plain form, minus the start model's"],
-              plot=lambda table, path: report.bar_plot(
-                  [dict(d, what="reward") for d in table], path, group="what",
-                  series="reward", metric="rm_accuracy",
-                  ylabel="RM pairwise accuracy vs verifier"))
+              plot=_plot)
 
 
-# The RL arms: GRPO (experiments/real/smollm2_grpo.py) shortened to 4 iterations of 4 prompts x
-# 8 samples (the recipe's temperature 0.8); each arm's lr chosen from ``space`` on the
-# validation prompts with the first seed.
-BUDGET = dict(seeds=3, bias=0.8, rm=dict(steps=24, batch_size=8, lr=1e-5),
-              iterations=4, rollout_batch_size=32, minibatch_size=8, group_size=8,
-              n_prompts=96, temperature=0.8, space={"lr": [1e-6, 3e-6]},
-              policies=("raw", "rc_lwr"))
-QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(steps=2, batch_size=4, lr=1e-5), iterations=1,
-                    rollout_batch_size=8, minibatch_size=8, group_size=4, n_prompts=16,
-                    space={"lr": [3e-6]})
-SOURCES = {"raw": "{}", "rc_lwr": "calibrated:{}"}   # policy -> reward source of the held RM
+def _plot(table, path):
+  """Left: the reward model's pairwise accuracy per calibration; right: the held-out verified
+  accuracy of the policy trained with each reward, the start model's as a line."""
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+  for ax, metric, label in ((axes[0], "rm_accuracy", "RM pairwise accuracy vs verifier"),
+                            (axes[1], "accuracy", "policy verified accuracy (test)")):
+    ds = [d for d in table if np.isfinite(d.get(metric, np.nan))]
+    ax.bar(range(len(ds)), [d[metric] for d in ds], capsize=3,
+           yerr=[d[metric + "_se"] if np.isfinite(d[metric + "_se"]) else 0.0 for d in ds])
+    ax.set_xticks(range(len(ds)), [d["reward"] for d in ds])
+    ax.set_xlabel("reward")
+    ax.set_ylabel(label)
+  starts = [r for r in table if np.isfinite(r.get("accuracy", np.nan))]
+  if starts and np.isfinite(starts[0].get("gain", np.nan)):
+    axes[1].axhline(starts[0]["accuracy"] - starts[0]["gain"], color="gray", ls="--", lw=1,
+                    label="start model")
+    axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+# The RL arms: PPO with a critic (experiments/real/smollm2_ppo.py) shortened to 4 iterations of
+# 16 rollouts at temperature 0.5, each arm's lr chosen from ``space`` on the validation prompts
+# with the first seed; PPO with the verifier's reward is the control that shows what the same
+# RL budget does with an exact reward. GRPO (``recipe="grpo"``) failed here: most groups of 8
+# samples held no correct answer, the reward model still ranked their wrong answers, and the
+# group-normalised advantages made that ranking a full-size update (both arms fell below
+# their start). The reward model's head learns at 100x the backbone's lr, as in
+# experiments/real/smollm2_reward.py.
+BUDGET = dict(seeds=3, bias=0.8,
+              rm=dict(steps=32, batch_size=8, lr=1e-5, head_lr_multiplier=100.0),
+              recipe="ppo", iterations=4, rollout_batch_size=16, minibatch_size=8,
+              group_size=4, n_prompts=96, temperature=0.5, space={"lr": [3e-6, 1e-5]},
+              policies=("raw", "rc_lwr", "verifier"))
+QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(BUDGET["rm"], steps=2, batch_size=4),
+                    iterations=1, rollout_batch_size=8, minibatch_size=8, group_size=4,
+                    n_prompts=16, space={"lr": [3e-6]}, policies=("raw", "rc_lwr"))
+# policy -> reward source ("{}": the held reward model's name)
+SOURCES = {"raw": "{}", "rc_lwr": "calibrated:{}", "verifier": "verifier"}
+RM_REWARDS = ("raw", "rc_mean", "rc_lwr")
 
 
 @register_study("calibration", paper="2409.17407", report=_report, sizes=FULL_SIZES,
                 quick_sizes=QUICK_SIZES, budget=BUDGET, quick_budget=QUICK_BUDGET)
 def run(env, settings):
-  """One row per (reward: raw | rc_mean | rc_lwr, seed)."""
+  """One row per (reward: raw | rc_mean | rc_lwr | verifier, seed): the reward model's
+  accuracy and length correlation under each calibration (not for the verifier), and the
+  fields of the RL policy trained with it (for the rewards in ``policies``)."""
   b = settings.budget
+  unknown = set(b["policies"]) - set(SOURCES)
+  if unknown:
+    raise ConfigError(f"calibration budget: unknown policies {sorted(unknown)} "
+                      f"(known: {', '.join(SOURCES)})")
   rows, chosen = settings.new_rows(), {}
   start_margin = verbosity(env, env.start)
   for seed in seeds(settings):
@@ -208,15 +248,17 @@ def run(env, settings):
     rm_seconds = time.perf_counter() - t0
     del scorer
     with hold(f"rm{seed}", rw.sequence_rm_source(rm_graphdef, rm_params)) as rm:
-      for name in ("raw", "rc_mean", "rc_lwr"):
-        v = val_scores[name]
-        acc = float(np.mean(v[pi] > v[pj])) if len(pi) else float("nan")
-        rho = float(cal.spearman(v, lengths))
-        row = dict(reward=name, seed=seed, rm_pairs=len(pairs), rm_accuracy=acc,
-                   length_spearman=rho, abs_length_spearman=abs(rho), rm_seconds=rm_seconds)
+      for name in RM_REWARDS + ("verifier",):
+        row = dict(reward=name, seed=seed)
+        if name in RM_REWARDS:
+          v = val_scores[name]
+          rho = float(cal.spearman(v, lengths))
+          row.update(rm_pairs=len(pairs), rm_seconds=rm_seconds,
+                     rm_accuracy=float(np.mean(v[pi] > v[pj])) if len(pi) else float("nan"),
+                     length_spearman=rho, abs_length_spearman=abs(rho))
         if name in b["policies"]:
           t1 = time.perf_counter()
-          train = functools.partial(run_rl, env, Arm(f"grpo_{name}", "grpo",
+          train = functools.partial(run_rl, env, Arm(f"{b['recipe']}_{name}", b["recipe"],
                                                      SOURCES[name].format(rm)),
                                     b, seed=seed, out=settings.out)
           params, hp, val_accuracy = tune_once(env, chosen, name, train, b["space"])
@@ -225,6 +267,7 @@ def run(env, settings):
                      preamble_margin=verbosity(env, params) - start_margin,
                      **judge_fields(j), seconds=time.perf_counter() - t1)
           del params
-        rows.append(row)
+        if len(row) > 2:
+          rows.append(row)
     del rm_params
   return rows

@@ -45,12 +45,12 @@ def test_calibration_writes_rm_accuracy_and_policy_length(out):
   for r in doc["rows"]:
     if r["reward"] != "rc_mean":
       assert {"accuracy", "length", "preamble_margin", "win_rate", "kl", "lr"} <= set(r)
-  # each policy is a GRPO run on the reward model's scores; the calibrated one fitted its
+  # each policy is a PPO run on the reward model's scores; the calibrated one fitted its
   # length bias on the start model's samples
   runs = {p.name.split("_seed")[0]: p for p in (out / "calibration" / "rl").iterdir()}
-  assert sorted(runs) == ["grpo_raw", "grpo_rc_lwr"]
-  assert (runs["grpo_raw"] / "metrics.jsonl").read_text().count("rl/iteration") >= 1
-  summary = json.loads((runs["grpo_rc_lwr"] / "grpo_rc_lwr_summary.json").read_text())
+  assert sorted(runs) == ["ppo_raw", "ppo_rc_lwr"]
+  assert (runs["ppo_raw"] / "metrics.jsonl").read_text().count("rl/iteration") >= 1
+  summary = json.loads((runs["ppo_rc_lwr"] / "ppo_rc_lwr_summary.json").read_text())
   assert "calibrated:study_held:rm0/reference_length_spearman" in summary
 
 
