@@ -44,6 +44,7 @@ from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, reward_grid
 from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
 from prefjax.studies.real.rl_arm import Arm, hold, run_rl
+from prefjax.studies.real.token_rm import edits
 
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
             "again before I give the final answer.\n")
@@ -56,9 +57,10 @@ def verbose(response: str) -> str:
   return PREAMBLE + response
 
 
-def biased_pairs(pool, bias: float, seed: int) -> list[dict]:
-  """Every (correct, wrong) pair of each prompt's samples; the chosen one gets the preamble
-  with probability ``bias``, the rejected one with 1 - ``bias``."""
+def biased_pairs(pool, bias: float, seed: int, edit_pairs=()) -> list[dict]:
+  """Every (correct, wrong) pair of each prompt's samples, then every (edited, original)
+  pair of ``edit_pairs`` (``token_rm.edits``: a wrong sample and its minimal fix); the chosen
+  one gets the preamble with probability ``bias``, the rejected one with 1 - ``bias``."""
   rng = np.random.default_rng([seed, 23])
   out = []
   for item, responses, c in zip(pool.items, pool.responses, pool.correct):
@@ -68,6 +70,11 @@ def biased_pairs(pool, bias: float, seed: int) -> list[dict]:
       out.append({"id": f"{item.id}/{n}", "prompt": item.prompt,
                   "chosen": verbose(g) if rng.random() < bias else g,
                   "rejected": verbose(b) if rng.random() < 1 - bias else b})
+  for e in edit_pairs:
+    g, b = e["edited"], e["original"]
+    out.append({"id": f"{e['id']}/edit", "prompt": e["prompt"],
+                "chosen": verbose(g) if rng.random() < bias else g,
+                "rejected": verbose(b) if rng.random() < 1 - bias else b})
   return out
 
 
@@ -203,12 +210,14 @@ def _plot(table, path):
 # RL budget does with an exact reward. GRPO (``recipe="grpo"``) failed here: most groups of 8
 # samples held no correct answer, the reward model still ranked their wrong answers, and the
 # group-normalised advantages made that ranking a full-size update (both arms fell below
-# their start). The reward model's head learns at 100x the backbone's lr, as in
-# experiments/real/smollm2_reward.py.
-BUDGET = dict(seeds=3, bias=0.8,
+# their start). From {3e-6, 1e-5} both reward-model arms chose 3e-6 and still fell below
+# their start, hence the lower grid. The reward model's head learns at 100x the backbone's
+# lr, as in experiments/real/smollm2_reward.py; ``edit_pairs`` adds the verifier's minimal
+# edits of the wrong samples to its pairs (same bias).
+BUDGET = dict(seeds=3, bias=0.8, edit_pairs=False,
               rm=dict(steps=32, batch_size=8, lr=1e-5, head_lr_multiplier=100.0),
               recipe="ppo", iterations=4, rollout_batch_size=16, minibatch_size=8,
-              group_size=4, n_prompts=96, temperature=0.5, space={"lr": [3e-6, 1e-5]},
+              group_size=4, n_prompts=96, temperature=0.5, space={"lr": [1e-6, 3e-6]},
               policies=("raw", "rc_lwr", "verifier"))
 QUICK_BUDGET = dict(BUDGET, seeds=1, rm=dict(BUDGET["rm"], steps=2, batch_size=4),
                     iterations=1, rollout_batch_size=8, minibatch_size=8, group_size=4,
@@ -234,7 +243,8 @@ def run(env, settings):
   for seed in seeds(settings):
     t0 = time.perf_counter()
     pool = env.pool(seed, settings.samples_dir)
-    pairs = biased_pairs(pool, b["bias"], seed)
+    pairs = biased_pairs(pool, b["bias"], seed,
+                         edits(pool, env.taskset) if b["edit_pairs"] else ())
     rm_graphdef, rm_params = train_reward_model(env, pairs, b["rm"], seed)
     scorer = RewardScorer(rm_graphdef, rm_params, env.tokenizer, max_len=env.sizes.max_len + 32,
                           batch_size=env.sizes.batch_rows, progress=False)

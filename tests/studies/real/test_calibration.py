@@ -36,3 +36,19 @@ def test_rc_lwr_removes_a_reward_that_is_a_function_of_length():
   assert np.corrcoef(out["raw"], lengths)[0, 1] > 0.8
   assert abs(np.corrcoef(out["rc_lwr"], lengths)[0, 1]) < 0.15
   assert np.corrcoef(out["rc_lwr"], quality)[0, 1] > 0.95
+
+
+def test_biased_pairs_append_edit_pairs_with_the_same_bias_and_keep_the_sample_pairs():
+  pool = _pool()
+  plain = biased_pairs(pool, 0.8, seed=0)
+  edit_pairs = [{"id": f"e{n}", "prompt": "q", "original": "Answer: 3", "edited": "Answer: 7"}
+                for n in range(2000)]
+  out = biased_pairs(pool, 0.8, seed=0, edit_pairs=edit_pairs)
+  assert out[:len(plain)] == plain            # the sample pairs are drawn first, unchanged
+  tail = out[len(plain):]
+  assert len(tail) == 2000 and all(p["id"].endswith("/edit") for p in tail)
+  assert all(p["chosen"].removeprefix(PREAMBLE) == "Answer: 7" for p in tail)
+  assert all(p["rejected"].removeprefix(PREAMBLE) == "Answer: 3" for p in tail)
+  chosen_verbose = np.mean([p["chosen"].startswith(PREAMBLE) for p in tail])
+  rejected_verbose = np.mean([p["rejected"].startswith(PREAMBLE) for p in tail])
+  assert abs(chosen_verbose - 0.8) < 0.03 and abs(rejected_verbose - 0.2) < 0.03
