@@ -17,12 +17,13 @@ Per seed, from the start model's K samples of each training prompt (scored by th
    ``frac_for_ties`` where more answers share one length than a window holds).
 4. RL with the reward model as the reward: PPO with a critic from the start model (the
    recipe of experiments/real/smollm2_ppo.py, shortened; ``rl_arm``; ``recipe="grpo"`` for
-   GRPO) with the raw reward, the RC-LWR-calibrated one (the ``calibrated:`` reward source: the LOWESS bias fitted once on
-   the start model's samples of the training prompts, then subtracted from every rollout's
-   reward) or, as a control, the verifier's exact reward. Held-out greedy verified accuracy and mean length of the policy, and how far the
-   policy moved toward the verbose form: ``preamble_margin``, the mean over held-out prompts
-   of log pi(PREAMBLE + y | x) - log pi(y | x) for the start model's greedy answer y, minus
-   the start model's (greedy answers rarely write the preamble, so their length alone cannot
+   GRPO) with the raw reward, the RC-LWR-calibrated one (the ``calibrated:`` reward source:
+   the LOWESS bias fitted once on the start model's samples of the training prompts, then
+   subtracted from every rollout's reward) or, as a control, the verifier's exact reward.
+   Held-out greedy verified accuracy and mean length of the policy, and how far the policy
+   moved toward the verbose form: ``preamble_margin``, the mean over held-out prompts of
+   log pi(PREAMBLE + y | x) - log pi(y | x) for the start model's greedy answer y, minus the
+   start model's (greedy answers rarely write the preamble, so their length alone cannot
    show the bias being learned).
 """
 from __future__ import annotations
@@ -42,9 +43,9 @@ from prefjax.rewards.scorer import RewardScorer
 from prefjax.rl import reward_sources as rw
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, reward_grid
-from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
+from prefjax.studies.real.frame import (edits, judge_fields, register_study, seeds,
+                                        tune_once)
 from prefjax.studies.real.rl_arm import Arm, hold, run_rl
-from prefjax.studies.real.token_rm import edits
 
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
             "again before I give the final answer.\n")
@@ -59,7 +60,7 @@ def verbose(response: str) -> str:
 
 def biased_pairs(pool, bias: float, seed: int, edit_pairs=()) -> list[dict]:
   """Every (correct, wrong) pair of each prompt's samples, then every (edited, original)
-  pair of ``edit_pairs`` (``token_rm.edits``: a wrong sample and its minimal fix); the chosen
+  pair of ``edit_pairs`` (``frame.edits``: a wrong sample and its minimal fix); the chosen
   one gets the preamble with probability ``bias``, the rejected one with 1 - ``bias``."""
   rng = np.random.default_rng([seed, 23])
   out = []

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import time
 from typing import Callable, Sequence
 
@@ -128,6 +129,31 @@ def examples_from_pool(kind: str, pool: Pool, scores: np.ndarray | None = None, 
   out = []
   for item, responses, s in zip(pool.items, pool.responses, scores):
     out += make_examples(kind, item, responses, s, pairs=pairs, uid=item.id)
+  return out
+
+
+def minimal_edit(response: str, answer: str) -> str:
+  """``response`` with its final ``Answer: X`` line's X replaced by ``answer`` (a line
+  appended when there is none)."""
+  lines = response.rstrip("\n").split("\n")
+  m = re.match(r"^(\s*Answer:\s*)(.*?)(\s*)$", lines[-1])
+  if m:
+    lines[-1] = m.group(1) + answer + m.group(3)
+    return "\n".join(lines)
+  return response.rstrip("\n") + "\nAnswer: " + answer
+
+
+def edits(pool, taskset) -> list[dict]:
+  """Edit examples (original = a wrong sample, edited = its minimal fix) of every prompt."""
+  out = []
+  for item, rs, c in zip(pool.items, pool.responses, pool.correct):
+    for k, (r, x) in enumerate(zip(rs, c)):
+      if x > 0 or not r.strip():
+        continue
+      e = minimal_edit(r, str(item.meta.answer))
+      if e != r and taskset.score(item.meta, e).correct:
+        out.append({"id": f"{item.id}/{k}", "prompt": item.prompt, "original": r,
+                    "edited": e, "flawed_mask": []})
   return out
 
 

@@ -22,7 +22,6 @@ Per seed, from the start model's K samples of each training prompt:
 from __future__ import annotations
 
 import functools
-import re
 import time
 
 import jax
@@ -38,38 +37,13 @@ from prefjax.rl.reward_models import _token_rewards
 from prefjax.rl.shared_rows import edit_pair_rows
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
-from prefjax.studies.real.frame import judge_fields, register_study, seeds, tune_once
+from prefjax.studies.real.frame import edits, judge_fields, register_study, seeds, tune_once
 from prefjax.studies.real.rl_arm import Arm, hold, run_rl
 from prefjax.train.objective import make_objective
 
 KEYS = ("method",)
 METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall",
            "token_rm_accuracy", "sequence_rm_accuracy")
-
-
-def minimal_edit(response: str, answer: str) -> str:
-  """``response`` with its final ``Answer: X`` line's X replaced by ``answer`` (a line
-  appended when there is none)."""
-  lines = response.rstrip("\n").split("\n")
-  m = re.match(r"^(\s*Answer:\s*)(.*?)(\s*)$", lines[-1])
-  if m:
-    lines[-1] = m.group(1) + answer + m.group(3)
-    return "\n".join(lines)
-  return response.rstrip("\n") + "\nAnswer: " + answer
-
-
-def edits(pool, taskset) -> list[dict]:
-  """Edit examples (original = a wrong sample, edited = its minimal fix) of every prompt."""
-  out = []
-  for item, rs, c in zip(pool.items, pool.responses, pool.correct):
-    for k, (r, x) in enumerate(zip(rs, c)):
-      if x > 0 or not r.strip():
-        continue
-      e = minimal_edit(r, str(item.meta.answer))
-      if e != r and taskset.score(item.meta, e).correct:
-        out.append({"id": f"{item.id}/{k}", "prompt": item.prompt, "original": r,
-                    "edited": e, "flawed_mask": []})
-  return out
 
 
 def row_len(env, examples, multiple: int = 32) -> int:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from prefjax.studies.real.common import Sizes
-from prefjax.studies.real.token_rm import minimal_edit, pair_accuracy, row_len
+from prefjax.studies.real.frame import minimal_edit
+from prefjax.studies.real.token_rm import pair_accuracy, row_len
 
 
 @pytest.mark.parametrize("response,want", [
