@@ -45,7 +45,7 @@ from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, reward_grid
 from prefjax.studies.real.frame import (edits, judge_fields, register_study, seeds,
                                         tune_once)
-from prefjax.studies.real.rl_arm import Arm, hold, run_rl
+from prefjax.studies.real.rl_arm import RECIPES, Arm, hold, run_rl
 
 PREAMBLE = ("Let me work this out carefully, one step at a time, and then check the sum "
             "again before I give the final answer.\n")
@@ -239,6 +239,9 @@ def run(env, settings):
   if unknown:
     raise ConfigError(f"calibration budget: unknown policies {sorted(unknown)} "
                       f"(known: {', '.join(SOURCES)})")
+  if b["recipe"] not in RECIPES:
+    raise ConfigError(f"calibration budget: unknown recipe {b['recipe']!r} "
+                      f"(known: {', '.join(RECIPES)})")
   rows, chosen = settings.new_rows(), {}
   start_margin = verbosity(env, env.start)
   for seed in seeds(settings):
@@ -278,7 +281,7 @@ def run(env, settings):
                      preamble_margin=verbosity(env, params) - start_margin,
                      **judge_fields(j), seconds=time.perf_counter() - t1)
           del params
-        if len(row) > 2:
+        if name in RM_REWARDS or name in b["policies"]:
           rows.append(row)
     del rm_params
   return rows
