@@ -1,6 +1,12 @@
 """The calibration study (arXiv 2409.17407): the length-biased pair set, the post-hoc
 calibrations it compares. (Its quick mode: tests/studies/real/test_quick_modes.py.)"""
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
+
+from prefjax.errors import ConfigError
+from prefjax.studies.real import calibration
 
 from prefjax.studies.real.calibration import (PREAMBLE, biased_pairs, calibrated, mixed_pairs,
                                               randomly_verbose)
@@ -52,3 +58,13 @@ def test_biased_pairs_append_edit_pairs_with_the_same_bias_and_keep_the_sample_p
   chosen_verbose = np.mean([p["chosen"].startswith(PREAMBLE) for p in tail])
   rejected_verbose = np.mean([p["rejected"].startswith(PREAMBLE) for p in tail])
   assert abs(chosen_verbose - 0.8) < 0.03 and abs(rejected_verbose - 0.2) < 0.03
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"policies": ("raw", "oracle")}, r"unknown policies \['oracle'\]"),
+    ({"recipe": "dpo"}, "unknown recipe 'dpo'"),
+])
+def test_a_bad_rl_budget_is_refused_before_any_work(change, match):
+  settings = SimpleNamespace(budget=dict(calibration.BUDGET, **change))
+  with pytest.raises(ConfigError, match=match):
+    calibration.run(None, settings)
