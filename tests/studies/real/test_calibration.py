@@ -7,7 +7,6 @@ import pytest
 
 from prefjax.errors import ConfigError
 from prefjax.studies.real import calibration
-
 from prefjax.studies.real.calibration import (PREAMBLE, biased_pairs, calibrated, mixed_pairs,
                                               randomly_verbose)
 from tests.studies.real.test_mdpo import _pool
