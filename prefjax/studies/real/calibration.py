@@ -64,19 +64,21 @@ def biased_pairs(pool, bias: float, seed: int, edit_pairs=()) -> list[dict]:
   one gets the preamble with probability ``bias``, the rejected one with 1 - ``bias``."""
   rng = np.random.default_rng([seed, 23])
   out = []
+  for pid, prompt, g, b in itertools.chain(_sample_pairs(pool), (
+      (f"{e['id']}/edit", e["prompt"], e["edited"], e["original"]) for e in edit_pairs)):
+    out.append({"id": pid, "prompt": prompt,
+                "chosen": verbose(g) if rng.random() < bias else g,
+                "rejected": verbose(b) if rng.random() < 1 - bias else b})
+  return out
+
+
+def _sample_pairs(pool):
+  """(id, prompt, correct answer, wrong answer) for every such pair of a prompt's samples."""
   for item, responses, c in zip(pool.items, pool.responses, pool.correct):
     good = [r for r, x in zip(responses, c) if x > 0]
     bad = [r for r, x in zip(responses, c) if x <= 0]
     for n, (g, b) in enumerate(itertools.product(good, bad)):
-      out.append({"id": f"{item.id}/{n}", "prompt": item.prompt,
-                  "chosen": verbose(g) if rng.random() < bias else g,
-                  "rejected": verbose(b) if rng.random() < 1 - bias else b})
-  for e in edit_pairs:
-    g, b = e["edited"], e["original"]
-    out.append({"id": f"{e['id']}/edit", "prompt": e["prompt"],
-                "chosen": verbose(g) if rng.random() < bias else g,
-                "rejected": verbose(b) if rng.random() < 1 - bias else b})
-  return out
+      yield f"{item.id}/{n}", item.prompt, g, b
 
 
 def randomly_verbose(pool, seed: int):
