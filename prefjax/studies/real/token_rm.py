@@ -11,7 +11,8 @@ Per seed, from the start model's K samples of each training prompt:
    (r_t < -threshold) against the edit diff, on the validation prompts' edits. A sequence
    reward model (Bradley-Terry, scalar head) is trained on the same pairs.
    Both reward models' pair accuracy on the held-out edits (``pair_accuracy``): how often
-   the edited answer scores above the original.
+   the edited answer scores above the original (each model scores the edits once, the
+   prompt once per pair: ``token_scores``, ``sequence_scores``).
 3. Four RL runs from the start model, same prompts and budget (``prefjax.rl.stage``, the
    recipes of experiments/real/smollm2_{ppo,grpo}.py, shortened): fine-grained PPO with the
    token reward model, PPO with the sequence reward model, and as controls PPO and GRPO
@@ -30,16 +31,16 @@ from flax import nnx
 
 from prefjax.data import pipeline
 from prefjax.rewards.model import RewardModel, reward_params_from_backbone
+from prefjax.rewards.scorer import RewardScorer
 from prefjax.rewards.token_model import (TokenRewardModel, encode_edit_pair, flaw_detection,
                                          token_reward_params_from_backbone)
 from prefjax.rl import reward_sources as rw
-from prefjax.rl.reward_models import _token_rewards
 from prefjax.rl.shared_rows import edit_pair_rows
 from prefjax.studies.real import report
 from prefjax.studies.real.common import FULL_SIZES, QUICK_SIZES, fill_batch, reward_grid
 from prefjax.studies.real.frame import edits, judge_fields, register_study, seeds, tune_once
 from prefjax.studies.real.rl_arm import Arm, hold, run_rl
-from prefjax.train.objective import make_objective
+from prefjax.train.objective import forward_token, make_objective
 
 KEYS = ("method",)
 METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall",
@@ -98,39 +99,61 @@ def train_sequence_rm(env, examples, t, seed):
   return graphdef, params
 
 
-def flaw_metrics(graphdef, params, examples, enc, threshold) -> dict:
-  rs, fs, ms = [], [], []
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _token_scores(graphdef, params, batch):
+  """The token reward model on a batch of edit pairs (``edit_pair_rows``: each pair one
+  prefix-shared row, the training forward): both sides' summed token rewards and the
+  original's (rejected side's) token rewards."""
+  out = forward_token(nnx.merge(graphdef, params), batch)
+  return {"chosen": out["chosen_token_rewards"].sum(-1),
+          "rejected": out["rejected_token_rewards"].sum(-1),
+          "rejected_token_rewards": out["rejected_token_rewards"]}
+
+
+def token_scores(env, graphdef, params, examples, enc) -> dict:
+  """The token reward model over the edit pairs ``examples`` in one pass (``_token_scores``
+  per eval batch of 16, concatenated) with each batch's ``example_mask`` and the original's
+  flaw labels and loss mask: every held-out metric of the model from one scoring."""
+  cols: dict = {}
+  width = shared_row_len(env, examples) if examples else None
   for b in pipeline.eval_batches(examples, enc, 16, bucket=False):
-    rs.append(np.asarray(_token_rewards(graphdef, params, b)))
-    fs.append(b["rejected_flaw_labels"])
-    ms.append(b["rejected_loss_mask"] * b["example_mask"][:, None])
-  out = flaw_detection(np.concatenate(rs), np.concatenate(fs), np.concatenate(ms),
+    out = dict(_token_scores(graphdef, params, edit_pair_rows(b, width=width)),
+               **{k: b[k] for k in ("example_mask", "rejected_flaw_labels",
+                                    "rejected_loss_mask")})
+    for k, v in out.items():
+      cols.setdefault(k, []).append(np.asarray(v))
+  return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def sequence_scores(env, graphdef, params, examples, max_len) -> dict:
+  """The sequence reward model's rewards of each pair's edited (``chosen``) and original
+  (``rejected``) answer, by the prefix-sharing ``RewardScorer`` (a prompt's answers share
+  one unit, the prompt run once)."""
+  n = len(examples)
+  scorer = RewardScorer(graphdef, params, env.tokenizer, max_len=max_len, progress=False)
+  r = scorer.score([e["prompt"] for e in examples] * 2,
+                   [e["edited"] for e in examples] + [e["original"] for e in examples])
+  return {"chosen": r[:n], "rejected": r[n:], "example_mask": np.ones(n, np.float32)}
+
+
+def pair_accuracy(scores: dict) -> float:
+  """Fraction of edit pairs whose edited (correct) answer scores above the original (wrong)
+  one (``scores``: ``chosen`` / ``rejected`` [N] and ``example_mask``; padding rows do not
+  count): how well a reward model tells the verifier's right from wrong answers."""
+  m = np.asarray(scores.get("example_mask", np.zeros(0)), np.float64)
+  if not m.sum():
+    return float("nan")
+  return float(((scores["chosen"] > scores["rejected"]) * m).sum()) / float(m.sum())
+
+
+def flaw_metrics(scores: dict, threshold: float) -> dict:
+  """Precision / recall of the original's tokens the token reward model flags
+  (r_t < -threshold) against the edit diff (``token_scores``)."""
+  out = flaw_detection(scores["rejected_token_rewards"], scores["rejected_flaw_labels"],
+                       scores["rejected_loss_mask"] * scores["example_mask"][:, None],
                        threshold=threshold)
   return {"precision": out["token_rm/precision"], "recall": out["token_rm/recall"],
           "flagged_fraction": out["token_rm/flagged_fraction"]}
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "prefix"))
-def _sequence_scores(graphdef, params, batch, prefix):
-  return nnx.merge(graphdef, params).rewards(batch, prefix=prefix)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "prefix"))
-def _summed_token_scores(graphdef, params, batch, prefix):
-  return nnx.merge(graphdef, params).token_rewards(batch, prefix=prefix).sum(-1)
-
-
-def pair_accuracy(score, graphdef, params, examples, enc) -> float:
-  """Fraction of edit pairs whose edited (correct) answer ``score``s above the original
-  (wrong) one: how well a reward model tells the verifier's right from wrong answers.
-  ``score``: ``_sequence_scores`` or ``_summed_token_scores``."""
-  wins, n = 0.0, 0.0
-  for b in pipeline.eval_batches(examples, enc, 16, bucket=False):
-    m = np.asarray(b["example_mask"])
-    up = np.asarray(score(graphdef, params, b, "chosen_")) > np.asarray(
-        score(graphdef, params, b, "rejected_"))
-    wins, n = wins + float((up * m).sum()), n + float(m.sum())
-  return wins / n if n else float("nan")
 
 
 def _report(rows, settings):
@@ -195,13 +218,15 @@ def run(env, settings):
     pool = env.pool(seed, settings.samples_dir)
     train_edits = edits(pool, env.taskset)
     val_edits = edits(env.pool(seed, settings.samples_dir, split="val"), env.taskset)
-    tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed,
-                                 row_len(env, train_edits + val_edits))
+    enc_len = row_len(env, train_edits + val_edits)
+    tg, tp, enc = train_token_rm(env, train_edits, b["token_rm"], seed, enc_len)
     held_out = val_edits or train_edits
-    flaws = flaw_metrics(tg, tp, held_out, enc, b["token_rm"]["threshold"])
+    token = token_scores(env, tg, tp, held_out, enc)
     sg, sp = train_sequence_rm(env, train_edits, b["sequence_rm"], seed)
-    flaws.update(token_rm_accuracy=pair_accuracy(_summed_token_scores, tg, tp, held_out, enc),
-                 sequence_rm_accuracy=pair_accuracy(_sequence_scores, sg, sp, held_out, enc))
+    flaws = dict(flaw_metrics(token, b["token_rm"]["threshold"]),
+                 token_rm_accuracy=pair_accuracy(token),
+                 sequence_rm_accuracy=pair_accuracy(
+                     sequence_scores(env, sg, sp, held_out, enc_len)))
     rm_seconds = time.perf_counter() - t0
     with hold(f"token{seed}", rw.token_rm_source(tg, tp)) as token, \
          hold(f"sequence{seed}", rw.sequence_rm_source(sg, sp)) as sequence:

@@ -2,12 +2,20 @@
 tests/studies/real/test_quick_modes.py.)"""
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
+
+from prefjax.models import make_config
+from prefjax.rewards.model import RewardModel
+from prefjax.rewards.token_model import TokenRewardModel, encode_edit_pair
 
 from prefjax.studies.real.common import Sizes
 from prefjax.studies.real.frame import minimal_edit
-from prefjax.studies.real.token_rm import pair_accuracy, row_len
+from prefjax.studies.real.token_rm import (flaw_metrics, pair_accuracy, row_len,
+                                           sequence_scores, token_scores)
+from prefjax.testbed.tokenizer import TestbedTokenizer
 
 
 @pytest.mark.parametrize("response,want", [
@@ -37,20 +45,73 @@ def test_row_len_fits_the_longest_edit_row_up_to_max_len(prompt_len, resp_len, w
   assert row_len(env, []) == 192
 
 
-def _length_encoder(ex):
-  """Rows whose only content is each side's length (a stand-in for real token rows)."""
-  return {"chosen_len": np.float32(len(ex["edited"])),
-          "rejected_len": np.float32(len(ex["original"])), "example_mask": np.float32(1.0)}
-
-
 def test_pair_accuracy_counts_edits_scored_above_their_originals():
-  # a "reward model" that prefers longer answers ranks 2 of each 4 edits above their
-  # original, 1 below, and ties 1 (not a win); 20 edits span two eval batches of 16, the
-  # second padded (example_mask 0 rows do not count).
-  examples = [{"id": str(i), "original": "a" * o, "edited": "b" * e}
-              for i, (o, e) in enumerate([(1, 2), (1, 3), (2, 1), (2, 2)] * 5)]
-  longer = lambda graphdef, params, b, prefix: b[prefix + "len"]
-  assert pair_accuracy(longer, None, None, examples, _length_encoder) == pytest.approx(0.5)
-  shorter = lambda graphdef, params, b, prefix: -b[prefix + "len"]
-  assert pair_accuracy(shorter, None, None, examples, _length_encoder) == pytest.approx(0.25)
-  assert np.isnan(pair_accuracy(longer, None, None, [], _length_encoder))
+  # 2 of each 4 edits scored above their original, 1 below and 1 tied (not a win); the
+  # padding rows (example_mask 0) do not count.
+  chosen = np.array([2.0, 3.0, 1.0, 2.0] * 5 + [9.0] * 4)
+  rejected = np.array([1.0, 1.0, 2.0, 2.0] * 5 + [0.0] * 4)
+  mask = np.array([1.0] * 20 + [0.0] * 4, np.float32)
+  s = {"chosen": chosen, "rejected": rejected, "example_mask": mask}
+  assert pair_accuracy(s) == 0.5
+  assert pair_accuracy(dict(s, chosen=-chosen, rejected=-rejected)) == 0.25
+  assert np.isnan(pair_accuracy({}))
+
+
+def test_flaw_metrics_count_flagged_tokens_inside_the_mask():
+  # 2 examples x 4 tokens; the last token of each is padding (mask 0), the second example is
+  # a padding row (example_mask 0). Flagged (r < -0.5): tokens 0 and 1 of example 0; the
+  # edit diff marks tokens 1 and 2: precision 1/2, recall 1/2.
+  scores = {"rejected_token_rewards": np.array([[-1.0, -0.9, 0.0, -5.0], [-1.0] * 4]),
+            "rejected_flaw_labels": np.array([[0, 1, 1, 1], [1] * 4], np.float32),
+            "rejected_loss_mask": np.array([[1, 1, 1, 0], [1] * 4], np.float32),
+            "example_mask": np.array([1.0, 0.0], np.float32)}
+  out = flaw_metrics(scores, threshold=0.5)
+  assert out["precision"] == pytest.approx(0.5)
+  assert out["recall"] == pytest.approx(0.5)
+
+
+_EDITS = [{"id": str(i), "prompt": p, "original": o, "edited": e, "flawed_mask": []}
+          for i, (p, o, e) in enumerate([("abc", "dd e", "dd f"), ("ab", "xyz", "xz"),
+                                         ("cabba", "q", "qrs"), ("abc", "e", "ee")] * 5)]
+_ENV = SimpleNamespace(tokenizer=TestbedTokenizer(), sizes=Sizes(max_len=24))
+
+
+def _tiny(cls):
+  cfg = make_config("testbed-tiny", vocab_size=TestbedTokenizer().vocab_size,
+                    overrides=dict(n_layers=2, dim=32, head_dim=8, mlp_dim=64))
+  m = cls(cfg, nnx.Rngs(0))
+  for name in ("w", "b", "head"):
+    if hasattr(m, name):
+      v = getattr(m, name)
+      v[...] = jax.random.normal(jax.random.key(len(name)), v[...].shape)
+  return nnx.split(m)
+
+
+def test_token_scores_are_the_plain_rows_token_rewards_in_one_pass():
+  # 20 edits: two eval batches of 16, the second with 12 padding rows
+  graphdef, params = _tiny(TokenRewardModel)
+  enc = encode_edit_pair(_ENV.tokenizer, 24)
+  s = token_scores(_ENV, graphdef, params, _EDITS, enc)
+  assert s["chosen"].shape == s["example_mask"].shape == (32,)
+  assert s["example_mask"].sum() == 20
+  m = nnx.merge(graphdef, params)
+  rows = [enc(e) for e in _EDITS]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  for side in ("chosen", "rejected"):
+    want = np.asarray(m.token_rewards(batch, prefix=f"{side}_")).sum(-1)
+    np.testing.assert_allclose(s[side][:20], want, rtol=1e-4, atol=1e-4)
+  assert np.abs(s["rejected_token_rewards"]).sum() > 0.1
+  assert np.isnan(pair_accuracy(token_scores(_ENV, graphdef, params, [], enc)))
+
+
+def test_sequence_scores_are_each_answers_own_row_reward():
+  graphdef, params = _tiny(RewardModel)
+  s = sequence_scores(_ENV, graphdef, params, _EDITS, 24)
+  m = nnx.merge(graphdef, params)
+  enc = encode_edit_pair(_ENV.tokenizer, 24)
+  rows = [enc(e) for e in _EDITS]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  for side in ("chosen", "rejected"):
+    np.testing.assert_allclose(s[side], np.asarray(m.rewards(batch, prefix=f"{side}_")),
+                               rtol=1e-4, atol=1e-4)
+  assert np.std(s["chosen"]) > 1e-3
