@@ -47,25 +47,22 @@ METRICS = ("accuracy", "gain", "win_rate", "kl", "length", "precision", "recall"
            "token_rm_accuracy", "sequence_rm_accuracy")
 
 
-def row_len(env, examples, multiple: int = 32) -> int:
-  """The longest edit row (prompt + the longer of its two responses) rounded up to
-  ``multiple``, at most the study's max_len. The token reward model's rows are padded to it
-  (its token labels [T] rule out per-batch length buckets): ~160 tokens here, not 192."""
-  tok = env.tokenizer
-  n = max((len(tok.encode_prompt(e["prompt"]))
-           + max(len(tok.encode_completion(e[k])) for k in ("original", "edited"))
-           for e in examples), default=env.sizes.max_len)
-  return min(env.sizes.max_len, -(-n // multiple) * multiple)
+def row_len(env, examples, *, shared: bool = False, multiple: int = 32) -> int:
+  """The longest edit row of ``examples`` rounded up to ``multiple`` (the study's max_len
+  when there are none).
 
-
-def shared_row_len(env, examples, multiple: int = 32) -> int:
-  """A bound on the longest prefix-shared edit row (prompt + both responses), rounded up to
-  ``multiple``: the token reward model trains on rows of this one length."""
+  Plain rows (``shared=False``): the prompt + the longer of its two responses, at most
+  max_len; the token reward model's eval rows are padded to it (its token labels [T] rule
+  out per-batch length buckets): ~160 tokens here, not 192. Prefix-shared rows
+  (``shared=True``, ``edit_pair_rows``): the prompt + both responses, the one length both
+  reward models train and the token reward model scores on."""
   tok = env.tokenizer
-  n = max(len(tok.encode_prompt(e["prompt"])) + sum(len(tok.encode_completion(e[k]))
-                                                    for k in ("original", "edited"))
-          for e in examples)
-  return -(-n // multiple) * multiple
+
+  def tokens(e):
+    sides = [len(tok.encode_completion(e[k])) for k in ("original", "edited")]
+    return len(tok.encode_prompt(e["prompt"])) + (sum(sides) if shared else max(sides))
+  n = -(-max(map(tokens, examples), default=env.sizes.max_len) // multiple) * multiple
+  return n if shared else min(env.sizes.max_len, n)
 
 
 def train_token_rm(env, examples, t, seed, max_len):
@@ -77,7 +74,7 @@ def train_token_rm(env, examples, t, seed, max_len):
   # model runs on each pair as one prefix-shared row (the prompt once), of one length
   batches = pipeline.batched(examples, enc, t["batch_size"], seed=seed, num_steps=t["steps"],
                              bucket=False).map(functools.partial(
-                                 edit_pair_rows, width=shared_row_len(env, examples)))
+                                 edit_pair_rows, width=row_len(env, examples, shared=True)))
   params, _ = g.train(params, make_objective("token_bt", {"label_coef": t["label_coef"]}),
                       examples, enc, steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"],
                       seed=seed, batches=batches,
@@ -90,7 +87,7 @@ def train_sequence_rm(env, examples, t, seed):
   ([prompt | edited | original], ``env.train``): the ~120-token prompt once per pair."""
   graphdef, params, g = reward_grid(env, RewardModel(env.ctx.model_cfg, nnx.Rngs(seed)),
                                     reward_params_from_backbone,
-                                    max_len=shared_row_len(env, examples))
+                                    max_len=row_len(env, examples, shared=True))
   pairs = [{"id": e["id"], "prompt": e["prompt"], "chosen": e["edited"],
             "rejected": e["original"]} for e in examples]
   params, _ = env.train(params, "bradley_terry", {}, pairs, steps=t["steps"],
@@ -115,7 +112,7 @@ def token_scores(env, graphdef, params, examples, enc) -> dict:
   per eval batch of 16, concatenated) with each batch's ``example_mask`` and the original's
   flaw labels and loss mask: every held-out metric of the model from one scoring."""
   cols: dict = {}
-  width = shared_row_len(env, examples) if examples else None
+  width = row_len(env, examples, shared=True) if examples else None
   for b in pipeline.eval_batches(examples, enc, 16, bucket=False):
     out = dict(_token_scores(graphdef, params, edit_pair_rows(b, width=width)),
                **{k: b[k] for k in ("example_mask", "rejected_flaw_labels",

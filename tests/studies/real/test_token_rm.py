@@ -35,14 +35,18 @@ class _CharTokenizer:
     return list(text) + ["</s>"]
 
 
-@pytest.mark.parametrize("prompt_len,resp_len,want", [(40, 5, 64), (60, 4, 96), (300, 5, 192)])
-def test_row_len_fits_the_longest_edit_row_up_to_max_len(prompt_len, resp_len, want):
+@pytest.mark.parametrize("prompt_len,resp_len,want,shared_want",
+                         [(40, 5, 64, 64), (60, 4, 96, 96), (60, 34, 96, 128),
+                          (300, 5, 192, 320)])
+def test_row_len_fits_the_longest_edit_row(prompt_len, resp_len, want, shared_want):
   env = SimpleNamespace(tokenizer=_CharTokenizer(), sizes=Sizes(max_len=192))
   examples = [{"prompt": "p" * 10, "original": "a", "edited": "b"},
               {"prompt": "p" * prompt_len, "original": "a" * resp_len, "edited": "b"}]
-  # longest row: the prompt + the longer response + its end token, rounded up to 32
+  # plain: the prompt + the longer response + its end token, rounded up to 32, <= max_len
   assert row_len(env, examples) == want
-  assert row_len(env, []) == 192
+  # prefix-shared: the prompt + both responses with their end tokens, not capped
+  assert row_len(env, examples, shared=True) == shared_want
+  assert row_len(env, []) == row_len(env, [], shared=True) == 192
 
 
 def test_pair_accuracy_counts_edits_scored_above_their_originals():
