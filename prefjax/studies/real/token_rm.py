@@ -112,7 +112,7 @@ def token_scores(env, graphdef, params, examples, enc) -> dict:
   per eval batch of 16, concatenated) with each batch's ``example_mask`` and the original's
   flaw labels and loss mask: every held-out metric of the model from one scoring."""
   cols: dict = {}
-  width = row_len(env, examples, shared=True) if examples else None
+  width = row_len(env, examples, shared=True)
   for b in pipeline.eval_batches(examples, enc, 16, bucket=False):
     out = dict(_token_scores(graphdef, params, edit_pair_rows(b, width=width)),
                **{k: b[k] for k in ("example_mask", "rejected_flaw_labels",

@@ -10,7 +10,6 @@ from flax import nnx
 from prefjax.models import make_config
 from prefjax.rewards.model import RewardModel
 from prefjax.rewards.token_model import TokenRewardModel, encode_edit_pair
-
 from prefjax.studies.real.common import Sizes
 from prefjax.studies.real.frame import minimal_edit
 from prefjax.studies.real.token_rm import (flaw_metrics, pair_accuracy, row_len,
@@ -84,11 +83,17 @@ def _tiny(cls):
   cfg = make_config("testbed-tiny", vocab_size=TestbedTokenizer().vocab_size,
                     overrides=dict(n_layers=2, dim=32, head_dim=8, mlp_dim=64))
   m = cls(cfg, nnx.Rngs(0))
-  for name in ("w", "b", "head"):
+  for i, name in enumerate(("w", "b", "head")):
     if hasattr(m, name):
       v = getattr(m, name)
-      v[...] = jax.random.normal(jax.random.key(len(name)), v[...].shape)
+      v[...] = jax.random.normal(jax.random.key(i), v[...].shape)
   return nnx.split(m)
+
+
+def _plain_rows(enc):
+  """_EDITS as one batch of plain rows (each side its own row), the reference layout."""
+  rows = [enc(e) for e in _EDITS]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def test_token_scores_are_the_plain_rows_token_rewards_in_one_pass():
@@ -98,9 +103,7 @@ def test_token_scores_are_the_plain_rows_token_rewards_in_one_pass():
   s = token_scores(_ENV, graphdef, params, _EDITS, enc)
   assert s["chosen"].shape == s["example_mask"].shape == (32,)
   assert s["example_mask"].sum() == 20
-  m = nnx.merge(graphdef, params)
-  rows = [enc(e) for e in _EDITS]
-  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  m, batch = nnx.merge(graphdef, params), _plain_rows(enc)
   for side in ("chosen", "rejected"):
     want = np.asarray(m.token_rewards(batch, prefix=f"{side}_")).sum(-1)
     np.testing.assert_allclose(s[side][:20], want, rtol=1e-4, atol=1e-4)
@@ -111,10 +114,7 @@ def test_token_scores_are_the_plain_rows_token_rewards_in_one_pass():
 def test_sequence_scores_are_each_answers_own_row_reward():
   graphdef, params = _tiny(RewardModel)
   s = sequence_scores(_ENV, graphdef, params, _EDITS, 24)
-  m = nnx.merge(graphdef, params)
-  enc = encode_edit_pair(_ENV.tokenizer, 24)
-  rows = [enc(e) for e in _EDITS]
-  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  m, batch = nnx.merge(graphdef, params), _plain_rows(encode_edit_pair(_ENV.tokenizer, 24))
   for side in ("chosen", "rejected"):
     np.testing.assert_allclose(s[side], np.asarray(m.rewards(batch, prefix=f"{side}_")),
                                rtol=1e-4, atol=1e-4)
